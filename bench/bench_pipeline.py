@@ -1,0 +1,389 @@
+"""End-to-end throughput and latency of the pipeline, with plain taskiq for comparison.
+
+N tasks (default 2,000) are created through TaskService.CreateTask over gRPC,
+each with the dstack quote-report vector inline and hardware, os and
+source_code on; every one is verified for real and its report stored in S3
+over HTTP (SeaweedFS), on a real PostgreSQL and Redis. The services and the
+workers run as processes on this machine, as in production.
+
+Prints tasks/s end to end (first create to last completion), p50/p99 of
+create -> completed (server timestamps), then the same N no-op jobs through
+plain taskiq (RedisStreamBroker, one worker process) on the same Redis, and
+the ratio.
+
+    .venv/bin/python bench/bench_pipeline.py [--tasks 2000] [--workers 1]
+        [--concurrency 64] [--creators 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "shared" / "gen")]
+
+import grpc  # noqa: E402
+import redis  # noqa: E402
+from google.protobuf import json_format  # noqa: E402
+from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc  # noqa: E402
+
+from shared.grpc_client import create_channel  # noqa: E402
+from tests.fault.stack import pipeline_stack, stack_env  # noqa: E402
+from tests.support import servers  # noqa: E402
+from tests.support.vectors import dstack_create_task_json  # noqa: E402
+
+NOOP_TASK = "bench.noop"
+
+
+async def _create_all(target: str, count: int, creators: int) -> tuple[list[str], float, float]:
+    """Create `count` tasks with `creators` concurrent callers; returns ids and the wall span."""
+    body = dstack_create_task_json()
+    template = json_format.ParseDict(body, tasks_pb2.CreateTaskRequest())
+    ids: list[str] = []
+    counter = iter(range(count))
+    channel = create_channel(target)
+    stub = tasks_pb2_grpc.TaskServiceStub(channel)
+
+    async def creator() -> None:
+        for _ in counter:
+            request = tasks_pb2.CreateTaskRequest()
+            request.CopyFrom(template)
+            request.request_id = uuid.uuid4().hex
+            response = await stub.CreateTask(request, timeout=60)
+            ids.append(response.task.id)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(creator() for _ in range(creators)))
+    created = time.perf_counter()
+    await channel.close()
+    return ids, started, created
+
+
+async def _wait_all_finished(target: str, count: int, within: float) -> float:
+    """Poll the stats until every task is finished; returns when. Once a second:
+    the stats are an aggregate over every task, on the service under test."""
+    channel = create_channel(target)
+    stub = tasks_pb2_grpc.TaskServiceStub(channel)
+    deadline = time.perf_counter() + within
+    try:
+        while time.perf_counter() < deadline:
+            stats = await stub.GetTaskStats(tasks_pb2.GetTaskStatsRequest(), timeout=30)
+            if stats.completed + stats.failed + stats.cancelled >= count:
+                return time.perf_counter()
+            await asyncio.sleep(1.0)
+    finally:
+        await channel.close()
+    raise TimeoutError("the tasks did not finish in time")
+
+
+async def _latencies(target: str, ids: list[str]) -> tuple[list[float], dict[str, int], float]:
+    """Server-side create -> finished seconds per task, statuses, and the span."""
+    channel = create_channel(target)
+    stub = tasks_pb2_grpc.TaskServiceStub(channel)
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    first_created, last_finished = float("inf"), 0.0
+    sem = asyncio.Semaphore(32)
+
+    async def one(task_id: str) -> None:
+        nonlocal first_created, last_finished
+        async with sem:
+            task = (await stub.GetTask(tasks_pb2.GetTaskRequest(id=task_id), timeout=30)).task
+        name = tasks_pb2.TaskStatus.Name(task.status)
+        statuses[name] = statuses.get(name, 0) + 1
+        created = task.created_at.ToNanoseconds() / 1e9
+        finished = task.finished_at.ToNanoseconds() / 1e9
+        first_created = min(first_created, created)
+        last_finished = max(last_finished, finished)
+        latencies.append(finished - created)
+
+    await asyncio.gather(*(one(task_id) for task_id in ids))
+    await channel.close()
+    return latencies, statuses, last_finished - first_created
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+# --- plain taskiq ----------------------------------------------------------------
+
+
+def _noop_worker(url: str, queue: str, count: int) -> None:
+    """A plain taskiq worker process: runs `count` no-op tasks, then records the time."""
+    import logging
+
+    from taskiq.acks import AcknowledgeType
+    from taskiq.receiver import Receiver
+    from taskiq_redis import RedisStreamBroker
+
+    logging.getLogger("taskiq").setLevel(logging.WARNING)
+    broker = RedisStreamBroker(url, queue_name=queue, consumer_group_name="bench", consumer_id="0")
+    done = 0
+    finish = asyncio.Event()
+
+    @broker.task(task_name=NOOP_TASK)
+    async def noop(n: int) -> None:
+        nonlocal done
+        done += 1
+        if done >= count:
+            redis.Redis.from_url(url).set(f"{queue}:done", repr(time.time()))
+            finish.set()
+
+    async def run() -> None:
+        broker.is_worker_process = True
+        await broker.startup()
+        redis.Redis.from_url(url).set(f"{queue}:ready", "1")
+        receiver = Receiver(
+            broker, max_async_tasks=100, ack_type=AcknowledgeType.WHEN_EXECUTED, run_startup=False
+        )
+        await receiver.listen(finish)
+        await broker.shutdown()
+
+    asyncio.run(run())
+
+
+def _wait_key(client: redis.Redis, key: str, interval: float) -> str:
+    while True:
+        value = client.get(key)
+        if value:
+            return value.decode() if isinstance(value, bytes) else str(value)
+        time.sleep(interval)
+
+
+async def _kick_noops(url: str, queue: str, count: int) -> float:
+    """Send `count` no-op jobs through plain taskiq; returns when the first was sent."""
+    from taskiq_redis import RedisStreamBroker
+
+    broker = RedisStreamBroker(url, queue_name=queue, consumer_group_name="bench")
+    noop = broker.register_task(lambda n: None, task_name=NOOP_TASK)
+    await broker.startup()
+    started = time.time()
+    sem = asyncio.Semaphore(64)
+
+    async def send(n: int) -> None:
+        async with sem:
+            await noop.kiq(n)
+
+    await asyncio.gather(*(send(n) for n in range(count)))
+    await broker.shutdown()
+    return started
+
+
+def _bench_taskiq(url: str, count: int) -> float:
+    """Seconds for `count` no-op jobs through plain taskiq (one worker process,
+    100 at once), from the first send to the last done."""
+    queue = f"bench-noop-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(url)
+    worker = subprocess.Popen(
+        [sys.executable, __file__, "--noop-worker", url, queue, str(count)], cwd=ROOT
+    )
+    try:
+        _wait_key(client, f"{queue}:ready", 0.05)
+        started = asyncio.run(_kick_noops(url, queue, count))
+        finished = float(_wait_key(client, f"{queue}:done", 0.01))
+        return finished - started
+    finally:
+        worker.wait(30)
+        client.delete(queue, f"{queue}:ready", f"{queue}:done")
+
+
+# --- our queue alone (no-op handler) ---------------------------------------------
+
+
+def _queue_noop_worker(url: str, queue: str, count: int) -> None:
+    """A RedisWorker process whose handler does nothing: the queue's own cost."""
+    import dataclasses
+    import logging
+
+    from services.queue.model import Job, JobResult, Outcome
+    from services.queue.redis_worker import RedisWorker
+    from shared.config import load_settings
+
+    logging.getLogger().setLevel(logging.WARNING)
+    settings = dataclasses.replace(
+        load_settings(env={}),
+        redis_url=url,
+        queue_name=queue,
+        queue_concurrency=64,
+        log_level="warning",
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        done = 0
+
+        class Noop:
+            async def process(self, job: Job) -> JobResult:
+                nonlocal done
+                done += 1
+                if done >= count:
+                    redis.Redis.from_url(url).set(f"{queue}:done", repr(time.time()))
+                    stop.set()
+                return JobResult(Outcome.COMPLETED)
+
+        worker = RedisWorker(settings)
+        runner = asyncio.create_task(worker.run(Noop(), stop))
+        await worker.ready.wait()
+        redis.Redis.from_url(url).set(f"{queue}:ready", "1")
+        await runner
+
+    asyncio.run(run())
+
+
+async def _enqueue_all(url: str, queue: str, count: int) -> float:
+    import dataclasses
+
+    from services.queue.redis_backend import RedisQueue
+    from shared.config import load_settings
+
+    settings = dataclasses.replace(load_settings(env={}), redis_url=url, queue_name=queue)
+    backend = RedisQueue(settings)
+    await backend.start()
+    started = time.time()
+    sem = asyncio.Semaphore(64)
+
+    async def send(n: int) -> None:
+        async with sem:
+            await backend.enqueue(f"noop-{n}")
+
+    await asyncio.gather(*(send(n) for n in range(count)))
+    await backend.close()
+    return started
+
+
+def _bench_our_queue(url: str, count: int) -> float:
+    """Seconds for `count` jobs through our queue (EnqueueTask's script, the
+    worker's admit/settle, no RPCs), from the first enqueue to the last done."""
+    queue = f"bench-queue-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(url)
+    worker = subprocess.Popen(
+        [sys.executable, __file__, "--queue-noop-worker", url, queue, str(count)], cwd=ROOT
+    )
+    try:
+        _wait_key(client, f"{queue}:ready", 0.05)
+        started = asyncio.run(_enqueue_all(url, queue, count))
+        finished = float(_wait_key(client, f"{queue}:done", 0.01))
+        return finished - started
+    finally:
+        worker.wait(60)
+        keys = list(client.scan_iter(match=f"verifier:queue:{{{queue}}}:*"))
+        client.delete(f"{queue}:ready", f"{queue}:done", *keys)
+
+
+# --- main ----------------------------------------------------------------------------
+
+
+async def _bench_pipeline(args: argparse.Namespace, stack_target: str) -> dict[str, float]:
+    ids, started, created = await _create_all(stack_target, args.tasks, args.creators)
+    finished = await _wait_all_finished(stack_target, args.tasks, within=1800)
+    latencies, statuses, server_span = await _latencies(stack_target, ids)
+    wall = finished - started
+    print(f"statuses: {statuses}")
+    print(
+        f"created {len(ids)} tasks in {created - started:.2f} s "
+        f"({len(ids) / (created - started):.0f} creates/s)"
+    )
+    return {
+        "wall": wall,
+        "server_span": server_span,
+        "p50": _percentile(latencies, 0.5),
+        "p99": _percentile(latencies, 0.99),
+        "mean": statistics.fmean(latencies),
+    }
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--noop-worker":
+        _noop_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--queue-noop-worker":
+        _queue_noop_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument("--concurrency", type=int, default=64, help="QUEUE_CONCURRENCY")
+    parser.add_argument("--creators", type=int, default=64, help="concurrent CreateTask callers")
+    parser.add_argument("--verification-processes", type=int, default=2)
+    parser.add_argument(
+        "--queue-only", action="store_true", help="skip the pipeline: the two no-op figures"
+    )
+    args = parser.parse_args()
+    if args.queue_only:
+        with servers.redis_server() as redis_url:
+            noop = args.tasks / _bench_taskiq(redis_url, args.tasks)
+            ours = args.tasks / _bench_our_queue(redis_url, args.tasks)
+        print(f"plain taskiq no-op: {noop:.0f} jobs/s; our queue no-op: {ours:.0f} jobs/s")
+        return
+
+    import tempfile
+
+    with (
+        servers.postgres_server() as pg_server,
+        servers.postgres_database(pg_server, prefix="verifier_bench") as database,
+        servers.redis_server() as redis_url,
+        servers.s3_server() as s3,
+    ):
+        workdir = Path(tempfile.mkdtemp(prefix="verifier-bench-"))
+        env = stack_env(
+            database_url=database,
+            redis_url=redis_url,
+            s3=s3,
+            workdir=workdir,
+            queue_name=f"bench-{uuid.uuid4().hex[:8]}",
+            log_level="warning",
+            queue_concurrency=str(args.concurrency),
+            verification_processes=str(args.verification_processes),
+            database_pool_size="20",
+            job_idle_timeout_seconds="120",
+        )
+        print(
+            f"pipeline: N={args.tasks}, {args.workers} worker process(es) x "
+            f"{args.concurrency} jobs, {args.verification_processes} verification processes, "
+            f"{os.cpu_count()} cores"
+        )
+        with pipeline_stack(env, workers=args.workers) as stack:
+            target = f"127.0.0.1:{stack.service('tasks').port}"
+            figures = asyncio.run(_bench_pipeline(args, target))
+        noop_seconds = _bench_taskiq(redis_url, args.tasks)
+        queue_seconds = _bench_our_queue(redis_url, args.tasks)
+
+    pipeline_rate = args.tasks / figures["wall"]
+    noop_rate = args.tasks / noop_seconds
+    print(
+        f"pipeline end to end: {pipeline_rate:.0f} tasks/s "
+        f"({args.tasks} in {figures['wall']:.2f} s; server span {figures['server_span']:.2f} s)"
+    )
+    print(
+        f"create -> completed: p50 {figures['p50'] * 1000:.0f} ms, "
+        f"p99 {figures['p99'] * 1000:.0f} ms, mean {figures['mean'] * 1000:.0f} ms"
+    )
+    print(f"plain taskiq no-op: {noop_rate:.0f} jobs/s ({args.tasks} in {noop_seconds:.2f} s)")
+    queue_rate = args.tasks / queue_seconds
+    print(
+        f"our queue, no-op handler: {queue_rate:.0f} jobs/s ({args.tasks} in "
+        f"{queue_seconds:.2f} s; {queue_rate / noop_rate:.2f} of plain taskiq)"
+    )
+    print(
+        f"ratio pipeline / plain taskiq: {pipeline_rate / noop_rate:.3f} "
+        f"(plain taskiq is {noop_rate / pipeline_rate:.1f}x faster)"
+    )
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except grpc.RpcError as exc:
+        print(f"RPC failed: {exc}", file=sys.stderr)
+        raise SystemExit(1) from exc

@@ -1,0 +1,1 @@
+"""The services: tasks, queue, verification, gateway."""

@@ -1,0 +1,6 @@
+"""`python -m services.queue` runs the queue service."""
+
+from services.queue.main import main
+
+if __name__ == "__main__":
+    main()

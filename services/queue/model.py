@@ -1,0 +1,168 @@
+"""The queue's vocabulary: jobs, their outcomes, the queue's status and its workers.
+
+Pure data, no I/O. A job carries only the task id and the attempt number; the
+worker gets the task itself (with its evidence) from TaskService.StartTask.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+from .errors import InvalidTaskId
+
+# Task ids are UUIDs from the tasks service; accept any sane token (they end up
+# in Redis keys and logs), reject the rest.
+_TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def validate_task_id(task_id: str) -> str:
+    if not task_id:
+        raise InvalidTaskId("is required")
+    if not _TASK_ID_PATTERN.fullmatch(task_id):
+        raise InvalidTaskId("must be 1-128 characters of [A-Za-z0-9._:-]")
+    return task_id
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of one task. `attempt` counts from 1; retries carry the same job id."""
+
+    job_id: str
+    task_id: str
+    attempt: int = 1
+
+    def next_attempt(self) -> Job:
+        return Job(self.job_id, self.task_id, self.attempt + 1)
+
+
+class Outcome(enum.Enum):
+    """What became of a job run."""
+
+    # A verification outcome was recorded (CompleteTask), passed or not.
+    COMPLETED = "completed"
+    # An error was recorded (FailTask): a final error, or retries exhausted.
+    FAILED = "failed"
+    # Nothing to do: the task is cancelled, finished or gone.
+    SKIPPED = "skipped"
+    # A transient error: run the job again after `delay_seconds`.
+    RETRY = "retry"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    outcome: Outcome
+    detail: str = ""
+    delay_seconds: float = 0.0
+    # RETRY only: put the job back without counting an attempt (the task was
+    # held by another worker, not tried).
+    same_attempt: bool = False
+
+
+class Admission(enum.Enum):
+    """Whether a delivered job may run (the worker's duplicate guard)."""
+
+    RUN = "run"
+    # The message belongs to a job that is no longer the task's current job.
+    STALE = "stale"
+    # Another worker is running the task right now.
+    BUSY = "busy"
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    job_id: str
+    already_enqueued: bool
+
+
+class WorkerState(enum.Enum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+@dataclass(frozen=True)
+class QueueStatusView:
+    queue_name: str
+    paused: bool
+    waiting: int
+    active: int
+    delayed: int
+    completed: int
+    failed: int
+    workers_online: int
+    concurrency: int
+    backend: str
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker as ListWorkers shows it (times are Unix seconds)."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: float
+    last_heartbeat_at: float
+    state: WorkerState
+    jobs_in_hand: tuple[str, ...]
+    concurrency: int
+    processed: int
+
+
+@dataclass
+class WorkerRecord:
+    """A live worker's own bookkeeping, published with every heartbeat."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: float
+    concurrency: int
+    jobs_in_hand: set[str] = field(default_factory=set)
+    processed: int = 0
+
+    @classmethod
+    def create(cls, concurrency: int, started_at: float, suffix: str = "") -> WorkerRecord:
+        host = socket.gethostname()
+        pid = os.getpid()
+        tail = suffix or uuid.uuid4().hex[:6]
+        return cls(f"{host}-{pid}-{tail}", host, pid, started_at, concurrency)
+
+    def to_json(self, heartbeat_at: float) -> str:
+        return json.dumps(
+            {
+                "id": self.id,
+                "host": self.host,
+                "pid": self.pid,
+                "started_at": self.started_at,
+                "last_heartbeat_at": heartbeat_at,
+                "jobs_in_hand": sorted(self.jobs_in_hand),
+                "concurrency": self.concurrency,
+                "processed": self.processed,
+            },
+            separators=(",", ":"),
+        )
+
+
+def worker_info_from_json(text: str | bytes, state: WorkerState) -> WorkerInfo:
+    data = json.loads(text)
+    return WorkerInfo(
+        id=str(data["id"]),
+        host=str(data.get("host", "")),
+        pid=int(data.get("pid", 0)),
+        started_at=float(data.get("started_at", 0.0)),
+        last_heartbeat_at=float(data.get("last_heartbeat_at", 0.0)),
+        state=state,
+        jobs_in_hand=tuple(str(t) for t in data.get("jobs_in_hand", ())),
+        concurrency=int(data.get("concurrency", 0)),
+        processed=int(data.get("processed", 0)),
+    )

@@ -1,0 +1,210 @@
+"""One job, end to end: start the task, verify it, report progress, complete or
+fail it. The same pipeline runs in the worker processes (Redis mode) and in the
+queue service's in-process workers (embedded mode).
+
+Calls per job: StartTask (ACTIVE, progress 0), UpdateTaskProgress(30,
+"verifying evidence") sent alongside VerificationService.Verify, then
+CompleteTask (100). Verify is one call that gathers the evidence, runs the
+checks and stores the report, so there is no finer step to show; an update
+between Verify and CompleteTask would last one RPC, invisible to a client
+yet a write on the tasks service, which bounds throughput.
+
+Transient faults (policy.is_transient) give RETRY with an exponential delay
+until the attempts are used up, then FailTask. A rejected task
+(INVALID_ARGUMENT and other final codes) is failed at once; a verification that
+ran and failed a check is a result (CompleteTask records FAILED), never retried.
+A task that is cancelled or finished is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from typing import Protocol
+
+import grpc
+from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from verifier.verification.v1 import verification_pb2_grpc
+
+from shared.config import Settings
+from shared.grpc_client import create_channel
+from shared.log import get_logger
+
+from . import policy
+from .mapping import verdict_name, verify_request_for
+from .model import Job, JobResult, Outcome
+
+log = get_logger(__name__)
+
+PROGRESS_VERIFYING = 30
+
+
+class JobHandler(Protocol):
+    """Runs one job and says what became of it; never raises for RPC faults."""
+
+    async def process(self, job: Job) -> JobResult: ...
+
+
+def _code(exc: grpc.aio.AioRpcError) -> str:
+    return str(exc.code().name)
+
+
+def _describe(step: str, exc: grpc.aio.AioRpcError) -> str:
+    return f"{step}: {_code(exc)}: {exc.details() or ''}".rstrip(": ")
+
+
+class VerificationPipeline:
+    """The JobHandler of the real pipeline, over gRPC to the tasks and verification services."""
+
+    def __init__(
+        self,
+        tasks: tasks_pb2_grpc.TaskServiceStub,
+        verification: verification_pb2_grpc.VerificationServiceStub,
+        *,
+        worker_id: str,
+        retry_attempts: int,
+        retry_base_seconds: float,
+        call_timeout_seconds: float,
+        verify_timeout_seconds: float,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.tasks = tasks
+        self.verification = verification
+        self.worker_id = worker_id
+        self.retry_attempts = retry_attempts
+        self.retry_base_seconds = retry_base_seconds
+        self.call_timeout = call_timeout_seconds
+        self.verify_timeout = verify_timeout_seconds
+        self.rand = rand
+
+    async def process(self, job: Job) -> JobResult:
+        try:
+            return await self._process(job)
+        except grpc.aio.AioRpcError as exc:  # a call below that has no handler of its own
+            return await self._on_error(job, "pipeline", exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug here must not lose the job: retry, bounded
+            log.exception("job.unexpected_error", attempt=job.attempt)
+            return await self._transient(job, f"worker error: {type(exc).__name__}: {exc}")
+
+    async def _process(self, job: Job) -> JobResult:
+        task_id = job.task_id
+        try:
+            started = await self.tasks.StartTask(
+                tasks_pb2.StartTaskRequest(id=task_id, worker_id=self.worker_id),
+                timeout=self.call_timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            code = _code(exc)
+            if code == "FAILED_PRECONDITION":
+                log.info("job.skipped", reason="task cancelled or finished")
+                return JobResult(Outcome.SKIPPED, "task cancelled or finished")
+            if code == "NOT_FOUND":
+                log.warning("job.skipped", reason="task not found")
+                return JobResult(Outcome.SKIPPED, "task not found")
+            if policy.is_transient(code):
+                return await self._transient(job, _describe("StartTask", exc))
+            log.error("job.start_rejected", error=_describe("StartTask", exc))
+            return JobResult(Outcome.SKIPPED, _describe("StartTask", exc))
+
+        task = started.task
+        log.info("job.started", attempt=job.attempt)
+        progress = asyncio.ensure_future(
+            self._progress(task_id, PROGRESS_VERIFYING, "verifying evidence")
+        )
+        try:
+            verified = await self.verification.Verify(
+                verify_request_for(task), timeout=self.verify_timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            await progress
+            return await self._on_error(job, "Verify", exc)
+        finally:
+            if not progress.done():
+                await progress
+
+        summary = verified.summary
+        try:
+            await self.tasks.CompleteTask(
+                tasks_pb2.CompleteTaskRequest(id=task_id, summary=summary),
+                timeout=self.call_timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if _code(exc) == "FAILED_PRECONDITION":
+                log.info("job.skipped", reason="task cancelled while verifying")
+                return JobResult(Outcome.SKIPPED, "task cancelled while verifying")
+            return await self._on_error(job, "CompleteTask", exc)
+        verdict = verdict_name(summary)
+        log.info("job.completed", verdict=verdict, attempt=job.attempt)
+        return JobResult(Outcome.COMPLETED, verdict)
+
+    async def _progress(self, task_id: str, value: int, message: str) -> None:
+        """Progress is for the client's eyes: a failed update never fails the job."""
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await self.tasks.UpdateTaskProgress(
+                tasks_pb2.UpdateTaskProgressRequest(id=task_id, progress=value, message=message),
+                timeout=self.call_timeout,
+            )
+
+    async def _on_error(self, job: Job, step: str, exc: grpc.aio.AioRpcError) -> JobResult:
+        if policy.is_transient(_code(exc)):
+            return await self._transient(job, _describe(step, exc))
+        return await self._fail(job, _describe(step, exc))
+
+    async def _transient(self, job: Job, error: str) -> JobResult:
+        if policy.should_retry(job.attempt, self.retry_attempts):
+            delay = policy.backoff_delay(job.attempt, self.retry_base_seconds, self.rand)
+            log.warning(
+                "job.retry", attempt=job.attempt, delay_seconds=round(delay, 3), error=error
+            )
+            return JobResult(Outcome.RETRY, error, delay_seconds=delay)
+        return await self._fail(job, f"gave up after {job.attempt} attempts: {error}")
+
+    async def _fail(self, job: Job, error: str) -> JobResult:
+        try:
+            await self.tasks.FailTask(
+                tasks_pb2.FailTaskRequest(
+                    id=job.task_id, error_message=policy.truncate_error(error)
+                ),
+                timeout=self.call_timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            code = _code(exc)
+            if code == "FAILED_PRECONDITION":
+                return JobResult(Outcome.SKIPPED, "task cancelled or finished")
+            # The failure could not be recorded: keep the job (the task must not
+            # stay ACTIVE forever); it runs again at the longest delay.
+            delay = policy.backoff_delay(
+                min(job.attempt, self.retry_attempts), self.retry_base_seconds, self.rand
+            )
+            log.warning("job.fail_unrecorded", error=_describe("FailTask", exc), retry_in=delay)
+            return JobResult(Outcome.RETRY, error, delay_seconds=delay)
+        log.warning("job.failed", attempt=job.attempt, error=error)
+        return JobResult(Outcome.FAILED, error)
+
+
+class PipelineConnection:
+    """The pipeline with its own channels to the tasks and verification services.
+    Build it inside the running event loop (grpc.aio channels bind to it)."""
+
+    def __init__(self, settings: Settings, worker_id: str) -> None:
+        self._channels = [
+            create_channel(settings.tasks_addr),
+            create_channel(settings.verification_addr),
+        ]
+        self.pipeline = VerificationPipeline(
+            tasks_pb2_grpc.TaskServiceStub(self._channels[0]),
+            verification_pb2_grpc.VerificationServiceStub(self._channels[1]),
+            worker_id=worker_id,
+            retry_attempts=settings.retry_attempts,
+            retry_base_seconds=settings.retry_base_seconds,
+            call_timeout_seconds=settings.call_timeout_seconds,
+            verify_timeout_seconds=settings.verify_timeout_seconds,
+        )
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()

@@ -1,0 +1,67 @@
+"""The worker process: `python -m services.queue.worker`, `verifier-worker`,
+`make worker`. Runs QUEUE_CONCURRENCY jobs at once from the Redis queue until
+SIGTERM/SIGINT, then finishes the jobs in hand and leaves cleanly.
+
+In the embedded mode (REDIS_URL empty) the queue service runs its workers
+in-process; a separate worker process has nothing to read from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from shared.config import Settings, add_config_arguments, settings_from_args
+from shared.log import configure_logging, get_logger
+
+from . import policy
+from .pipeline import PipelineConnection
+from .redis_worker import RedisWorker
+
+log = get_logger(__name__)
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    worker = RedisWorker(settings)
+    connection = PipelineConnection(settings, worker.id)
+    try:
+        await worker.run(connection.pipeline, stop)
+    finally:
+        await connection.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="verifier-worker",
+        description="A queue worker: verifies queued tasks from Redis (REDIS_URL)",
+    )
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    settings = settings_from_args(args)
+    configure_logging("worker", settings.log_level, settings.log_format)
+    problem = policy.timing_problem(
+        settings.worker_heartbeat_seconds,
+        settings.job_idle_timeout_seconds,
+        settings.worker_offline_after_seconds,
+    )
+    if problem is not None:
+        print(f"invalid configuration: {problem[0]}: {problem[1]}", file=sys.stderr)
+        raise SystemExit(2)
+    if not settings.redis_url:
+        print(
+            "REDIS_URL is not set: in the embedded mode the queue service "
+            "(python -m services.queue) runs the workers itself",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    asyncio.run(run_worker(settings))
+
+
+if __name__ == "__main__":
+    main()

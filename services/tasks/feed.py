@@ -1,0 +1,139 @@
+"""Change notifications for WatchTask.
+
+A `ChangeFeed` wakes the in-process subscribers of a task when it changes. The
+wake-up carries no data: a woken watcher reads the task's events after the
+last one it sent, so a coalesced or repeated wake-up loses nothing.
+
+Where wake-ups come from:
+- PostgreSQL: `PostgresListener`, ONE connection per process that LISTENs on
+  the channel the task_events trigger NOTIFYs in the writing transaction (so
+  changes made by any instance of the service are seen). After a reconnect it
+  wakes every subscriber, since notifications may have been missed meanwhile.
+- SQLite: the store calls `publish` after each commit (one process owns the file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+import psycopg
+
+from shared.log import get_logger
+
+from .errors import ChangeFeedUnavailable
+from .tables import NOTIFY_CHANNEL
+
+log = get_logger(__name__)
+
+
+class Subscription:
+    """One watcher's wake-up flag."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self._event = asyncio.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        """Return once the task may have changed since the previous return."""
+        await self._event.wait()
+        self._event.clear()
+
+
+class ChangeFeed:
+    """Fans task-change wake-ups out to in-process subscribers."""
+
+    def __init__(self, *, needs_listener: bool = False) -> None:
+        self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
+        # Without a live listener a subscriber could miss changes: wait for it.
+        self._ready = asyncio.Event()
+        if not needs_listener:
+            self._ready.set()
+
+    @property
+    def watched_tasks(self) -> int:
+        return len(self._subscribers)
+
+    def publish(self, task_id: str) -> None:
+        for subscription in self._subscribers.get(task_id, ()):
+            subscription.wake()
+
+    def publish_all(self) -> None:
+        for subscriptions in self._subscribers.values():
+            for subscription in subscriptions:
+                subscription.wake()
+
+    def set_ready(self, ready: bool) -> None:
+        if ready:
+            self._ready.set()
+        else:
+            self._ready.clear()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, task_id: str, ready_timeout: float = 5.0
+    ) -> AsyncIterator[Subscription]:
+        """Subscribe BEFORE reading the task's state, so no change falls between."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), ready_timeout)
+        except TimeoutError:
+            raise ChangeFeedUnavailable(
+                "the change listener is not connected to the database; retry shortly"
+            ) from None
+        subscription = Subscription(task_id)
+        self._subscribers[task_id].add(subscription)
+        try:
+            yield subscription
+        finally:
+            subscribers = self._subscribers.get(task_id)
+            if subscribers is not None:
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del self._subscribers[task_id]
+
+
+class PostgresListener:
+    """The one LISTEN connection of the process; a background job of the server."""
+
+    def __init__(self, url: str, feed: ChangeFeed, retry_seconds: float = 1.0) -> None:
+        self.url = _libpq_url(url)
+        self.feed = feed
+        self.retry_seconds = retry_seconds
+        self.connected = False
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._listen()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.connected:
+                    log.warning("feed.listener_lost", error=str(exc))
+                self.connected = False
+                self.feed.set_ready(False)
+            await asyncio.sleep(self.retry_seconds)
+
+    async def _listen(self) -> None:
+        conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        async with conn:
+            await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            self.connected = True
+            self.feed.set_ready(True)
+            # Changes may have been missed while disconnected: every watcher re-reads.
+            self.feed.publish_all()
+            log.info("feed.listening", channel=NOTIFY_CHANNEL)
+            async for notify in conn.notifies():
+                self.feed.publish(notify.payload)
+
+
+def _libpq_url(url: str) -> str:
+    for prefix in ("postgresql+psycopg://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url

@@ -1,0 +1,123 @@
+"""Entry point of the tasks service.
+
+python -m services.tasks [serve]   serve TaskService on TASKS_LISTEN_ADDR
+python -m services.tasks migrate   apply the database migrations and exit
+... --check-config                 print the effective configuration and exit
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from dataclasses import dataclass
+
+import grpc
+from verifier.tasks.v1 import tasks_pb2_grpc
+
+from shared.config import Settings, add_config_arguments, settings_from_args
+from shared.grpc_server import DependencyProbe, ServiceSpec, serve
+from shared.log import configure_logging, get_logger
+
+from . import migrate
+from .dispatch import Dispatcher, GrpcQueueClient, QueueClient, Reconciler
+from .feed import ChangeFeed, PostgresListener
+from .server import SERVICE_NAME, TaskServicer
+from .service import TaskApp
+from .store import TaskStore, open_store
+
+log = get_logger(__name__)
+
+
+@dataclass
+class TasksService:
+    """The wired parts of one tasks service process (tests reach into these)."""
+
+    spec: ServiceSpec
+    app: TaskApp
+    store: TaskStore
+    feed: ChangeFeed
+    dispatcher: Dispatcher
+    reconciler: Reconciler
+    queue: QueueClient
+
+
+def database_url(settings: Settings) -> str:
+    return settings.effective_database_url
+
+
+def apply_migrations(settings: Settings) -> None:
+    url = database_url(settings)
+    migrate.upgrade(url)
+    log.info("database.migrated", revision=migrate.current_revision(url))
+
+
+def build_service(settings: Settings, *, queue: QueueClient | None = None) -> TasksService:
+    """Wire the store, change feed, dispatcher and servicer into a ServiceSpec."""
+    url = database_url(settings)
+    is_sqlite = url.startswith("sqlite")
+    feed = ChangeFeed(needs_listener=not is_sqlite)
+    store = open_store(
+        url,
+        pool_size=settings.database_pool_size,
+        on_change=feed.publish if is_sqlite else None,
+    )
+    queue_client: QueueClient = queue or GrpcQueueClient(
+        settings.queue_addr, settings.enqueue_timeout_seconds
+    )
+    dispatcher = Dispatcher(store, queue_client)
+    reconciler = Reconciler(
+        store,
+        dispatcher,
+        pending_after_seconds=settings.reconcile_after_seconds,
+        stale_after_seconds=settings.requeue_stale_after_seconds,
+        interval_seconds=settings.reconcile_interval_seconds,
+    )
+    app = TaskApp(store, dispatcher, feed)
+    background = [dispatcher.run, reconciler.run]
+    if not is_sqlite:
+        background.append(PostgresListener(url, feed).run)
+
+    def register(server: grpc.aio.Server) -> None:
+        tasks_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(app), server)
+
+    spec = ServiceSpec(
+        name="tasks",
+        service_names=[SERVICE_NAME],
+        register=register,
+        listen_addr=settings.tasks_listen_addr,
+        probes=[
+            DependencyProbe("database", store.version, required=True),
+            DependencyProbe("queue", queue_client.version, required=False),
+        ],
+        background=background,
+        on_stop=[store.close, queue_client.close],
+        health_probe_interval_seconds=settings.health_probe_interval_seconds,
+        shutdown_grace_seconds=settings.shutdown_grace_seconds,
+    )
+    return TasksService(spec, app, store, feed, dispatcher, reconciler, queue_client)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.tasks", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "command", nargs="?", default="serve", choices=["serve", "migrate"], help="default: serve"
+    )
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    settings = settings_from_args(args)
+    configure_logging("tasks", settings.log_level, settings.log_format)
+    if args.command == "migrate":
+        apply_migrations(settings)
+        return 0
+    if settings.migrate_on_start:
+        apply_migrations(settings)
+    service = build_service(settings)
+    log.info(
+        "tasks.starting",
+        database="sqlite" if settings.embedded_database else "postgresql",
+        queue=settings.queue_addr,
+    )
+    asyncio.run(serve(service.spec))
+    return 0

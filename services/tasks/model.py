@@ -1,0 +1,261 @@
+"""Plain data types of the tasks domain (no I/O, no grpc, no SQL).
+
+The gRPC layer maps protos to and from these (services.tasks.mapping); the
+store reads and writes them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+
+class TaskStatus(enum.StrEnum):
+    """Where a task is in its lifecycle; the values are the reference system's REST values."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_STATUSES
+
+
+FINISHED_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+UNFINISHED_STATUSES = frozenset(set(TaskStatus) - FINISHED_STATUSES)
+
+
+class AppConfigType(enum.StrEnum):
+    """The kind of app; the values are the reference system's REST values."""
+
+    REDPILL = "redpill"
+    PHALA_CLOUD = "phala_cloud"
+
+
+class TaskView(enum.Enum):
+    BASIC = "basic"
+    FULL = "full"
+
+
+class EventType(enum.StrEnum):
+    """What an audit-trail entry records."""
+
+    CREATED = "created"
+    QUEUED = "queued"
+    REQUEUED = "requeued"
+    STARTED = "started"
+    PROGRESS = "progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# The checks in report order; the names match verification.v1.Check without the prefix.
+CHECK_NAMES: tuple[str, ...] = (
+    "hardware",
+    "os",
+    "source_code",
+    "tee_controlled_key",
+    "certificate_key",
+    "dns_caa",
+    "ct_log",
+)
+
+
+@dataclass(frozen=True)
+class VerificationFlags:
+    """Which checks run. The defaults are the reference system's."""
+
+    hardware: bool = True
+    os: bool = True
+    source_code: bool = True
+    tee_controlled_key: bool = True
+    certificate_key: bool = True
+    dns_caa: bool = False
+    ct_log: bool = False
+
+    def enabled(self) -> list[str]:
+        return [name for name in CHECK_NAMES if getattr(self, name)]
+
+    def to_dict(self) -> dict[str, bool]:
+        return {name: bool(getattr(self, name)) for name in CHECK_NAMES}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VerificationFlags:
+        return cls(**{k: bool(v) for k, v in data.items() if k in _FLAG_NAMES})
+
+
+# The flags are named after the checks they turn on.
+_FLAG_NAMES = frozenset(CHECK_NAMES)
+assert {f.name for f in fields(VerificationFlags)} == _FLAG_NAMES
+
+# The inline evidence fields, as in verification.v1.Evidence.
+EVIDENCE_FIELDS: tuple[str, ...] = (
+    "quote",
+    "event_log",
+    "vm_config",
+    "report_data",
+    "app_compose",
+    "certificate_chain",
+    "collateral",
+    "acme_account_uri",
+)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check's outcome as the verification engine reported it."""
+
+    check: str  # one of CHECK_NAMES
+    status: str  # passed | failed | skipped | error
+    reason: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "status": self.status,
+            "reason": self.reason,
+            "details": self.details,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckResult:
+        return cls(
+            check=str(data.get("check", "")),
+            status=str(data.get("status", "")),
+            reason=str(data.get("reason", "")),
+            details=dict(data.get("details") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    """What a worker reports from VerificationService.Verify."""
+
+    verdict: str  # passed | failed | "" (unspecified)
+    checks: tuple[CheckResult, ...] = ()
+    tcb_status: str = ""
+    s3_bucket: str = ""
+    s3_key: str = ""
+    s3_filename: str = ""
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A validated CreateTask request, defaults filled in."""
+
+    request_id: str | None
+    app_id: str
+    app_name: str
+    app_config_type: AppConfigType
+    contract_address: str
+    model_or_domain: str
+    app_metadata: dict[str, Any]
+    verification_flags: VerificationFlags
+    evidence: dict[str, str] | None
+    expected_compose_hash: str
+    evaluation_time: datetime | None
+
+    @property
+    def job_name(self) -> str:
+        return f"verify:{self.app_config_type.value}"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One stored task."""
+
+    id: str
+    job_name: str
+    queue_job_id: str
+    request_id: str | None
+    app_id: str
+    app_name: str
+    app_config_type: AppConfigType
+    contract_address: str
+    model_or_domain: str
+    app_metadata: dict[str, Any]
+    verification_flags: VerificationFlags
+    status: TaskStatus
+    progress: int
+    error_message: str
+    check_results: tuple[CheckResult, ...]
+    verdict: str
+    tcb_status: str
+    s3_bucket: str
+    s3_key: str
+    s3_filename: str
+    expected_compose_hash: str
+    evaluation_time: datetime | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    has_evidence: bool
+    # Only loaded for the FULL view and StartTask.
+    evidence: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """One entry of a task's audit trail."""
+
+    id: int
+    task_id: str
+    type: EventType
+    from_status: TaskStatus | None
+    to_status: TaskStatus
+    progress: int
+    message: str
+    request_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    """The filters of ListTasks (combined with AND)."""
+
+    status: TaskStatus | None = None
+    app_id: str = ""
+    app_config_type: AppConfigType | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Keyset position: the last task of the previous page."""
+
+    created_at: datetime
+    id: str
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """A validated ListTasks request."""
+
+    filter: ListFilter
+    page_size: int
+    after: Cursor | None
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    tasks: list[Task]
+    next_cursor: Cursor | None
+
+
+@dataclass(frozen=True)
+class TaskStats:
+    total: int = 0
+    by_status: dict[TaskStatus, int] = field(default_factory=dict)
+    average_processing_seconds: float = 0.0
+    p95_processing_seconds: float = 0.0

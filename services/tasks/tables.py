@@ -1,0 +1,127 @@
+"""SQLAlchemy Core tables of the tasks store (PostgreSQL, or SQLite embedded).
+
+The schema itself is created by the Alembic migrations in migrations/; these
+definitions are what the store's queries are built from and must match them
+(tests/integration/tasks checks that the migrated schema has every column).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+
+metadata = sa.MetaData()
+
+# The channel the task_events trigger notifies on (PostgreSQL); the payload is the task id.
+NOTIFY_CHANNEL = "task_events"
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both engines (SQLite stores naive UTC text)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+TaskId = sa.Uuid(as_uuid=False)
+# SQLite only autoincrements an INTEGER PRIMARY KEY.
+EventId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", TaskId, primary_key=True),
+    sa.Column("job_name", sa.String(64), nullable=False),
+    sa.Column("queue_job_id", sa.String(256), nullable=False, server_default=""),
+    sa.Column("request_id", sa.String(128), nullable=True),
+    sa.Column("app_id", sa.String(128), nullable=False, server_default=""),
+    sa.Column("app_name", sa.String(256), nullable=False, server_default=""),
+    sa.Column("app_config_type", sa.String(16), nullable=False),
+    sa.Column("contract_address", sa.String(42), nullable=False, server_default=""),
+    sa.Column("model_or_domain", sa.String(253), nullable=False, server_default=""),
+    sa.Column("app_metadata", sa.JSON(), nullable=False),
+    sa.Column("verification_flags", sa.JSON(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("progress", sa.SmallInteger(), nullable=False, server_default="0"),
+    sa.Column("error_message", sa.Text(), nullable=False, server_default=""),
+    sa.Column("check_results", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("verdict", sa.String(16), nullable=False, server_default=""),
+    sa.Column("tcb_status", sa.String(64), nullable=False, server_default=""),
+    sa.Column("s3_bucket", sa.String(255), nullable=False, server_default=""),
+    sa.Column("s3_key", sa.String(1024), nullable=False, server_default=""),
+    sa.Column("s3_filename", sa.String(255), nullable=False, server_default=""),
+    sa.Column("expected_compose_hash", sa.String(64), nullable=False, server_default=""),
+    sa.Column("evaluation_time", UtcDateTime(), nullable=True),
+    sa.Column("evidence", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.Column("started_at", UtcDateTime(), nullable=True),
+    sa.Column("finished_at", UtcDateTime(), nullable=True),
+    # When the queue last acknowledged the task (the reconciler's clock).
+    sa.Column("enqueued_at", UtcDateTime(), nullable=True),
+)
+
+task_events = sa.Table(
+    "task_events",
+    metadata,
+    sa.Column("id", EventId, primary_key=True, autoincrement=True),
+    sa.Column("task_id", TaskId, sa.ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("from_status", sa.String(16), nullable=True),
+    sa.Column("to_status", sa.String(16), nullable=False),
+    sa.Column("progress", sa.SmallInteger(), nullable=False),
+    sa.Column("message", sa.Text(), nullable=False, server_default=""),
+    sa.Column("request_id", sa.String(128), nullable=False, server_default=""),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+)
+
+
+class HasEvidence(FunctionElement[bool]):
+    """`evidence IS NOT NULL`, without reading the evidence (a FunctionElement,
+    so statements using it keep SQLAlchemy's compiled-statement cache)."""
+
+    type = sa.Boolean()
+    inherit_cache = True
+    name = "has_evidence"
+
+
+@compiles(HasEvidence)
+def _has_evidence(element: HasEvidence, compiler: Any, **kw: Any) -> str:
+    return "tasks.evidence IS NOT NULL"
+
+
+@compiles(HasEvidence, "sqlite")
+def _has_evidence_sqlite(element: HasEvidence, compiler: Any, **kw: Any) -> str:
+    # SQLite 3.40 evaluates `col IS NOT NULL` wrongly in a RETURNING clause when
+    # the column is NULL (true instead of false); length() is evaluated right.
+    return "(coalesce(length(tasks.evidence), 0) > 0)"
+
+
+# Every column but the evidence (the BASIC view and lists never read it).
+BASIC_COLUMNS: list[sa.ColumnElement[Any]] = [
+    *(column for column in tasks.c if column.name != "evidence"),
+    HasEvidence().label("has_evidence"),
+]

@@ -1,0 +1,64 @@
+"""What the checks share: the request, the verified quote, the parsed event log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..collateral import CollateralBundle
+from ..eventlog import Event
+from ..model import CheckStatus, VerificationRequest
+from ..quote import ParsedQuote
+
+
+@dataclass(frozen=True)
+class AttestedQuote:
+    """A quote dcap-qvl verified: its TCB status and the verified report fields (hex)."""
+
+    tcb_status: str
+    advisory_ids: tuple[str, ...]
+    body_type: str
+    fields: dict[str, Any]
+    qe_status: str = ""
+    platform_status: str = ""
+
+    def register(self, name: str) -> bytes:
+        value = self.fields.get(name)
+        return bytes.fromhex(value) if isinstance(value, str) else b""
+
+
+@dataclass
+class CheckContext:
+    request: VerificationRequest
+    parsed: ParsedQuote
+    attested: AttestedQuote | None
+    attestation_problem: str
+    collateral: CollateralBundle | None
+    events: list[Event] | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: CheckStatus
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def passed(cls, reason: str, **details: Any) -> Outcome:
+        return cls(CheckStatus.PASSED, reason, details)
+
+    @classmethod
+    def failed(cls, reason: str, **details: Any) -> Outcome:
+        return cls(CheckStatus.FAILED, reason, details)
+
+    @classmethod
+    def error(cls, reason: str, **details: Any) -> Outcome:
+        return cls(CheckStatus.ERROR, reason, details)
+
+
+def unverified(ctx: CheckContext) -> Outcome:
+    """The outcome of a check that needs verified quote fields when there are none."""
+    return Outcome.failed(
+        f"quote fields are not verified ({ctx.attestation_problem}); "
+        "this check does not trust unverified registers"
+    )

@@ -1,0 +1,120 @@
+"""`python -m services.verification verify ...`: verify evidence, print the report JSON.
+
+Exit codes: 0 the report passed, 1 it failed, 2 anything else (bad arguments,
+unreadable files, malformed evidence), with a one-line message on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .engine import VerificationEngine
+from .errors import VerificationError
+from .evidence import parse_evidence_json
+from .model import CHECK_ORDER, VerificationFlags, VerificationRequest
+from .settings import VerificationSettings
+
+EXIT_PASSED, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse exits 2 too; keep its usage line and make the message ours.
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(prog="python -m services.verification")
+    sub = parser.add_subparsers(dest="command", required=True)
+    verify = sub.add_parser("verify", help="verify evidence and print the report JSON")
+    verify.add_argument("--evidence", type=Path, required=True, help="GetQuote JSON file")
+    verify.add_argument("--collateral", type=Path, help="collateral JSON (dcap-qvl shape)")
+    verify.add_argument("--at", help="evaluation time, ISO-8601 (default: now)")
+    verify.add_argument(
+        "--flags", help=f"comma-separated checks to run (of {','.join(CHECK_ORDER)})"
+    )
+    verify.add_argument("--app-compose", type=Path, help="raw app-compose.json file")
+    verify.add_argument("--compose-hash", help="expected compose hash (hex)")
+    verify.add_argument("--app-id", default="", help="expected app id (hex)")
+    verify.add_argument("--domain", default="", help="app domain, for certificate/DNS checks")
+    verify.add_argument(
+        "--os-allowlist",
+        type=Path,
+        action="append",
+        default=[],
+        help="extra OS allowlist file (repeatable)",
+    )
+    verify.add_argument(
+        "--allow-tcb-status",
+        action="append",
+        default=[],
+        help="TCB status to accept besides UpToDate (repeatable)",
+    )
+    return parser
+
+
+def _parse_time(value: str | None) -> datetime:
+    if not value:
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--at is not an ISO-8601 time: {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _read(path: Path, what: str) -> str:
+    try:
+        return path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc}") from None
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    evidence = parse_evidence_json(_read(args.evidence, "evidence"))
+    if args.collateral:
+        evidence = replace(evidence, collateral=_read(args.collateral, "collateral"))
+    if args.app_compose:
+        # Raw text, exactly as delivered: the compose hash is over these bytes.
+        evidence = replace(evidence, app_compose=args.app_compose.read_bytes().decode("utf-8"))
+    flags = (
+        VerificationFlags.only([f.strip() for f in args.flags.split(",") if f.strip()])
+        if args.flags
+        else VerificationFlags()
+    )
+    defaults = VerificationSettings()
+    settings = replace(
+        defaults,
+        os_allowlist_paths=defaults.os_allowlist_paths + tuple(args.os_allowlist),
+        allowed_tcb_statuses=defaults.allowed_tcb_statuses + tuple(args.allow_tcb_status),
+    )
+    request = VerificationRequest(
+        evidence=evidence,
+        evaluated_at=_parse_time(args.at),
+        task_id="cli",
+        app_id=args.app_id,
+        model_or_domain=args.domain,
+        flags=flags,
+        expected_compose_hash=args.compose_hash or "",
+    )
+    report = VerificationEngine(settings).verify(request)
+    json.dump(report.to_dict(), sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+    return EXIT_PASSED if report.passed else EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "verify":
+            return run_verify(args)
+    except (VerificationError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_ERROR  # pragma: no cover - argparse rejects unknown commands

@@ -1,0 +1,197 @@
+"""VerificationEngine: runs the enabled checks over one request and builds the Report.
+
+Synchronous and pure apart from what is injected (collateral store lookups,
+the on-chain registry, the DNS/CT fetcher), so it runs unchanged in a pool
+worker, the CLI and tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from .checks.context import AttestedQuote, CheckContext, Outcome
+from .checks.domain import WebFetcher, check_ct_log, check_dns_caa
+from .checks.hardware import attest, check_hardware
+from .checks.keys import check_certificate_key, check_tee_controlled_key
+from .checks.os_image import OsImage, check_os, load_allowlist
+from .checks.source_code import ComposeHashRegistry, check_source_code
+from .collateral import CollateralBundle, CollateralStore, LocalCollateralCache, QuoteCollateralKey
+from .errors import CollateralExpired
+from .eventlog import Event, parse_event_log
+from .evidence import validate_evidence
+from .hexutil import decode_hex
+from .model import (
+    CHECK_ORDER,
+    CheckResult,
+    CheckStatus,
+    Report,
+    VerificationRequest,
+    flags_to_dict,
+)
+from .quote import ParsedQuote, parse_quote, signed_quote_digest
+from .settings import VerificationSettings
+from .version import VERIFIER_VERSION
+
+
+def _sha256(text: str | None) -> str | None:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest() if text is not None else None
+
+
+@lru_cache(maxsize=32)
+def _collateral_sha256(text: str) -> str:
+    # One bundle serves a platform for a month: hash its ~20 KB once.
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class VerificationEngine:
+    def __init__(
+        self,
+        settings: VerificationSettings | None = None,
+        *,
+        collateral_store: CollateralStore | None = None,
+        compose_registry: ComposeHashRegistry | None = None,
+        web_fetcher: WebFetcher | None = None,
+        os_allowlist: tuple[OsImage, ...] | None = None,
+    ) -> None:
+        self.settings = settings or VerificationSettings()
+        s = self.settings
+        self.os_allowlist = (
+            os_allowlist if os_allowlist is not None else load_allowlist(s.os_allowlist_paths)
+        )
+        self.collateral_store = collateral_store or CollateralStore(
+            local_dir=s.collateral_dir,
+            cache=LocalCollateralCache(s.collateral_cache_dir) if s.collateral_cache_dir else None,
+        )
+        if compose_registry is None and s.eth_rpc_url:
+            from .onchain import EthRpcComposeRegistry
+
+            compose_registry = EthRpcComposeRegistry(s.eth_rpc_url, s.fetch_timeout_seconds)
+        self.compose_registry = compose_registry
+        if web_fetcher is None and (s.doh_url or s.ct_log_url):
+            from .fetchers import HttpWebFetcher
+
+            web_fetcher = HttpWebFetcher(s.fetch_timeout_seconds, s.max_response_bytes)
+        self.web_fetcher = web_fetcher
+        self._checks: dict[str, Callable[[CheckContext], Outcome]] = {
+            "hardware": lambda c: check_hardware(c, s.allowed_tcb_statuses),
+            "os": lambda c: check_os(c, self.os_allowlist),
+            "source_code": lambda c: check_source_code(c, self.compose_registry),
+            "tee_controlled_key": check_tee_controlled_key,
+            "certificate_key": check_certificate_key,
+            "dns_caa": lambda c: check_dns_caa(c, self.web_fetcher, s.doh_url),
+            "ct_log": lambda c: check_ct_log(c, self.web_fetcher, s.ct_log_url),
+        }
+
+    def _collateral_text(self, request: VerificationRequest) -> tuple[str | None, str]:
+        """Inline collateral first, then the store; (text, why-missing)."""
+        if request.evidence.collateral:
+            return request.evidence.collateral, ""
+        try:
+            key = QuoteCollateralKey.of_quote(request.evidence.quote)
+            found: CollateralBundle | None = self.collateral_store.find(key, request.evaluated_at)
+        except CollateralExpired as exc:
+            return None, exc.message
+        if found is None:
+            return None, f"no collateral for FMSPC {key.fmspc} ({key.ca}) at hand"
+        return found.json_text, ""
+
+    def verify(self, request: VerificationRequest) -> Report:
+        """Verify one request. Raises EvidenceMalformed for unreadable evidence."""
+        started = time.perf_counter()
+        evidence = request.evidence
+        validate_evidence(evidence)
+        if request.expected_compose_hash:
+            decode_hex(request.expected_compose_hash, "expected_compose_hash", expected_len=32)
+        parsed = parse_quote(evidence.quote)
+        events: list[Event] | None = (
+            parse_event_log(evidence.event_log) if evidence.event_log is not None else None
+        )
+        timings: dict[str, float] = {"parse": (time.perf_counter() - started) * 1000}
+
+        # Verify the quote once, whether or not the hardware check is enabled:
+        # every quote-dependent check needs the verified fields.
+        t0 = time.perf_counter()
+        attested: AttestedQuote | None = None
+        bundle: CollateralBundle | None = None
+        collateral_text, problem = self._collateral_text(request)
+        if collateral_text is not None:
+            attested, problem, bundle = attest(
+                evidence.quote, parsed, collateral_text, request.evaluated_at
+            )
+        timings["attestation"] = (time.perf_counter() - t0) * 1000
+
+        ctx = CheckContext(
+            request=request,
+            parsed=parsed,
+            attested=attested,
+            attestation_problem=problem,
+            collateral=bundle,
+            events=events,
+        )
+        enabled = set(request.flags.enabled())
+        results: list[CheckResult] = []
+        for name in CHECK_ORDER:
+            if name not in enabled:
+                results.append(CheckResult(name, CheckStatus.SKIPPED, "not enabled for this task"))
+                continue
+            t0 = time.perf_counter()
+            outcome = self._checks[name](ctx)
+            elapsed = (time.perf_counter() - t0) * 1000
+            timings[name] = elapsed
+            results.append(
+                CheckResult(name, outcome.status, outcome.reason, outcome.details, elapsed)
+            )
+        verdict_ok = bool(enabled) and all(r.passed for r in results if r.name in enabled)
+        timings["total"] = (time.perf_counter() - started) * 1000
+        return Report(
+            task_id=request.task_id,
+            verdict="passed" if verdict_ok else "failed",
+            checks=tuple(results),
+            quote=self._quote_summary(parsed, attested),
+            tcb_status=attested.tcb_status if attested else "",
+            advisory_ids=attested.advisory_ids if attested else (),
+            evidence_digests=self._digests(request, parsed),
+            timings_ms=timings,
+            verifier_version=VERIFIER_VERSION,
+            evaluated_at=request.evaluated_at,
+            request={
+                "task_id": request.task_id,
+                "app_id": request.app_id,
+                "app_config_type": request.app_config_type,
+                "model_or_domain": request.model_or_domain,
+                "contract_address": request.contract_address,
+                "expected_compose_hash": request.expected_compose_hash,
+                "flags": flags_to_dict(request.flags),
+            },
+        )
+
+    @staticmethod
+    def _quote_summary(parsed: ParsedQuote, attested: AttestedQuote | None) -> dict[str, Any]:
+        # Verified fields when dcap-qvl verified the quote; otherwise the parsed
+        # ones, clearly marked, so a reader can still see what was presented.
+        summary: dict[str, Any] = {
+            "version": parsed.version,
+            "tee_type": "TDX" if parsed.is_tdx else "SGX",
+            "body_type": parsed.body_type,
+            "signed_length": parsed.signed_length,
+            "verified": attested is not None,
+        }
+        summary["fields"] = dict(attested.fields) if attested else dict(parsed.fields)
+        return summary
+
+    @staticmethod
+    def _digests(request: VerificationRequest, parsed: ParsedQuote) -> dict[str, str]:
+        e = request.evidence
+        digests = {
+            "quote_sha256": signed_quote_digest(e.quote, parsed),
+            "event_log_sha256": _sha256(e.event_log),
+            "vm_config_sha256": _sha256(e.vm_config),
+            "app_compose_sha256": _sha256(e.app_compose),
+            "certificate_chain_sha256": _sha256(e.certificate_chain),
+            "collateral_sha256": _collateral_sha256(e.collateral) if e.collateral else None,
+        }
+        return {k: v for k, v in digests.items() if v is not None}

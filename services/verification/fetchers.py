@@ -1,0 +1,237 @@
+"""Evidence fetched from the app's attestation endpoints, behind an SSRF guard.
+
+Shapes follow the reference system (Phala-Network/trust-center,
+packages/verifier): the Phala Cloud API `GET /api/v1/apps/{app_id}/attestations`
+(instances[].quote, instances[].eventlog or instances[].tcb_info.event_log),
+the app's own `GET https://{app_id}-8090.{domain}/prpc/Info` (tcb_info.app_compose,
+vm_config, app_cert; some fields arrive as JSON text) and redpill's
+`GET /v1/attestation/report?model=...` (intel_quote, event_log, info).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import ipaddress
+import json
+import re
+import socket
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from .errors import FetchFailed, FetchNotAllowed, FetchRejected
+from .evidence import evidence_from_dict
+from .model import Evidence, VerificationRequest
+from .settings import VerificationSettings
+
+_APP_ID = re.compile(r"^(0x)?[0-9a-fA-F]{1,64}$")
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_MODEL = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
+
+
+def _forbidden_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+class UrlGuard:
+    """Allows a URL only if its host matches a pattern and resolves to public addresses.
+
+    Checked right before each request. A resolver answering differently at
+    connect time (DNS rebinding) is not covered here; see the issue notes.
+    """
+
+    def __init__(self, patterns: tuple[str, ...], allow_private: bool = False) -> None:
+        self.patterns = tuple(p.lower() for p in patterns)
+        self.allow_private = allow_private
+
+    def _host(self, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise FetchNotAllowed(f"not an http(s) URL: {url}", field="url")
+        if parts.username or parts.password:
+            raise FetchNotAllowed("URLs with credentials are refused", field="url")
+        host = parts.hostname.lower()
+        if not any(fnmatch.fnmatchcase(host, p) for p in self.patterns):
+            raise FetchNotAllowed(f"host {host} is not in the allowed fetch hosts", field="url")
+        return host
+
+    def _check_addresses(self, host: str, addresses: list[str]) -> None:
+        if self.allow_private:
+            return
+        bad = [a for a in addresses if _forbidden_address(a)]
+        if bad or not addresses:
+            raise FetchNotAllowed(
+                f"host {host} resolves to a loopback/private/link-local address", field="url"
+            )
+
+    async def check(self, url: str) -> None:
+        host = self._host(url)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, None, type=socket.SOCK_STREAM
+            )
+        except socket.gaierror as exc:
+            raise FetchFailed(f"cannot resolve {host}: {exc}") from None
+        self._check_addresses(host, [str(info[4][0]) for info in infos])
+
+
+def _decode_json(body: bytes, url: str) -> Any:
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise FetchRejected(f"{url} did not answer JSON") from None
+
+
+def _maybe_json(value: Any) -> Any:
+    """Fields the dstack APIs sometimes deliver as JSON text."""
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+class EvidenceFetcher:
+    """Fetches Evidence for a task by app_config_type (async, httpx)."""
+
+    def __init__(
+        self, settings: VerificationSettings, client: httpx.AsyncClient | None = None
+    ) -> None:
+        self.settings = settings
+        self.guard = UrlGuard(settings.allowed_fetch_hosts, settings.allow_private_fetch)
+        # Redirects are not followed: a redirect could lead past the guard.
+        self._client = client or httpx.AsyncClient(
+            timeout=settings.fetch_timeout_seconds, follow_redirects=False
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _get_json(
+        self, url: str, params: dict[str, str] | None = None, headers: dict[str, str] | None = None
+    ) -> Any:
+        await self.guard.check(url)
+        limit = self.settings.max_response_bytes
+        try:
+            async with self._client.stream("GET", url, params=params, headers=headers) as response:
+                if response.status_code >= 500:
+                    raise FetchFailed(f"{url} answered {response.status_code}")
+                if response.status_code >= 300:
+                    raise FetchRejected(f"{url} answered {response.status_code}")
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise FetchRejected(f"{url} answered more than {limit} bytes")
+                    chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            raise FetchFailed(f"{url}: {type(exc).__name__}: {exc}") from None
+        return _decode_json(b"".join(chunks), url)
+
+    async def fetch(self, request: VerificationRequest) -> Evidence:
+        if request.app_config_type == "phala_cloud":
+            return await self.fetch_phala_cloud(request.app_id, request.model_or_domain)
+        if request.app_config_type == "redpill":
+            return await self.fetch_redpill(request.model_or_domain)
+        raise FetchRejected(
+            f"no evidence source for app_config_type {request.app_config_type!r}",
+            field="app_config_type",
+        )
+
+    async def fetch_phala_cloud(self, app_id: str, domain: str = "") -> Evidence:
+        if not _APP_ID.match(app_id):
+            raise FetchNotAllowed("app_id must be hex", field="app_id")
+        app_id = app_id.lower().removeprefix("0x")
+        base = self.settings.phala_cloud_api_url.rstrip("/")
+        doc = await self._get_json(f"{base}/api/v1/apps/{app_id}/attestations")
+        instances = doc.get("instances") if isinstance(doc, dict) else None
+        running = [i for i in instances or [] if isinstance(i, dict) and i.get("quote")]
+        if not running:
+            raise FetchRejected(f"app {app_id} has no running instance with a quote")
+        instance = running[0]
+        tcb_info = _maybe_json(instance.get("tcb_info")) or {}
+        event_log = instance.get("eventlog") or (
+            tcb_info.get("event_log") if isinstance(tcb_info, dict) else None
+        )
+        evidence: dict[str, Any] = {"quote": instance["quote"], "event_log": event_log}
+        if isinstance(tcb_info, dict) and isinstance(tcb_info.get("app_compose"), str):
+            evidence["app_compose"] = tcb_info["app_compose"]
+        if domain:
+            evidence.update(await self._app_info(app_id, domain))
+        return evidence_from_dict(evidence)
+
+    async def _app_info(self, app_id: str, domain: str) -> dict[str, Any]:
+        domain = domain.lower().rstrip(".")
+        if not _DOMAIN.match(domain):
+            raise FetchNotAllowed(f"not a domain name: {domain!r}", field="model_or_domain")
+        url = self.settings.phala_app_info_url_template.format(app_id=app_id, domain=domain)
+        info = await self._get_json(url)
+        if not isinstance(info, dict):
+            raise FetchRejected(f"{url} did not answer an object")
+        out: dict[str, Any] = {}
+        tcb_info = _maybe_json(info.get("tcb_info"))
+        if isinstance(tcb_info, dict) and isinstance(tcb_info.get("app_compose"), str):
+            out["app_compose"] = tcb_info["app_compose"]
+        vm_config = info.get("vm_config")
+        if vm_config:
+            out["vm_config"] = vm_config if isinstance(vm_config, str) else json.dumps(vm_config)
+        if isinstance(info.get("app_cert"), str) and info["app_cert"]:
+            out["certificate_chain"] = info["app_cert"]
+        return out
+
+    async def fetch_redpill(self, model: str) -> Evidence:
+        if not _MODEL.match(model):
+            raise FetchNotAllowed(f"not a model name: {model!r}", field="model_or_domain")
+        base = self.settings.redpill_api_url.rstrip("/")
+        headers = {"accept": "application/json"}
+        if self.settings.redpill_api_key:
+            headers["authorization"] = f"Bearer {self.settings.redpill_api_key}"
+        doc = await self._get_json(f"{base}/v1/attestation/report", {"model": model}, headers)
+        if not isinstance(doc, dict) or not isinstance(doc.get("intel_quote"), str):
+            raise FetchRejected("redpill attestation report has no intel_quote")
+        info = _maybe_json(doc.get("info")) or {}
+        evidence: dict[str, Any] = {"quote": doc["intel_quote"], "event_log": doc.get("event_log")}
+        if isinstance(info, dict):
+            tcb_info = _maybe_json(info.get("tcb_info"))
+            if isinstance(tcb_info, dict) and isinstance(tcb_info.get("app_compose"), str):
+                evidence["app_compose"] = tcb_info["app_compose"]
+            if info.get("vm_config"):
+                vm = info["vm_config"]
+                evidence["vm_config"] = vm if isinstance(vm, str) else json.dumps(vm)
+            if isinstance(info.get("app_cert"), str) and info["app_cert"]:
+                evidence["certificate_chain"] = info["app_cert"]
+        return evidence_from_dict(evidence)
+
+
+class HttpWebFetcher:
+    """WebFetcher (checks/domain.py) for operator-configured DoH and CT endpoints."""
+
+    def __init__(self, timeout: float, max_bytes: int, client: httpx.Client | None = None) -> None:
+        self.max_bytes = max_bytes
+        self._client = client or httpx.Client(timeout=timeout, follow_redirects=False)
+
+    def get_bytes(
+        self, url: str, params: dict[str, str], headers: dict[str, str] | None = None
+    ) -> bytes:
+        response = self._client.get(url, params=params, headers=headers)
+        response.raise_for_status()
+        if len(response.content) > self.max_bytes:
+            raise FetchRejected(f"{url} answered more than {self.max_bytes} bytes")
+        return response.content
+
+    def get_json(self, url: str, params: dict[str, str], headers: dict[str, str]) -> Any:
+        return _decode_json(self.get_bytes(url, params, headers), url)

@@ -1,0 +1,161 @@
+"""Entry point: `python -m services.verification [serve]` runs VerificationService
+on VERIFICATION_LISTEN_ADDR (default 0.0.0.0:50053)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from shared.config import Settings, add_config_arguments, settings_from_args
+from shared.grpc_server import DependencyProbe, ServiceSpec, serve
+from shared.log import configure_logging, get_logger
+
+from .collateral import CollateralStore, DcapPccsClient, LocalCollateralCache
+from .fetchers import EvidenceFetcher
+from .pool import VerificationPool
+from .report import load_or_create_signing_key
+from .report_store import LocalReportStore, ReportStore, S3ReportStore
+from .server import SERVICE_NAME, VerificationServicer
+from .service import VerificationService
+from .settings import DEFAULT_OS_ALLOWLIST, ReportStoreSettings, VerificationSettings
+from .version import VERIFIER_VERSION
+
+log = get_logger(__name__)
+
+
+def verification_settings(settings: Settings) -> VerificationSettings:
+    """The engine's settings from the shared configuration."""
+    data = Path(settings.data_dir)
+    allowlists = [DEFAULT_OS_ALLOWLIST]
+    if settings.os_allowlist_path:
+        allowlists.append(Path(settings.os_allowlist_path))
+    uses_s3 = bool(settings.s3_endpoint)
+    return VerificationSettings(
+        allowed_tcb_statuses=settings.allowed_tcb_statuses,
+        os_allowlist_paths=tuple(allowlists),
+        collateral_dir=Path(settings.collateral_dir) if settings.collateral_dir else None,
+        collateral_cache_dir=data / "collateral-cache",
+        pccs_url=settings.pccs_url,
+        eth_rpc_url=settings.eth_rpc_url,
+        doh_url=settings.doh_url,
+        ct_log_url=settings.ct_log_url,
+        phala_cloud_api_url=settings.phala_cloud_api_url,
+        redpill_api_url=settings.redpill_api_url,
+        fetch_timeout_seconds=settings.fetch_timeout_seconds,
+        allowed_fetch_hosts=settings.allowed_fetch_hosts,
+        allow_private_fetch=settings.allow_private_fetch,
+        signing_key_path=Path(settings.signing_key_path or data / "keys" / "report-signing.pem"),
+        report_store=ReportStoreSettings(
+            local_dir=data,
+            s3_endpoint=settings.s3_endpoint,
+            s3_bucket=settings.s3_bucket if uses_s3 else "",
+            s3_region=settings.s3_region,
+            s3_access_key_id=settings.s3_access_key_id,
+            s3_secret_access_key=settings.s3_secret_access_key,
+        ),
+    )
+
+
+def build_spec(settings: Settings) -> ServiceSpec:
+    engine_settings = verification_settings(settings)
+    store_settings = engine_settings.report_store
+    store: ReportStore
+    if store_settings.uses_s3:
+        s3_store = S3ReportStore(store_settings)
+        store = s3_store
+
+        async def check_store() -> str:
+            await asyncio.to_thread(s3_store.client.head_bucket, Bucket=s3_store.bucket)
+            return "s3"
+
+        async def ensure_bucket() -> None:
+            # S3 may come up after us: keep trying to create the bucket until it exists.
+            while True:
+                try:
+                    await asyncio.to_thread(s3_store.ensure_bucket)
+                    return
+                except Exception as exc:
+                    log.warning("s3.bucket_not_ready", error=type(exc).__name__)
+                    await asyncio.sleep(2.0)
+
+        background = [ensure_bucket]
+        store_name = "s3"
+    else:
+        folder = LocalReportStore(store_settings.local_dir)
+        store = folder
+
+        async def check_store() -> str:
+            def writable() -> str:
+                folder.root.mkdir(parents=True, exist_ok=True)
+                probe = folder.root / ".probe"
+                probe.write_bytes(b"")
+                probe.unlink()
+                return "local-folder"
+
+            return await asyncio.to_thread(writable)
+
+        background = []
+        store_name = "local-folder"
+
+    collateral = CollateralStore(
+        local_dir=engine_settings.collateral_dir,
+        cache=LocalCollateralCache(engine_settings.collateral_cache_dir)
+        if engine_settings.collateral_cache_dir
+        else None,
+        pccs=DcapPccsClient(engine_settings.pccs_url) if engine_settings.pccs_url else None,
+    )
+    pool = VerificationPool(
+        engine_settings,
+        max_workers=settings.verification_processes or None,
+        collateral_store=collateral,
+    )
+    service = VerificationService(
+        pool=pool,
+        store=store,
+        signing_key=load_or_create_signing_key(engine_settings.signing_key_path),
+        fetcher=EvidenceFetcher(engine_settings),
+        bucket=store_settings.s3_bucket,
+    )
+
+    async def check_pool() -> str:
+        return f"{pool.max_workers} processes; {VERIFIER_VERSION}"
+
+    async def warm_up() -> None:
+        await asyncio.to_thread(pool.warm_up)
+
+    def register(server: object) -> None:
+        from verifier.verification.v1 import verification_pb2_grpc
+
+        verification_pb2_grpc.add_VerificationServiceServicer_to_server(
+            VerificationServicer(service), server
+        )
+
+    return ServiceSpec(
+        name="verification",
+        service_names=[SERVICE_NAME],
+        register=register,
+        listen_addr=settings.verification_listen_addr,
+        probes=[DependencyProbe(store_name, check_store), DependencyProbe("engine", check_pool)],
+        background=[*background, warm_up],
+        on_stop=[service.close],
+        health_probe_interval_seconds=settings.health_probe_interval_seconds,
+        shutdown_grace_seconds=settings.shutdown_grace_seconds,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "serve":
+        argv = argv[1:]
+    parser = argparse.ArgumentParser(prog="python -m services.verification serve")
+    add_config_arguments(parser)
+    settings = settings_from_args(parser.parse_args(argv))
+    configure_logging("verification", settings.log_level, settings.log_format)
+    asyncio.run(serve(build_spec(settings)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

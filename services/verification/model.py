@@ -1,0 +1,155 @@
+"""Plain data types of the verification domain (picklable, no I/O)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any, Literal
+
+AppConfigType = Literal["redpill", "phala_cloud", ""]
+
+CHECK_ORDER: tuple[str, ...] = (
+    "hardware",
+    "os",
+    "source_code",
+    "tee_controlled_key",
+    "certificate_key",
+    "dns_caa",
+    "ct_log",
+)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Everything the app presents about itself. Only `quote` is mandatory."""
+
+    quote: bytes
+    event_log: str | None = None
+    vm_config: str | None = None
+    report_data: str | None = None
+    app_compose: str | None = None
+    certificate_chain: str | None = None
+    collateral: str | None = None
+    acme_account_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class VerificationFlags:
+    """Which checks run. Defaults follow the reference system's task defaults."""
+
+    hardware: bool = True
+    os: bool = True
+    source_code: bool = True
+    tee_controlled_key: bool = True
+    certificate_key: bool = True
+    dns_caa: bool = False
+    ct_log: bool = False
+
+    @classmethod
+    def only(cls, names: list[str] | tuple[str, ...] | set[str]) -> VerificationFlags:
+        """Flags with exactly `names` enabled; unknown names raise ValueError."""
+        unknown = set(names) - set(CHECK_ORDER)
+        if unknown:
+            raise ValueError(f"unknown check(s): {', '.join(sorted(unknown))}")
+        return cls(**{name: name in names for name in CHECK_ORDER})
+
+    def enabled(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name)]
+
+
+class CheckStatus(enum.StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check's outcome, with the reason a person reads and the evidence used."""
+
+    name: str
+    status: CheckStatus
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+    duration_ms: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.status is CheckStatus.PASSED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status.value,
+            "reason": self.reason,
+            "details": self.details,
+            "duration_ms": round(self.duration_ms, 3),
+        }
+
+
+@dataclass(frozen=True)
+class VerificationRequest:
+    """A task as the engine sees it. `evaluated_at` must be timezone-aware."""
+
+    evidence: Evidence
+    evaluated_at: datetime
+    task_id: str = ""
+    app_id: str = ""
+    app_config_type: AppConfigType = ""
+    model_or_domain: str = ""
+    contract_address: str = ""
+    flags: VerificationFlags = field(default_factory=VerificationFlags)
+    expected_compose_hash: str = ""
+
+    def __post_init__(self) -> None:
+        if self.evaluated_at.tzinfo is None or self.evaluated_at.utcoffset() is None:
+            raise ValueError("evaluated_at must be timezone-aware")
+
+
+@dataclass(frozen=True)
+class Report:
+    """The full, signed-to-be verification report."""
+
+    task_id: str
+    verdict: Literal["passed", "failed"]
+    checks: tuple[CheckResult, ...]
+    quote: dict[str, Any]
+    tcb_status: str
+    advisory_ids: tuple[str, ...]
+    evidence_digests: dict[str, str]
+    timings_ms: dict[str, float]
+    verifier_version: str
+    evaluated_at: datetime
+    request: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "passed"
+
+    def check(self, name: str) -> CheckResult:
+        for result in self.checks:
+            if result.name == name:
+                return result
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "verdict": self.verdict,
+            "checks": [c.to_dict() for c in self.checks],
+            "quote": self.quote,
+            "tcb_status": self.tcb_status,
+            "advisory_ids": list(self.advisory_ids),
+            "evidence_digests": self.evidence_digests,
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "verifier_version": self.verifier_version,
+            "evaluated_at": self.evaluated_at.isoformat().replace("+00:00", "Z"),
+            "request": self.request,
+        }
+
+
+def flags_to_dict(flags: VerificationFlags) -> dict[str, bool]:
+    # Not dataclasses.asdict: its deep copy is measurable per verification.
+    return {name: getattr(flags, name) for name in CHECK_ORDER}

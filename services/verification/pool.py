@@ -1,0 +1,146 @@
+"""A process pool of engines, so the asyncio event loop never blocks on dcap-qvl.
+
+dcap-qvl holds the GIL for ~1 ms per quote: threads would serialise. Each
+worker process builds its engine once (initializer). What crosses the process
+boundary is requests (a few dataclasses of bytes/str) and Reports.
+
+Requests are sent in batches: a ProcessPoolExecutor round trip costs the
+parent ~0.5 ms of CPU, about half a verification, and on a 2-core machine that
+CPU is taken from the workers. At most two batches per worker are in flight;
+whatever queues up meanwhile goes in the next batch. An idle pool therefore
+sends each request alone (no added latency) and a busy one amortises the
+round trip over up to `max_batch` requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import multiprocessing
+import os
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import replace
+
+from .collateral import CollateralStore
+from .engine import VerificationEngine
+from .model import Report, VerificationRequest
+from .settings import VerificationSettings
+
+_ENGINE: VerificationEngine | None = None
+
+
+def _init_worker(settings: VerificationSettings) -> None:
+    global _ENGINE
+    _ENGINE = VerificationEngine(settings)
+
+
+def _verify_batch(requests: list[VerificationRequest]) -> list[Report | Exception]:
+    if _ENGINE is None:  # pragma: no cover - the initializer always runs first
+        raise RuntimeError("worker engine not initialised")
+    results: list[Report | Exception] = []
+    for request in requests:
+        try:
+            results.append(_ENGINE.verify(request))
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
+def _ping(_: int) -> int:
+    return os.getpid()
+
+
+_Waiting = tuple[VerificationRequest, "asyncio.Future[Report]"]
+
+
+class VerificationPool:
+    """`await pool.verify(request)` runs the engine in a worker process.
+
+    When `collateral_store` has a PCCS, missing collateral is fetched here, in
+    the event loop (network, async), and passed to the worker inline.
+    """
+
+    def __init__(
+        self,
+        settings: VerificationSettings,
+        max_workers: int | None = None,
+        collateral_store: CollateralStore | None = None,
+        start_method: str = "spawn",
+        max_batch: int = 16,
+    ) -> None:
+        # spawn, not fork: forking a process that runs grpc.aio threads is unsafe.
+        self.settings = settings
+        self.collateral_store = collateral_store
+        self.max_workers = max_workers or os.cpu_count() or 1
+        self.max_batch = max_batch
+        self._max_in_flight = 2 * self.max_workers
+        self._in_flight = 0
+        self._waiting: deque[_Waiting] = deque()
+        self._executor = ProcessPoolExecutor(
+            max_workers=self.max_workers,
+            mp_context=multiprocessing.get_context(start_method),
+            initializer=_init_worker,
+            initargs=(settings,),
+        )
+
+    def warm_up(self) -> None:
+        """Start every worker now rather than on the first requests."""
+        list(self._executor.map(_ping, range(self.max_workers * 2)))
+
+    async def verify(self, request: VerificationRequest) -> Report:
+        store = self.collateral_store
+        if not request.evidence.collateral and store is not None and store.pccs is not None:
+            bundle = await store.resolve(request.evidence.quote, request.evaluated_at)
+            request = replace(
+                request, evidence=replace(request.evidence, collateral=bundle.json_text)
+            )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Report] = loop.create_future()
+        self._waiting.append((request, future))
+        self._dispatch(loop)
+        return await future
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        while self._waiting and self._in_flight < self._max_in_flight:
+            batch = [
+                self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))
+            ]
+            batch = [(r, f) for r, f in batch if not f.cancelled()]
+            if not batch:
+                continue
+            self._in_flight += 1
+            submitted = self._executor.submit(_verify_batch, [r for r, _ in batch])
+            # Runs in the executor's thread: hand the results to the event loop.
+            submitted.add_done_callback(functools.partial(self._finish_threadsafe, loop, batch))
+
+    def _finish_threadsafe(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[_Waiting],
+        done: Future[list[Report | Exception]],
+    ) -> None:
+        loop.call_soon_threadsafe(self._finish, loop, batch, done)
+
+    def _finish(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[_Waiting],
+        done: Future[list[Report | Exception]],
+    ) -> None:
+        self._in_flight -= 1
+        error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        results: list[Report | BaseException] = (
+            [error] * len(batch) if error is not None else list(done.result())
+        )
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        self._dispatch(loop)
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._executor.shutdown(wait=wait, cancel_futures=True)

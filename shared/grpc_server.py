@@ -1,0 +1,388 @@
+"""One grpc.aio server bootstrap for every service.
+
+What each service gets from `serve()` / `start_server()`:
+- the standard health service (grpc.health.v1), driven by real dependency
+  probes run every `health_probe_interval_seconds`;
+- `verifier.ops.v1.DiagnosticsService` answering each dependency's state,
+  latency and version (the gateway's /health/detailed reads it);
+- server reflection, so `grpcurl list` and `describe` work;
+- the request-context interceptor: takes `x-request-id` from the metadata (or
+  makes one), binds it into every log line, returns it, and maps domain errors
+  to gRPC status codes (the one place this happens);
+- graceful shutdown on SIGTERM/SIGINT: health turns NOT_SERVING, in-flight
+  calls get `shutdown_grace_seconds` to finish.
+
+Servicer methods stay thin: parse, call the domain, map the result. Streaming
+handlers must be async generators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from verifier.ops.v1 import diagnostics_pb2, diagnostics_pb2_grpc
+
+import shared
+from shared import errors
+from shared.context import REQUEST_ID_METADATA_KEY, bind_request_id, sanitize_request_id
+from shared.log import get_logger
+
+log = get_logger(__name__)
+
+# The one mapping of domain errors to gRPC status codes (most specific first by MRO).
+_STATUS_BY_ERROR: dict[type[errors.DomainError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+}
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def status_code_for(exc: errors.DomainError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        code = _STATUS_BY_ERROR.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def _status_details(exc: errors.DomainError, code: grpc.StatusCode) -> bytes:
+    """google.rpc.Status with a BadRequest field violation, for rich-error clients."""
+    status = status_pb2.Status(code=code.value[0], message=str(exc))
+    if isinstance(exc, errors.InvalidArgument) and exc.field:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=exc.field, description=exc.message
+                )
+            ]
+        )
+        detail = any_pb2.Any()
+        detail.Pack(bad_request)
+        status.details.append(detail)
+    return status.SerializeToString()
+
+
+async def _abort_for(
+    exc: BaseException,
+    context: grpc.aio.ServicerContext,
+    method: str,
+    started: float,
+    request_id: str,
+) -> None:
+    elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+    if isinstance(exc, errors.DomainError):
+        code = status_code_for(exc)
+        log.info("rpc.error", method=method, code=code.name, error=str(exc), ms=elapsed_ms)
+        await context.abort(
+            code,
+            str(exc),  # str() keeps the "field: " prefix subclasses may strip from .message
+            trailing_metadata=(
+                (REQUEST_ID_METADATA_KEY, request_id),
+                ("grpc-status-details-bin", _status_details(exc, code)),
+            ),
+        )
+    log.exception("rpc.internal_error", method=method, ms=elapsed_ms, exc_info=exc)
+    await context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"internal error; see the service log for request {request_id}",
+        trailing_metadata=((REQUEST_ID_METADATA_KEY, request_id),),
+    )
+
+
+class RequestContextInterceptor(grpc.aio.ServerInterceptor):
+    """Binds the request id and maps domain errors, around every handler."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        request_id = sanitize_request_id(metadata.get(REQUEST_ID_METADATA_KEY))
+        quiet = method.startswith(("/grpc.health", "/grpc.reflection"))
+
+        def enter(context: grpc.aio.ServicerContext) -> float:
+            bind_request_id(request_id)
+            context.set_trailing_metadata(((REQUEST_ID_METADATA_KEY, request_id),))
+            return time.perf_counter()
+
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = enter(context)
+                try:
+                    response = await inner_uu(request, context)
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    await _abort_for(exc, context, method, started, request_id)
+                    raise  # unreachable: abort raises
+                if not quiet:
+                    log.debug(
+                        "rpc.ok", method=method, ms=round((time.perf_counter() - started) * 1000, 2)
+                    )
+                return response
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                started = enter(context)
+                try:
+                    async for item in inner_us(request, context):
+                        yield item
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    await _abort_for(exc, context, method, started, request_id)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+# --- dependency probes -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe's outcome."""
+
+    name: str
+    up: bool
+    latency_ms: float
+    version: str = ""
+    message: str = ""
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class DependencyProbe:
+    """A named check of one dependency; `check` returns the server's version or raises."""
+
+    name: str
+    check: Callable[[], Awaitable[str]]
+    required: bool = True
+    timeout_seconds: float = 3.0
+
+    async def run(self) -> ProbeResult:
+        started = time.perf_counter()
+        try:
+            version = await asyncio.wait_for(self.check(), self.timeout_seconds)
+        except Exception as exc:  # a probe failure is a state, never a crash
+            message = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__
+            return ProbeResult(
+                self.name, False, _ms(started), message=message, required=self.required
+            )
+        return ProbeResult(self.name, True, _ms(started), version=version, required=self.required)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+async def run_probes(probes: Sequence[DependencyProbe]) -> list[ProbeResult]:
+    return list(await asyncio.gather(*(probe.run() for probe in probes)))
+
+
+class DiagnosticsServicer(diagnostics_pb2_grpc.DiagnosticsServiceServicer):
+    def __init__(self, service: str, probes: Sequence[DependencyProbe]) -> None:
+        self._service = service
+        self._probes = probes
+
+    async def CheckDependencies(
+        self, request: diagnostics_pb2.CheckDependenciesRequest, context: grpc.aio.ServicerContext
+    ) -> diagnostics_pb2.CheckDependenciesResponse:
+        results = await run_probes(self._probes)
+        return diagnostics_pb2.CheckDependenciesResponse(
+            service=self._service,
+            version=shared.__version__,
+            dependencies=[
+                diagnostics_pb2.Dependency(
+                    name=r.name,
+                    state=diagnostics_pb2.DEPENDENCY_STATE_UP
+                    if r.up
+                    else diagnostics_pb2.DEPENDENCY_STATE_DOWN,
+                    latency_ms=r.latency_ms,
+                    version=r.version,
+                    message=r.message,
+                    required=r.required,
+                )
+                for r in results
+            ],
+        )
+
+
+# --- the server ----------------------------------------------------------------
+
+
+@dataclass
+class ServiceSpec:
+    """What a service hands the bootstrap."""
+
+    # Short name for logs and diagnostics: "tasks", "queue", "verification".
+    name: str
+    # Fully qualified gRPC service names it registers (for health and reflection).
+    service_names: Sequence[str]
+    # Adds the servicers to the server.
+    register: Callable[[grpc.aio.Server], None]
+    listen_addr: str
+    probes: Sequence[DependencyProbe] = ()
+    # Background coroutines started with the server and cancelled at shutdown
+    # (reconcilers, listeners).
+    background: Sequence[Callable[[], Awaitable[None]]] = ()
+    # Awaited after the server stopped (close pools, engines).
+    on_stop: Sequence[Callable[[], Awaitable[None]]] = ()
+    health_probe_interval_seconds: float = 5.0
+    shutdown_grace_seconds: float = 10.0
+
+
+@dataclass
+class RunningServer:
+    """A started server; `port` is the bound port (useful with ":0")."""
+
+    spec: ServiceSpec
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.spec.shutdown_grace_seconds if grace is None else grace
+        log.info("server.stopping", grace_seconds=grace)
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for hook in self.spec.on_stop:
+            try:
+                await hook()
+            except Exception:
+                log.exception("server.on_stop_failed")
+        log.info("server.stopped")
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def _health_loop(spec: ServiceSpec, servicer: health.aio.HealthServicer) -> None:
+    names = ["", *spec.service_names]
+    last: int | None = None
+    while True:
+        results = await run_probes(spec.probes)
+        serving = all(r.up for r in results if r.required)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        if status != last:
+            down = [r.name for r in results if not r.up]
+            log.info("health.changed", serving=serving, down=down)
+            last = status
+        for name in names:
+            await servicer.set(name, status)
+        await asyncio.sleep(spec.health_probe_interval_seconds)
+
+
+async def start_server(spec: ServiceSpec) -> RunningServer:
+    """Build, register and start the server; returns once it listens."""
+    server = grpc.aio.server(interceptors=[RequestContextInterceptor()], options=SERVER_OPTIONS)
+    spec.register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    diagnostics_pb2_grpc.add_DiagnosticsServiceServicer_to_server(
+        DiagnosticsServicer(spec.name, spec.probes), server
+    )
+    reflection.enable_server_reflection(
+        [
+            *spec.service_names,
+            health.SERVICE_NAME,
+            diagnostics_pb2.DESCRIPTOR.services_by_name["DiagnosticsService"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    port = server.add_insecure_port(spec.listen_addr)
+    if port == 0:
+        raise OSError(f"cannot listen on {spec.listen_addr}")
+    await server.start()
+    running = RunningServer(spec, server, port, health_servicer)
+    running.tasks.append(asyncio.create_task(_health_loop(spec, health_servicer)))
+    for job in spec.background:
+        running.tasks.append(asyncio.create_task(_supervise(job)))
+    log.info(
+        "server.started", listen=spec.listen_addr, port=port, services=list(spec.service_names)
+    )
+    return running
+
+
+async def _supervise(job: Callable[[], Awaitable[None]]) -> None:
+    """Run a background job, restarting it after a crash (a loop must never die silently)."""
+    name = getattr(job, "__qualname__", repr(job))
+    while True:
+        try:
+            await job()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background.crashed", job=name)
+            await asyncio.sleep(1.0)
+
+
+async def serve(spec: ServiceSpec) -> None:
+    """Run the server until SIGTERM or SIGINT, then shut down gracefully."""
+    running = await start_server(spec)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(running.wait())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    await running.stop()
+    waiter.cancel()
+    stopper.cancel()

@@ -1,0 +1,210 @@
+"""End to end through the gateway, every service a real process in production
+mode (tasks on PostgreSQL, queue on Redis with a worker process, verification on
+S3): a task with the real dstack vector as inline evidence, followed over
+server-sent events to `completed`, then its signed report fetched over REST.
+Also: the gateway process ends open streams and exits promptly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.servers import S3Server, free_port
+from tests.support.vectors import dstack_app_id, dstack_create_task_json
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ProcessStack:
+    env: dict[str, str]
+    gateway: str
+    procs: dict[str, subprocess.Popen[bytes]]
+    log_dir: Path
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"== {path.name}\n{path.read_text(errors='replace')[-2500:]}"
+            for path in sorted(self.log_dir.glob("*.log"))
+        )
+
+    def start(self, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            cwd=ROOT,
+            env={**self.env, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs[name] = proc
+        return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def process_stack(
+    postgres_url: str, redis_url: str, s3: S3Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProcessStack]:
+    ports = {name: free_port() for name in ("tasks", "queue", "verification", "gateway")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DATABASE_", "REDIS_", "S3_", "VERIFIER_"))
+    }
+    env.update(
+        {
+            "DATABASE_URL": postgres_url,
+            "REDIS_URL": redis_url,
+            "QUEUE_NAME": f"gateway-e2e-{uuid.uuid4().hex[:8]}",
+            "S3_ENDPOINT": s3.endpoint,
+            "S3_ACCESS_KEY_ID": s3.access_key_id,
+            "S3_SECRET_ACCESS_KEY": s3.secret_access_key,
+            "S3_BUCKET": f"gateway-e2e-{uuid.uuid4().hex[:8]}",
+            "DATA_DIR": str(tmp_path_factory.mktemp("e2e-data")),
+            "HOST": "127.0.0.1",
+            "PORT": str(ports["gateway"]),
+            "LOG_LEVEL": "warning",
+            "VERIFICATION_PROCESSES": "1",
+            "HEALTH_PROBE_INTERVAL_SECONDS": "0.5",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    for name in ("tasks", "queue", "verification"):
+        env[f"{name.upper()}_LISTEN_ADDR"] = f"127.0.0.1:{ports[name]}"
+        env[f"{name.upper()}_ADDR"] = f"127.0.0.1:{ports[name]}"
+    stack = ProcessStack(
+        env, f"http://127.0.0.1:{ports['gateway']}", {}, tmp_path_factory.mktemp("e2e-logs")
+    )
+    try:
+        stack.start("verification", "services.verification", "serve")
+        stack.start("queue", "services.queue")
+        stack.start("tasks", "services.tasks")
+        stack.start("worker", "services.queue.worker")
+        stack.start("gateway", "services.gateway")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for name, proc in stack.procs.items():
+                assert proc.poll() is None, f"{name} exited\n{stack.logs()}"
+            try:
+                if httpx.get(f"{stack.gateway}/health/detailed", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("the stack did not become healthy\n" + stack.logs())
+        yield stack
+    finally:
+        for proc in reversed(list(stack.procs.values())):
+            _stop(proc)
+
+
+def _sse(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
+    """(event name, data) per server-sent event."""
+    name, data = "message", None
+    for line in lines:
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            data = json.loads(line[6:])
+        elif line == "" and data is not None:
+            yield name, data
+            name, data = "message", None
+
+
+def test_task_with_inline_evidence_is_followed_to_completed_and_its_report_fetched(
+    process_stack: ProcessStack,
+) -> None:
+    base = process_stack.gateway
+    body = dstack_create_task_json(appConfigType="phala_cloud")
+    created = httpx.post(f"{base}/api/v1/tasks", json=body, timeout=30)
+    assert created.status_code == 200, created.text
+    task = created.json()
+    assert task["appConfigType"] == "phala_cloud" and task["appId"] == dstack_app_id()
+
+    events: list[tuple[str, Any]] = []
+    with httpx.stream("GET", f"{base}/api/v1/tasks/{task['id']}:watch", timeout=120) as stream:
+        assert stream.status_code == 200
+        for name, data in _sse(stream.iter_lines()):
+            events.append((name, data))
+            if name != "message":
+                break
+    assert events[-1][0] == "end", events
+    updates = [data for name, data in events if name == "message"]
+    assert updates[-1]["task"]["status"] == "completed", process_stack.logs()
+    # One event per change: the first is the state at subscription, every later one
+    # carries the change that produced it.
+    assert all("event" in update for update in updates[1:])
+    assert len({update["event"]["id"] for update in updates[1:]}) == len(updates) - 1
+
+    final = httpx.get(f"{base}/api/v1/tasks/{task['id']}", timeout=30).json()
+    assert final["status"] == "completed" and final["progress"] == 100
+    assert final["verdict"] == "passed"
+    outcomes = {check["check"]: check["status"] for check in final["checkResults"]}
+    assert outcomes["hardware"] == outcomes["os"] == outcomes["source_code"] == "passed"
+    assert outcomes["dns_caa"] == outcomes["ct_log"] == "skipped"
+    assert final["s3Bucket"] == process_stack.env["S3_BUCKET"]
+
+    report = httpx.get(f"{base}/api/v1/tasks/{task['id']}/report", timeout=30)
+    assert report.status_code == 200, report.text
+    signed = report.json()
+    assert signed["signature"] and signed["keyId"]
+    assert signed["s3Key"] == final["s3Key"]
+    assert json.loads(signed["canonicalJson"]) == signed["report"]
+    key = httpx.get(f"{base}/api/v1/verifier/signing-key", timeout=30).json()
+    assert key["keyId"] == signed["keyId"]
+
+
+def test_gateway_process_ends_open_streams_and_exits_on_sigterm(
+    process_stack: ProcessStack,
+) -> None:
+    port = free_port()
+    proc = process_stack.start("gateway-drain", "services.gateway", PORT=str(port))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        httpx.post(f"{base}/api/v1/queue/pause", timeout=10).raise_for_status()
+        task = httpx.post(
+            f"{base}/api/v1/tasks", json={"appConfigType": "redpill", "appId": "drain"}, timeout=10
+        ).json()
+        seen: list[str] = []
+        with httpx.stream("GET", f"{base}/api/v1/tasks/{task['id']}:watch", timeout=60) as stream:
+            for name, _ in _sse(stream.iter_lines()):
+                seen.append(name)
+                if len(seen) == 1:
+                    proc.send_signal(signal.SIGTERM)
+        # The stream closed without "end" (the task is not finished): a client reconnects.
+        assert seen == ["message"]
+        # uvicorn re-raises the signal after its clean shutdown (the POSIX convention).
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        httpx.post(f"{process_stack.gateway}/api/v1/queue/resume", timeout=10)
+        _stop(proc)

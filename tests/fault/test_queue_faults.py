@@ -1,0 +1,180 @@
+"""Faults of the pipeline, with the real services as processes: a transient
+fault retried with backoff, retries running out, kill -9 of a worker in the
+middle of a batch, and tasks created while the queue service or Redis is down.
+Redis here is a private redis-server that restarts empty (no persistence)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from verifier.queue.v1 import queue_pb2, queue_pb2_grpc
+from verifier.tasks.v1 import tasks_pb2
+
+from tests.fault.stack import PipelineStack, RedisProcess, pipeline_stack, stack_env
+from tests.support import servers
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    process = RedisProcess(tmp_path_factory.mktemp("redis"))
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    postgres_server_url: str,
+    redis_process: RedisProcess,
+    s3: servers.S3Server,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[PipelineStack]:
+    with servers.postgres_database(postgres_server_url, prefix="verifier_faults") as database:
+        env = stack_env(
+            database_url=database,
+            redis_url=redis_process.url,
+            s3=s3,
+            workdir=tmp_path_factory.mktemp("faults"),
+            queue_name=f"faults-{uuid.uuid4().hex[:8]}",
+            # Room for the verification service to come back between retries:
+            # delays 1, 2, 4, 8, 16 s.
+            retry_attempts="6",
+            retry_base_seconds="1",
+        )
+        with pipeline_stack(env, workers=2) as running:
+            yield running
+
+
+async def _wait(predicate: object, what: str, stack: PipelineStack, within: float = 60) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        if await predicate():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}\n{stack.logs()}")
+
+
+def _types(events: list[tasks_pb2.TaskEvent]) -> list[str]:
+    return [event.type for event in events]
+
+
+async def test_transient_fault_is_retried_with_backoff_until_it_passes(
+    stack: PipelineStack,
+) -> None:
+    verification = stack.service("verification")
+    verification.stop()
+    try:
+        created = await stack.create_task()
+
+        async def retry_scheduled() -> bool:
+            return (await stack.queue_status()).delayed >= 1
+
+        await _wait(retry_scheduled, "a retry to be scheduled", stack)
+    finally:
+        verification.start()
+        verification.wait_serving()
+    (task,) = await stack.wait_finished([created.id])
+    assert task.status == tasks_pb2.TASK_STATUS_COMPLETED, task.error_message
+    assert task.attempts >= 2
+    types = _types(await stack.events(created.id))
+    assert types.count("started") == task.attempts
+    assert types.count("completed") == 1
+
+
+async def test_task_fails_with_the_error_once_retries_run_out(stack: PipelineStack) -> None:
+    verification = stack.service("verification")
+    regular = [w for w in stack.workers if w.running]
+    for worker in regular:
+        worker.stop()
+    verification.stop()
+    impatient = stack.add_worker(retry_attempts="2", retry_base_seconds="0.2")
+    try:
+        created = await stack.create_task()
+        (task,) = await stack.wait_finished([created.id])
+    finally:
+        impatient.stop()
+        verification.start()
+        for worker in regular:
+            worker.start()
+        verification.wait_serving()
+    assert task.status == tasks_pb2.TASK_STATUS_FAILED
+    assert "gave up after 2 attempts" in task.error_message
+    assert "UNAVAILABLE" in task.error_message
+    assert task.attempts == 2
+
+
+async def test_worker_killed_mid_batch_loses_nothing(stack: PipelineStack) -> None:
+    victim = next(w for w in stack.workers if w.running)
+    assert victim.proc is not None
+    victim_pid = victim.proc.pid
+    created = [await stack.create_task() for _ in range(120)]
+
+    async def victim_holds_jobs() -> bool:
+        async with stack.channel("queue") as channel:
+            workers = (
+                await queue_pb2_grpc.QueueServiceStub(channel).ListWorkers(
+                    queue_pb2.ListWorkersRequest()
+                )
+            ).workers
+        return any(w.pid == victim_pid and w.jobs_in_hand for w in workers)
+
+    await _wait(victim_holds_jobs, "the victim to hold jobs", stack)
+    victim.kill()
+    tasks = await stack.wait_finished([t.id for t in created], within=180)
+    victim.start()  # back to two workers for the next tests
+    assert [t.status for t in tasks] == [tasks_pb2.TASK_STATUS_COMPLETED] * len(tasks)
+    for task in tasks:
+        types = _types(await stack.events(task.id))
+        assert types.count("completed") == 1, (task.id, types)
+
+
+async def test_task_created_while_the_queue_service_is_down_completes_after_it_returns(
+    stack: PipelineStack,
+) -> None:
+    queue = stack.service("queue")
+    queue.stop()
+    try:
+        created = await stack.create_task()
+        await asyncio.sleep(1.0)
+        assert (await stack.get_task(created.id)).status == tasks_pb2.TASK_STATUS_PENDING
+    finally:
+        queue.start()
+        queue.wait_serving()
+    (task,) = await stack.wait_finished([created.id])
+    assert task.status == tasks_pb2.TASK_STATUS_COMPLETED, task.error_message
+
+
+async def test_task_created_while_redis_is_down_completes_after_it_returns(
+    stack: PipelineStack, redis_process: RedisProcess
+) -> None:
+    redis_process.stop()
+    try:
+        created = await stack.create_task()
+        await asyncio.sleep(1.0)
+        assert (await stack.get_task(created.id)).status == tasks_pb2.TASK_STATUS_PENDING
+    finally:
+        redis_process.start()  # empty: the stream and its group are gone too
+    (task,) = await stack.wait_finished([created.id])
+    assert task.status == tasks_pb2.TASK_STATUS_COMPLETED, task.error_message
+    assert _types(await stack.events(created.id)).count("completed") == 1
+
+
+def test_worker_logs_are_json_lines_with_task_and_worker_ids(stack: PipelineStack) -> None:
+    lines = [
+        json.loads(line)
+        for worker in stack.workers
+        for line in worker.tail(200_000).splitlines()
+        if line.startswith("{")
+    ]
+    job_lines = [line for line in lines if str(line.get("event", "")).startswith("job.")]
+    assert job_lines
+    assert all(line.get("task_id") and line.get("worker_id") for line in job_lines)

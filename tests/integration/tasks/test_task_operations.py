@@ -1,0 +1,259 @@
+"""The tasks service as operators rely on it: the queue hand-off survives a
+queue outage (reconciler), lost queue entries are re-sent, WatchTask sees
+changes made through another instance (LISTEN/NOTIFY), stats, health, and the
+migrated schema."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+import sqlalchemy as sa
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from verifier.ops.v1 import diagnostics_pb2, diagnostics_pb2_grpc
+from verifier.tasks.v1 import tasks_pb2
+
+from services.tasks import migrate
+from services.tasks.tables import metadata
+
+from .conftest import (
+    BACKENDS,
+    create_request,
+    fresh_database,
+    passing_summary,
+    start_harness,
+    start_queue_standin,
+    wait_for_status,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=BACKENDS)
+async def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
+    """(backend, URL) of a new empty database."""
+    backend: str = request.param
+    server = request.getfixturevalue("postgres_server_url") if backend == "postgresql" else None
+    async with fresh_database(backend, server, tmp_path) as url:
+        yield backend, url
+
+
+async def test_task_created_while_queue_is_down_is_enqueued_once_it_is_back(
+    fresh: tuple[str, str],
+) -> None:
+    backend, url = fresh
+    h = await start_harness(
+        backend, url, RECONCILE_AFTER_SECONDS="0.2", RECONCILE_INTERVAL_SECONDS="0.1"
+    )
+    try:
+        h.queue.available = False
+        task = (await h.stub.CreateTask(create_request())).task
+        assert task.status == tasks_pb2.TASK_STATUS_PENDING
+        # The reconciler keeps trying while the queue is down; the task stays PENDING.
+        await asyncio.wait_for(h.queue.wait_for_calls(3), 30)
+        still = (await h.stub.GetTask(tasks_pb2.GetTaskRequest(id=task.id))).task
+        assert still.status == tasks_pb2.TASK_STATUS_PENDING and not still.queue_job_id
+        h.queue.available = True
+        queued = await wait_for_status(h.stub, task.id, tasks_pb2.TASK_STATUS_QUEUED)
+        assert queued.queue_job_id == h.queue.enqueued[task.id]
+    finally:
+        await h.close()
+
+
+async def test_queued_task_whose_queue_entry_was_lost_is_requeued(
+    fresh: tuple[str, str],
+) -> None:
+    backend, url = fresh
+    h = await start_harness(backend, url)
+    try:
+        task = (await h.stub.CreateTask(create_request())).task
+        await wait_for_status(h.stub, task.id, tasks_pb2.TASK_STATUS_QUEUED)
+        reconciler = h.service.reconciler
+        # Not stale yet: nothing to re-send.
+        assert await reconciler.reconcile_once() == 0
+        # Later than the stale timeout, the queue having lost the job meanwhile.
+        h.queue.forget(task.id)
+        clock = h.service.store.clock
+        h.service.store.clock = lambda: clock() + timedelta(hours=1)
+        try:
+            assert await reconciler.reconcile_once() == 1
+            assert await h.service.dispatcher.send(task.id)
+        finally:
+            h.service.store.clock = clock
+        events = (await h.stub.ListTaskEvents(tasks_pb2.ListTaskEventsRequest(id=task.id))).events
+        assert [e.type for e in events] == ["created", "queued", "requeued"]
+        assert task.id in h.queue.enqueued
+    finally:
+        await h.close()
+
+
+async def test_stale_task_still_held_by_the_queue_gets_no_requeue_event(
+    fresh: tuple[str, str],
+) -> None:
+    backend, url = fresh
+    h = await start_harness(backend, url)
+    try:
+        task = (await h.stub.CreateTask(create_request())).task
+        await wait_for_status(h.stub, task.id, tasks_pb2.TASK_STATUS_QUEUED)
+        assert await h.service.dispatcher.send(task.id)  # the queue answers already_enqueued
+        events = (await h.stub.ListTaskEvents(tasks_pb2.ListTaskEventsRequest(id=task.id))).events
+        assert [e.type for e in events] == ["created", "queued"]
+    finally:
+        await h.close()
+
+
+async def test_stats_count_by_status_and_measure_processing_time(
+    fresh: tuple[str, str],
+) -> None:
+    backend, url = fresh
+    h = await start_harness(backend, url)
+    try:
+        store = h.service.store
+        base = datetime(2026, 1, 1, tzinfo=UTC)
+        durations = [1.0, 2.0, 3.0, 4.0, 10.0]
+        for index, seconds in enumerate(durations):
+            store.clock = lambda: base
+            task = (await h.stub.CreateTask(create_request())).task
+            await h.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id))
+            store.clock = lambda seconds=seconds: base + timedelta(seconds=seconds)
+            if index % 2:
+                await h.stub.FailTask(tasks_pb2.FailTaskRequest(id=task.id, error_message="x"))
+            else:
+                await h.stub.CompleteTask(
+                    tasks_pb2.CompleteTaskRequest(id=task.id, summary=passing_summary())
+                )
+        store.clock = lambda: base
+        cancelled = (await h.stub.CreateTask(create_request())).task
+        await h.stub.CancelTask(tasks_pb2.CancelTaskRequest(id=cancelled.id))
+        await h.stub.CreateTask(create_request())
+
+        stats = await h.stub.GetTaskStats(tasks_pb2.GetTaskStatsRequest())
+        assert (stats.total, stats.completed, stats.failed, stats.cancelled) == (7, 3, 2, 1)
+        assert stats.pending + stats.queued == 1 and stats.active == 0
+        assert stats.average_processing_seconds == pytest.approx(4.0)
+        # percentile_cont(0.95) over 1, 2, 3, 4, 10: 4 + 0.8 * (10 - 4)
+        assert stats.p95_processing_seconds == pytest.approx(8.8)
+
+        later = tasks_pb2.GetTaskStatsRequest()
+        later.created_after.FromDatetime(base + timedelta(days=1))
+        assert (await h.stub.GetTaskStats(later)).total == 0
+    finally:
+        await h.close()
+
+
+async def test_health_serves_with_the_database_and_reports_the_queue_as_optional(
+    fresh: tuple[str, str],
+) -> None:
+    backend, url = fresh
+    standin, queue_server = await start_queue_standin()
+    h = await start_harness(backend, url, queue=(standin, queue_server))
+    try:
+        await queue_server.stop(0)
+        health = health_pb2_grpc.HealthStub(h.channel)
+        diagnostics = diagnostics_pb2_grpc.DiagnosticsServiceStub(h.channel)
+        report = await diagnostics.CheckDependencies(diagnostics_pb2.CheckDependenciesRequest())
+        states = {d.name: d for d in report.dependencies}
+        assert states["database"].state == diagnostics_pb2.DEPENDENCY_STATE_UP
+        assert states["database"].required
+        assert ("PostgreSQL" if backend == "postgresql" else "SQLite") in states["database"].version
+        assert states["queue"].state == diagnostics_pb2.DEPENDENCY_STATE_DOWN
+        assert not states["queue"].required
+        check = await health.Check(
+            health_pb2.HealthCheckRequest(service="verifier.tasks.v1.TaskService")
+        )
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await h.close()
+
+
+async def test_migrations_create_every_column_the_store_uses(fresh: tuple[str, str]) -> None:
+    _, url = fresh
+    await asyncio.to_thread(migrate.upgrade, url)
+    await asyncio.to_thread(migrate.upgrade, url)  # a second run is a no-op
+    engine = sa.create_engine(
+        migrate.sync_url(url).replace("postgresql://", "postgresql+psycopg://")
+    )
+    try:
+        inspector = sa.inspect(engine)
+        for table in metadata.tables.values():
+            columns = {column["name"] for column in inspector.get_columns(table.name)}
+            assert columns == {column.name for column in table.columns}, table.name
+        indexes = {index["name"] for index in inspector.get_indexes("tasks")}
+        assert {
+            "ix_tasks_created",
+            "ix_tasks_status_created",
+            "ix_tasks_app_id_created",
+            "ix_tasks_type_created",
+        } <= indexes
+    finally:
+        engine.dispose()
+    assert await asyncio.to_thread(migrate.current_revision, url) == "0001"
+
+
+async def test_watch_sees_changes_made_through_another_instance(
+    postgres_server_url: str, tmp_path: Path
+) -> None:
+    """Two service instances on one PostgreSQL: LISTEN/NOTIFY carries the change."""
+    async with fresh_database("postgresql", postgres_server_url, tmp_path) as url:
+        first = await start_harness("postgresql", url)
+        second = await start_harness("postgresql", url)
+        try:
+            task = (await first.stub.CreateTask(create_request())).task
+            await wait_for_status(first.stub, task.id, tasks_pb2.TASK_STATUS_QUEUED)
+            call = first.stub.WatchTask(tasks_pb2.WatchTaskRequest(id=task.id), timeout=30)
+            stream = call.__aiter__()
+            assert (await stream.__anext__()).task.status == tasks_pb2.TASK_STATUS_QUEUED
+            await second.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id))
+            await second.stub.CancelTask(tasks_pb2.CancelTaskRequest(id=task.id))
+            rest = [message.event.type async for message in stream]
+            assert rest == ["started", "cancelled"]
+        finally:
+            await first.close()
+            await second.close()
+
+
+async def test_many_watchers_share_one_listener_connection(
+    postgres_server_url: str, tmp_path: Path
+) -> None:
+    async with fresh_database("postgresql", postgres_server_url, tmp_path) as url:
+        h = await start_harness("postgresql", url)
+        try:
+            task = (await h.stub.CreateTask(create_request())).task
+            await wait_for_status(h.stub, task.id, tasks_pb2.TASK_STATUS_QUEUED)
+            calls = [
+                h.stub.WatchTask(tasks_pb2.WatchTaskRequest(id=task.id), timeout=30)
+                for _ in range(20)
+            ]
+            streams = [call.__aiter__() for call in calls]
+            await asyncio.gather(*(stream.__anext__() for stream in streams))
+            listeners = await _listener_connections(url)
+            assert listeners == 1
+            await h.stub.CancelTask(tasks_pb2.CancelTaskRequest(id=task.id))
+
+            async def rest(stream: object) -> list[str]:
+                return [m.event.type async for m in stream]  # type: ignore[attr-defined]
+
+            results = await asyncio.gather(*(rest(stream) for stream in streams))
+            assert results == [["cancelled"]] * 20
+            assert all([await call.code() == grpc.StatusCode.OK for call in calls])
+        finally:
+            await h.close()
+
+
+async def _listener_connections(url: str) -> int:
+    """Connections of this database waiting in LISTEN (pg_stat_activity)."""
+    database = url.rsplit("/", 1)[1]
+    server = url.rsplit("/", 1)[0] + "/postgres"
+    async with await psycopg.AsyncConnection.connect(server, autocommit=True) as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query LIKE 'LISTEN%%'",
+            (database,),
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])

@@ -1,0 +1,155 @@
+"""VerificationService over gRPC with its real stores: S3 over HTTP (SeaweedFS)
+and the embedded local folder; signed reports read back and checked offline."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from verifier.verification.v1 import verification_pb2 as pb
+from verifier.verification.v1 import verification_pb2_grpc
+
+from services.verification.main import build_spec
+from services.verification.report import canonical_json, verify_report_signature
+from shared.config import Settings, load_settings
+from shared.grpc_client import create_channel
+from shared.grpc_server import RunningServer, start_server
+from tests.support.servers import S3Server
+from tests.support.vectors import (
+    dstack_app_id,
+    dstack_compose_hash,
+    dstack_evidence_json,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _settings(tmp_path: Path, s3: S3Server | None) -> Settings:
+    env = {
+        "DATA_DIR": str(tmp_path),
+        "VERIFICATION_LISTEN_ADDR": "127.0.0.1:0",
+        "VERIFICATION_PROCESSES": "1",
+        "HEALTH_PROBE_INTERVAL_SECONDS": "0.2",
+    }
+    if s3 is not None:
+        env |= {
+            "S3_ENDPOINT": s3.endpoint,
+            "S3_BUCKET": f"reports-{tmp_path.name[-8:].lower().replace('_', '-')}",
+            "S3_ACCESS_KEY_ID": s3.access_key_id,
+            "S3_SECRET_ACCESS_KEY": s3.secret_access_key,
+        }
+    return load_settings(env=env)
+
+
+def _verify_request(task_id: str, **overrides: object) -> pb.VerifyRequest:
+    body: dict[str, object] = {
+        "taskId": task_id,
+        "appId": dstack_app_id(),
+        "appConfigType": "APP_CONFIG_TYPE_PHALA_CLOUD",
+        "flags": {
+            "hardware": True,
+            "os": True,
+            "sourceCode": True,
+            "teeControlledKey": False,
+            "certificateKey": False,
+        },
+        "evidence": dstack_evidence_json(),
+        "expectedComposeHash": dstack_compose_hash(),
+        "evaluationTime": "2026-03-05T10:50:03Z",
+    }
+    body.update(overrides)
+    return json_format.ParseDict(body, pb.VerifyRequest())
+
+
+@pytest.fixture(params=["s3", "local-folder"])
+async def verification(
+    request: pytest.FixtureRequest, tmp_path: Path, s3: S3Server
+) -> AsyncIterator[verification_pb2_grpc.VerificationServiceStub]:
+    settings = _settings(tmp_path, s3 if request.param == "s3" else None)
+    running: RunningServer = await start_server(build_spec(settings))
+    try:
+        async with create_channel(f"127.0.0.1:{running.port}") as channel:
+            yield verification_pb2_grpc.VerificationServiceStub(channel)
+    finally:
+        await running.stop(1.0)
+
+
+async def test_verify_the_dstack_vector_passes_and_the_signed_report_reads_back(
+    verification: verification_pb2_grpc.VerificationServiceStub,
+) -> None:
+    response = await verification.Verify(_verify_request("task-vector-1"))
+    summary = response.summary
+    assert summary.verdict == pb.VERDICT_PASSED, summary
+    statuses = {c.check: c.status for c in summary.checks}
+    assert statuses[pb.CHECK_HARDWARE] == pb.CHECK_STATUS_PASSED
+    assert statuses[pb.CHECK_OS] == pb.CHECK_STATUS_PASSED
+    assert statuses[pb.CHECK_SOURCE_CODE] == pb.CHECK_STATUS_PASSED
+    assert statuses[pb.CHECK_TEE_CONTROLLED_KEY] == pb.CHECK_STATUS_SKIPPED
+    assert summary.tcb_status == "UpToDate"
+    assert summary.s3_key == "reports/task-vector-1.json"
+
+    stored = await verification.GetReport(pb.GetReportRequest(task_id="task-vector-1"))
+    key = await verification.GetSigningKey(pb.GetSigningKeyRequest())
+    body = stored.canonical_json.encode()
+    assert verify_report_signature(
+        body, bytes.fromhex(stored.signature), bytes.fromhex(key.public_key)
+    )
+    assert verify_report_signature(
+        body, bytes.fromhex(stored.signature), key.public_key_pem.encode()
+    )
+    assert not verify_report_signature(
+        body.replace(b"passed", b"failed", 1),
+        bytes.fromhex(stored.signature),
+        bytes.fromhex(key.public_key),
+    )
+    document = json.loads(body)
+    assert canonical_json(document) == body
+    assert document["verdict"] == "passed"
+    assert document["task_id"] == "task-vector-1"
+
+
+async def test_a_wrong_compose_hash_is_a_failed_verdict_not_an_error(
+    verification: verification_pb2_grpc.VerificationServiceStub,
+) -> None:
+    response = await verification.Verify(
+        _verify_request("task-wrong-compose", expectedComposeHash="00" * 32)
+    )
+    assert response.summary.verdict == pb.VERDICT_FAILED
+    source = next(c for c in response.summary.checks if c.check == pb.CHECK_SOURCE_CODE)
+    assert source.status == pb.CHECK_STATUS_FAILED
+    assert "compose" in source.reason.lower()
+
+
+@pytest.mark.parametrize(
+    ("evidence_change", "field"),
+    [
+        ({"quote": "abc"}, "quote"),
+        ({"quote": "00" * 40}, "quote"),
+        ({"eventLog": "not json"}, "event_log"),
+    ],
+)
+async def test_malformed_evidence_is_invalid_argument_naming_the_field(
+    verification: verification_pb2_grpc.VerificationServiceStub,
+    evidence_change: dict[str, str],
+    field: str,
+) -> None:
+    evidence = dstack_evidence_json() | evidence_change
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await verification.Verify(_verify_request("task-bad", evidence=evidence))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in (caught.value.details() or "")
+
+
+async def test_report_of_an_unknown_task_is_not_found(
+    verification: verification_pb2_grpc.VerificationServiceStub,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await verification.GetReport(pb.GetReportRequest(task_id="never-verified"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as traversal:
+        await verification.GetReport(pb.GetReportRequest(task_id="../../etc/passwd"))
+    assert traversal.value.code() == grpc.StatusCode.INVALID_ARGUMENT

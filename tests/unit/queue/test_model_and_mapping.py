@@ -1,0 +1,139 @@
+"""Jobs as messages, task ids, the Verify request built from a task, proto mapping."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from verifier.queue.v1 import queue_pb2
+from verifier.tasks.v1 import tasks_pb2
+from verifier.verification.v1 import verification_pb2
+
+from services.queue import broker
+from services.queue.errors import InvalidTaskId
+from services.queue.mapping import verdict_name, verify_request_for
+from services.queue.model import (
+    Job,
+    QueueStatusView,
+    WorkerInfo,
+    WorkerRecord,
+    WorkerState,
+    validate_task_id,
+    worker_info_from_json,
+)
+from services.queue.policy import sort_workers
+from services.queue.server import status_to_proto, worker_to_proto
+
+
+def test_job_message_is_taskiq_json_with_task_id_and_attempt_only() -> None:
+    data = broker.encode_job(Job("job-1", "task-1", 2))
+    message = json.loads(data)  # JSON, never pickle
+    assert message["task_name"] == broker.TASK_NAME
+    assert message["task_id"] == "job-1"
+    assert message["kwargs"] == {"task_id": "task-1", "attempt": 2}
+    assert message["labels"]["ack_type"] == "when_executed"
+    assert broker.decode_job(data) == Job("job-1", "task-1", 2)
+
+
+def test_retry_keeps_the_job_id_and_counts_the_attempt() -> None:
+    assert Job("j", "t", 1).next_attempt() == Job("j", "t", 2)
+
+
+def test_stream_id_label_is_added_to_the_message() -> None:
+    data = broker._with_stream_id(broker.encode_job(Job("j", "t")), "1-0")
+    assert json.loads(data)["labels"][broker.STREAM_ID_LABEL] == "1-0"
+
+
+def test_unreadable_message_is_passed_through_unchanged() -> None:
+    assert broker._with_stream_id(b"\x80not json", "1-0") == b"\x80not json"
+
+
+@pytest.mark.parametrize("task_id", ["", "a b", "x" * 129, "../etc", "id\n"])
+def test_malformed_task_id_is_invalid_argument_naming_the_field(task_id: str) -> None:
+    with pytest.raises(InvalidTaskId) as caught:
+        validate_task_id(task_id)
+    assert caught.value.field == "task_id"
+
+
+def test_uuid_task_id_is_accepted() -> None:
+    assert validate_task_id("3f2b8c1e-8f1d-4a57-9d56-0c7f2b1f4e11")
+
+
+def test_keys_of_one_queue_share_a_cluster_hash_tag() -> None:
+    keys = broker.QueueKeys("verification-queue")
+    for key in (keys.stream, keys.delayed, keys.job("t"), keys.lock("t"), keys.worker("w")):
+        assert "{verification-queue}" in key
+
+
+def test_verify_request_carries_the_task_and_its_inline_evidence() -> None:
+    evaluation = Timestamp(seconds=1_772_707_803)
+    task = tasks_pb2.Task(
+        id="t1",
+        app_id="abc",
+        app_config_type=verification_pb2.APP_CONFIG_TYPE_PHALA_CLOUD,
+        model_or_domain="app.example",
+        contract_address="0x" + "1" * 40,
+        expected_compose_hash="a" * 64,
+        verification_flags=verification_pb2.VerificationFlags(hardware=True, os=False),
+        evidence=verification_pb2.Evidence(quote="00", event_log="[]"),
+        evaluation_time=evaluation,
+    )
+    request = verify_request_for(task)
+    assert request.task_id == "t1"
+    assert request.app_id == "abc"
+    assert request.app_config_type == verification_pb2.APP_CONFIG_TYPE_PHALA_CLOUD
+    assert request.model_or_domain == "app.example"
+    assert request.contract_address == "0x" + "1" * 40
+    assert request.expected_compose_hash == "a" * 64
+    assert request.flags.hardware and request.flags.HasField("os") and not request.flags.os
+    assert request.evidence.quote == "00"
+    assert request.evaluation_time == evaluation
+
+
+def test_verify_request_without_evidence_or_time_leaves_them_unset() -> None:
+    request = verify_request_for(tasks_pb2.Task(id="t2"))
+    assert not request.HasField("evidence")
+    assert not request.HasField("evaluation_time")
+    assert not request.HasField("flags")
+
+
+def test_verdict_name_is_lowercase() -> None:
+    summary = verification_pb2.ReportSummary(verdict=verification_pb2.VERDICT_FAILED)
+    assert verdict_name(summary) == "failed"
+
+
+def test_status_maps_every_count() -> None:
+    view = QueueStatusView("q", True, 1, 2, 3, 4, 5, 6, 7, "redis")
+    assert status_to_proto(view) == queue_pb2.QueueStatus(
+        queue_name="q",
+        paused=True,
+        waiting=1,
+        active=2,
+        delayed=3,
+        completed=4,
+        failed=5,
+        workers_online=6,
+        concurrency=7,
+        backend="redis",
+    )
+
+
+def test_worker_record_round_trips_through_its_heartbeat_json() -> None:
+    record = WorkerRecord("w1", "host", 42, 1000.5, 5, {"t2", "t1"}, 7)
+    info = worker_info_from_json(record.to_json(1010.25), WorkerState.OFFLINE)
+    assert info == WorkerInfo(
+        "w1", "host", 42, 1000.5, 1010.25, WorkerState.OFFLINE, ("t1", "t2"), 5, 7
+    )
+    proto = worker_to_proto(info)
+    assert proto.state == queue_pb2.WORKER_STATE_OFFLINE
+    assert proto.started_at.ToNanoseconds() == 1_000_500_000_000
+    assert list(proto.jobs_in_hand) == ["t1", "t2"]
+
+
+def test_workers_are_listed_newest_start_first() -> None:
+    def worker(worker_id: str, started: float) -> WorkerInfo:
+        return WorkerInfo(worker_id, "h", 1, started, started, WorkerState.ONLINE, (), 1, 0)
+
+    ordered = sort_workers([worker("a", 1.0), worker("b", 3.0), worker("c", 2.0)])
+    assert [w.id for w in ordered] == ["b", "c", "a"]

@@ -1,0 +1,211 @@
+"""Evidence fetchers against a real local HTTP server with recorded responses,
+and the SSRF guard."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from services.verification.engine import VerificationEngine
+from services.verification.errors import FetchFailed, FetchNotAllowed, FetchRejected
+from services.verification.fetchers import EvidenceFetcher, UrlGuard
+from services.verification.model import CheckStatus, Evidence, VerificationRequest
+from services.verification.onchain import EthRpcComposeRegistry
+from services.verification.settings import VerificationSettings
+
+from .recorded_http import recorded_server
+from .support import (
+    APP_ID,
+    AT_90C06F,
+    COMPOSE_HASH,
+    DSTACK,
+    HW_OS_SRC,
+    collateral_90c06f,
+    make_chain,
+)
+
+VECTOR = json.loads((DSTACK / "quote-report.json").read_text())
+APP_COMPOSE = '{"manifest_version":2,"name":"recorded"}'
+
+
+def _settings(base: str, **changes: Any) -> VerificationSettings:
+    fields: dict[str, Any] = {
+        "phala_cloud_api_url": base,
+        "redpill_api_url": base,
+        # The Info endpoint normally lives on https://{app_id}-8090.{domain}; the
+        # recorded server stands in for it.
+        "phala_app_info_url_template": base + "/info/{app_id}/{domain}/prpc/Info",
+        "allowed_fetch_hosts": ("127.0.0.1",),
+        "allow_private_fetch": True,
+        "fetch_timeout_seconds": 5.0,
+    }
+    fields.update(changes)
+    return VerificationSettings(**fields)
+
+
+def _phala_routes() -> dict[str, tuple[int, Any]]:
+    pem, _ = make_chain()
+    return {
+        f"/api/v1/apps/{APP_ID}/attestations": (
+            200,
+            {
+                "app_id": APP_ID,
+                "instances": [
+                    {},  # a stopped instance: no quote
+                    {
+                        "quote": "0x" + VECTOR["quote"],
+                        "eventlog": json.loads(VECTOR["event_log"]),
+                        "image_version": "dstack-nvidia-0.5.3",
+                    },
+                ],
+            },
+        ),
+        f"/info/{APP_ID}/app.example.com/prpc/Info": (
+            200,
+            {
+                "app_id": APP_ID,
+                "tcb_info": json.dumps({"app_compose": APP_COMPOSE, "rtmr3": "00"}),
+                "vm_config": VECTOR["vm_config"],
+                "app_cert": pem,
+            },
+        ),
+    }
+
+
+async def test_phala_cloud_fetch_builds_evidence() -> None:
+    with recorded_server(_phala_routes()) as (base, log):
+        fetcher = EvidenceFetcher(_settings(base))
+        try:
+            evidence = await fetcher.fetch_phala_cloud(APP_ID, "app.example.com")
+        finally:
+            await fetcher.aclose()
+    assert evidence.quote == bytes.fromhex(VECTOR["quote"])
+    assert evidence.app_compose == APP_COMPOSE
+    assert evidence.vm_config == VECTOR["vm_config"]
+    assert evidence.certificate_chain and "BEGIN CERTIFICATE" in evidence.certificate_chain
+    assert [entry["path"] for entry in log] == [
+        f"/api/v1/apps/{APP_ID}/attestations",
+        f"/info/{APP_ID}/app.example.com/prpc/Info",
+    ]
+
+
+async def test_fetched_evidence_verifies_and_compose_text_is_checked() -> None:
+    with recorded_server(_phala_routes()) as (base, _):
+        fetcher = EvidenceFetcher(_settings(base))
+        task = VerificationRequest(
+            evidence=Evidence(quote=b"\x00"),  # replaced by what the fetcher brings
+            evaluated_at=AT_90C06F,
+            app_id=APP_ID,
+            app_config_type="phala_cloud",
+            model_or_domain="app.example.com",
+            flags=HW_OS_SRC,
+        )
+        fetched = await fetcher.fetch(task)
+        await fetcher.aclose()
+    request = replace(task, evidence=replace(fetched, collateral=collateral_90c06f()))
+    report = VerificationEngine().verify(request)
+    assert report.check("hardware").status is CheckStatus.PASSED
+    assert report.check("os").status is CheckStatus.PASSED
+    # The recorded compose text is not the deployed one: the hash must not match.
+    assert "differs from sha256 of the app-compose text" in report.check("source_code").reason
+
+
+async def test_redpill_fetch_builds_evidence() -> None:
+    routes = {
+        "/v1/attestation/report": (
+            200,
+            {
+                "signing_address": "0x00",
+                "intel_quote": VECTOR["quote"],
+                "event_log": json.loads(VECTOR["event_log"]),
+                "info": {
+                    "tcb_info": {"app_compose": APP_COMPOSE},
+                    "vm_config": VECTOR["vm_config"],
+                },
+            },
+        )
+    }
+    with recorded_server(routes) as (base, log):
+        fetcher = EvidenceFetcher(_settings(base, redpill_api_key="secret-key"))
+        evidence = await fetcher.fetch_redpill("phala/deepseek-chat-v3-0324")
+        await fetcher.aclose()
+    assert evidence.quote == bytes.fromhex(VECTOR["quote"])
+    assert evidence.app_compose == APP_COMPOSE
+    assert log[0]["query"] == "model=phala%2Fdeepseek-chat-v3-0324"
+
+
+async def test_server_error_is_transient_and_not_found_is_not() -> None:
+    routes = {f"/api/v1/apps/{APP_ID}/attestations": (503, {"error": "down"})}
+    with recorded_server(routes) as (base, _):
+        fetcher = EvidenceFetcher(_settings(base))
+        with pytest.raises(FetchFailed, match="503"):
+            await fetcher.fetch_phala_cloud(APP_ID)
+        with pytest.raises(FetchRejected, match="404"):
+            await fetcher.fetch_phala_cloud("ab" * 20)
+        await fetcher.aclose()
+
+
+async def test_oversized_response_is_refused() -> None:
+    routes = {"/v1/attestation/report": (200, b"[" + b"0," * 5000 + b"0]")}
+    with recorded_server(routes) as (base, _):
+        fetcher = EvidenceFetcher(_settings(base, max_response_bytes=1000))
+        with pytest.raises(FetchRejected, match="more than 1000 bytes"):
+            await fetcher.fetch_redpill("m")
+        await fetcher.aclose()
+
+
+async def test_loopback_is_refused_without_the_opt_in() -> None:
+    with recorded_server(_phala_routes()) as (base, log):
+        fetcher = EvidenceFetcher(_settings(base, allow_private_fetch=False))
+        with pytest.raises(FetchNotAllowed, match="loopback/private/link-local"):
+            await fetcher.fetch_phala_cloud(APP_ID)
+        await fetcher.aclose()
+    assert log == []  # refused before any request was sent
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://evil.example.com/x",
+        "file:///etc/passwd",
+        "http://user:pw@127.0.0.1/",
+        "http://127.0.0.1.evil.example.com/",
+    ],
+)
+async def test_guard_refuses_hosts_outside_the_patterns(url: str) -> None:
+    with pytest.raises(FetchNotAllowed):
+        await UrlGuard(("127.0.0.1", "*.phala.network"), allow_private=True).check(url)
+
+
+@pytest.mark.parametrize(
+    "address", ["10.0.0.1", "169.254.169.254", "192.168.1.1", "::1", "::ffff:127.0.0.1", "0.0.0.0"]
+)
+async def test_guard_refuses_private_addresses_after_resolution(address: str) -> None:
+    host = f"[{address}]" if ":" in address else address
+    with pytest.raises(FetchNotAllowed):
+        await UrlGuard(("*",), allow_private=False).check(f"http://{host}/")
+
+
+@pytest.mark.parametrize("app_id", ["../../admin", "abc/def", "zz"])
+async def test_app_id_from_task_cannot_shape_the_path(app_id: str) -> None:
+    fetcher = EvidenceFetcher(_settings("http://127.0.0.1:9"))
+    with pytest.raises(FetchNotAllowed):
+        await fetcher.fetch_phala_cloud(app_id)
+    await fetcher.aclose()
+
+
+@pytest.mark.parametrize(
+    ("result", "allowed"), [("0x" + "00" * 31 + "01", True), ("0x" + "00" * 32, False)]
+)
+def test_eth_rpc_registry_calls_allowed_compose_hashes(result: str, allowed: bool) -> None:
+    contract = "0x" + "ab" * 20
+    routes = {"/rpc": (200, {"jsonrpc": "2.0", "id": 1, "result": result})}
+    with recorded_server(routes) as (base, log):
+        registry = EthRpcComposeRegistry(base + "/rpc", timeout=5)
+        assert registry.is_allowed(contract, bytes.fromhex(COMPOSE_HASH)) is allowed
+    call = json.loads(log[0]["body"])
+    assert call["method"] == "eth_call"
+    assert call["params"][0] == {"to": contract, "data": "0x2f6622e5" + COMPOSE_HASH}
