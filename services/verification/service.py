@@ -29,6 +29,15 @@ class ReportStoreUnavailable(Unavailable):
     """The report store (S3 or the folder) failed; the caller may retry."""
 
 
+def _describe(exc: Exception) -> str:
+    """The store's own error code and message, so an operator sees why (botocore
+    keeps them in `response`; the exception's str() can be long and nested)."""
+    error = getattr(exc, "response", {}).get("Error", {}) if hasattr(exc, "response") else {}
+    if error:
+        return f"{type(exc).__name__} {error.get('Code', '')}: {error.get('Message', '')}".strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
 @dataclass(frozen=True)
 class StoredVerification:
     """A verification's report, as signed and stored."""
@@ -83,9 +92,7 @@ class VerificationService:
             # boto3 is blocking: keep it off the event loop.
             await asyncio.to_thread(self.store.put, key, signed.body, signed.signature)
         except Exception as exc:
-            raise ReportStoreUnavailable(
-                f"storing the report failed: {type(exc).__name__}"
-            ) from exc
+            raise ReportStoreUnavailable(f"storing the report failed: {_describe(exc)}") from exc
         return StoredVerification(
             report=report,
             bucket=self.bucket,

@@ -262,6 +262,10 @@ def s3_server() -> Iterator[S3Server]:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=64",
+            # Each bucket is a collection that grows its own volumes (several at
+            # a time); the default cap of 8 leaves the third bucket with "no
+            # writable volumes". Volumes are not preallocated, so many cost little.
+            "-volume.max=400",
         ],
         stdout=open(workdir / "weed.log", "wb"),  # noqa: SIM115 - closed with the process
         stderr=subprocess.STDOUT,
