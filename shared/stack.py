@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,9 @@ class Component:
     name: str
     module: str
     args: tuple[str, ...] = ()
+    # Where its grpc.health.v1 answers; the gateway starts once these all serve,
+    # so the first REST request does not meet a service still starting.
+    health_addr: str = ""
 
     def command(self, config: str | None) -> list[str]:
         cmd = [sys.executable, "-m", self.module, *self.args]
@@ -42,14 +46,51 @@ class Component:
 def components(settings: Settings) -> list[Component]:
     """The processes of the stack, in start order (dependencies first)."""
     parts = [
-        Component("verification", "services.verification", ("serve",)),
-        Component("queue", "services.queue"),
-        Component("tasks", "services.tasks"),
+        Component("verification", "services.verification", ("serve",), settings.verification_addr),
+        Component("queue", "services.queue", (), settings.queue_addr),
+        Component("tasks", "services.tasks", (), settings.tasks_addr),
         Component("gateway", "services.gateway"),
     ]
     if settings.redis_url:
         parts.insert(2, Component("worker", "services.queue.worker"))
     return parts
+
+
+def _serving(addr: str) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(addr) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _wait_serving(
+    parts: list[Component],
+    procs: dict[str, subprocess.Popen[bytes]],
+    within: float,
+    stopping: Callable[[], bool],
+) -> bool:
+    """Wait until every started gRPC service serves. False if one exits or a stop
+    is requested meanwhile; True (with a warning) when time runs out."""
+    deadline = time.monotonic() + within
+    pending = [p for p in parts if p.health_addr and p.name in procs]
+    while pending:
+        if stopping() or any(procs[p.name].poll() is not None for p in pending):
+            return False
+        pending = [p for p in pending if not _serving(p.health_addr)]
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(p.name for p in pending)
+            print(f"stack: still waiting for {names}; starting the rest", file=sys.stderr)
+            return True
+        if pending:
+            time.sleep(0.2)
+    return True
 
 
 def _stop_all(procs: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
@@ -95,8 +136,15 @@ def run(settings: Settings, config: str | None) -> int:
         file=sys.stderr,
         flush=True,
     )
-    for part in components(settings):
+    parts = components(settings)
+    for part in parts:
+        if part.name == "gateway" and not _wait_serving(
+            parts, procs, within=60, stopping=lambda: stopping
+        ):
+            break  # a service died while starting: the loop below reports it
         procs[part.name] = subprocess.Popen(part.command(config), cwd=PROJECT_ROOT, env=env)
+    else:
+        print("stack: ready", file=sys.stderr, flush=True)
     exit_code = 0
     while not stopping:
         for name, proc in procs.items():

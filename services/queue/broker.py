@@ -47,6 +47,8 @@ GROUP = "verifier-workers"
 # Redis data (the reconciler can enqueue the task again after it).
 JOB_KEY_TTL_SECONDS = 24 * 3600
 STREAM_ID_LABEL = "stream_id"
+# The id of the request that enqueued the job (see Job.request_id).
+REQUEST_ID_LABEL = "request_id"
 
 
 class QueueKeys:
@@ -180,7 +182,7 @@ def encode_job(job: Job) -> bytes:
     message = TaskiqMessage(
         task_id=job.job_id,
         task_name=TASK_NAME,
-        labels={"ack_type": "when_executed"},
+        labels={"ack_type": "when_executed", REQUEST_ID_LABEL: job.request_id},
         args=[],
         kwargs={"task_id": job.task_id, "attempt": job.attempt},
     )
@@ -193,6 +195,7 @@ def decode_job(data: bytes) -> Job:
         job_id=message.task_id,
         task_id=str(message.kwargs["task_id"]),
         attempt=int(message.kwargs.get("attempt", 1)),
+        request_id=str(message.labels.get(REQUEST_ID_LABEL, "")),
     )
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from shared.config import Settings
+from shared.context import current_request_id
 from shared.log import get_logger
 
 from . import policy
@@ -94,7 +95,7 @@ class EmbeddedQueue(QueueBackend):
             return EnqueueResult(existing, already_enqueued=True)
         if self._size() >= self.settings.queue_max_length:
             raise QueueFull(f"the queue holds {self.settings.queue_max_length} jobs")
-        job = Job(new_job_id(), task_id)
+        job = Job(new_job_id(), task_id, request_id=current_request_id())
         self._jobs[task_id] = job.job_id
         self._waiting.append(Delivery(job))
         self._wake.set()

@@ -35,14 +35,17 @@ def new_job_id() -> str:
 
 @dataclass(frozen=True)
 class Job:
-    """One run of one task. `attempt` counts from 1; retries carry the same job id."""
+    """One run of one task. `attempt` counts from 1; retries carry the same job id.
+    `request_id` is the id of the request that enqueued the task, so the worker's
+    calls and log lines join the trace that created it."""
 
     job_id: str
     task_id: str
     attempt: int = 1
+    request_id: str = ""
 
     def next_attempt(self) -> Job:
-        return Job(self.job_id, self.task_id, self.attempt + 1)
+        return Job(self.job_id, self.task_id, self.attempt + 1, self.request_id)
 
 
 class Outcome(enum.Enum):

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from redis.exceptions import RedisError, ResponseError
 
 from shared.config import Settings
+from shared.context import current_request_id
 from shared.log import get_logger
 
 from . import policy
@@ -110,7 +111,7 @@ class RedisQueue(QueueBackend):
 
     async def enqueue(self, task_id: str) -> EnqueueResult:
         validate_task_id(task_id)
-        job = Job(new_job_id(), task_id)
+        job = Job(new_job_id(), task_id, request_id=current_request_id())
         async with _redis_errors():
             # The consumer group exists before the first XADD (start() creates
             # it), and it is created at "0", so even a stream deleted and

@@ -8,7 +8,7 @@ import uuid
 
 import structlog
 
-from shared.context import bind_task_id
+from shared.context import bind_request_id, bind_task_id
 from shared.log import get_logger
 
 from .backend import Delivery, QueueBackend
@@ -36,6 +36,9 @@ class JobRunner:
         """Run one delivery in the current asyncio task (its log context is the job's)."""
         job = delivery.job
         bind_task_id(job.task_id)
+        if job.request_id:
+            # The worker's calls carry the id of the request that created the task.
+            bind_request_id(job.request_id)
         structlog.contextvars.bind_contextvars(job_id=job.job_id, worker_id=self.record.id)
         # The duplicate guard's lock belongs to this run, not to the worker: a
         # worker may be handed two deliveries of one task.

@@ -66,6 +66,10 @@ async def test_dstack_vector_task_completes_through_the_pipeline(stack: Pipeline
     assert types.count("started") == 1
     progress = [e.progress for e in events if e.type == "progress"]
     assert progress == sorted(progress) and progress, "progress steps the client can see"
+    # The worker's calls carry the id of the request that created the task.
+    (created_event,) = [e for e in events if e.type == "created"]
+    assert created_event.request_id
+    assert {e.request_id for e in events} == {created_event.request_id}
 
 
 async def test_failed_check_is_a_final_result_and_not_retried(stack: PipelineStack) -> None:

@@ -71,3 +71,9 @@ def dstack_create_task_json(**overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+if __name__ == "__main__":
+    # `python -m tests.support.vectors`: a CreateTask body with the dstack vector
+    # inline, for trying the stack by hand (README) with curl or grpcurl.
+    print(json.dumps(dstack_create_task_json()))
