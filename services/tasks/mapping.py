@@ -11,12 +11,11 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from verifier.tasks.v1 import tasks_pb2
 from verifier.verification.v1 import verification_pb2
 
+from shared.attestation import CHECK_NAMES, EVIDENCE_FIELDS
 from shared.errors import InvalidArgument
 
 from . import validation
 from .model import (
-    CHECK_NAMES,
-    EVIDENCE_FIELDS,
     AppConfigType,
     CheckResult,
     ListFilter,

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
+from shared.attestation import CHECK_NAMES
+
 
 class TaskStatus(enum.StrEnum):
     """Where a task is in its lifecycle; the values are the reference system's REST values."""
@@ -56,18 +58,6 @@ class EventType(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-# The checks in report order; the names match verification.v1.Check without the prefix.
-CHECK_NAMES: tuple[str, ...] = (
-    "hardware",
-    "os",
-    "source_code",
-    "tee_controlled_key",
-    "certificate_key",
-    "dns_caa",
-    "ct_log",
-)
-
-
 @dataclass(frozen=True)
 class VerificationFlags:
     """Which checks run. The defaults are the reference system's."""
@@ -94,18 +84,6 @@ class VerificationFlags:
 # The flags are named after the checks they turn on.
 _FLAG_NAMES = frozenset(CHECK_NAMES)
 assert {f.name for f in fields(VerificationFlags)} == _FLAG_NAMES
-
-# The inline evidence fields, as in verification.v1.Evidence.
-EVIDENCE_FIELDS: tuple[str, ...] = (
-    "quote",
-    "event_log",
-    "vm_config",
-    "report_data",
-    "app_compose",
-    "certificate_chain",
-    "collateral",
-    "acme_account_uri",
-)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,10 @@ from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.attestation import CHECK_NAMES, EVIDENCE_FIELDS
 from shared.errors import InvalidArgument
 
 from .model import (
-    CHECK_NAMES,
-    EVIDENCE_FIELDS,
     AppConfigType,
     NewTask,
     ReportSummary,

@@ -7,17 +7,11 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Literal
 
+from shared.attestation import CHECK_NAMES
+
 AppConfigType = Literal["redpill", "phala_cloud", ""]
 
-CHECK_ORDER: tuple[str, ...] = (
-    "hardware",
-    "os",
-    "source_code",
-    "tee_controlled_key",
-    "certificate_key",
-    "dns_caa",
-    "ct_log",
-)
+CHECK_ORDER = CHECK_NAMES  # the order checks run and are reported in
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from verifier.verification.v1 import verification_pb2 as pb
 from verifier.verification.v1 import verification_pb2_grpc
 
+from shared.attestation import EVIDENCE_FIELDS
+
 from .errors import EvidenceMalformed
 from .evidence import evidence_from_dict
 from .model import CHECK_ORDER, CheckStatus, Evidence, VerificationFlags, VerificationRequest
@@ -32,15 +34,8 @@ _CHECK_STATUSES = {
     CheckStatus.SKIPPED: pb.CHECK_STATUS_SKIPPED,
     CheckStatus.ERROR: pb.CHECK_STATUS_ERROR,
 }
-_EVIDENCE_FIELDS = (
-    "event_log",
-    "vm_config",
-    "report_data",
-    "app_compose",
-    "certificate_chain",
-    "collateral",
-    "acme_account_uri",
-)
+# Evidence fields beside the quote (which is required and mapped on its own).
+_EVIDENCE_FIELDS = tuple(name for name in EVIDENCE_FIELDS if name != "quote")
 
 
 def flags_from_proto(flags: pb.VerificationFlags) -> VerificationFlags:

@@ -10,7 +10,6 @@ import pytest
 from services.tasks import lifecycle
 from services.tasks.errors import InvalidTransition
 from services.tasks.model import (
-    CHECK_NAMES,
     AppConfigType,
     CheckResult,
     ReportSummary,
@@ -18,6 +17,7 @@ from services.tasks.model import (
     TaskStatus,
     VerificationFlags,
 )
+from shared.attestation import CHECK_NAMES
 
 DEFAULT_ENABLED = ("hardware", "os", "source_code", "tee_controlled_key", "certificate_key")
 
