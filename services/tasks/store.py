@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import psycopg
 import sqlalchemy as sa
 from psycopg.rows import dict_row
-from psycopg.types.json import Json
+from psycopg.types.json import Json, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects import sqlite
@@ -768,6 +769,13 @@ def _pg_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: Json(v) if isinstance(v, dict | list) else v for k, v in params.items()}
 
 
+async def _configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    # orjson parses the JSON columns (flags, metadata, check results) several
+    # times faster than the json module: they are read on every call that
+    # returns a task, and were a tenth of a ListTasks page's time.
+    set_json_loads(orjson.loads, conn)
+
+
 class PostgresTaskStore(TaskStore):
     """PostgreSQL through a psycopg 3 async pool, autocommit: one statement per call."""
 
@@ -779,6 +787,7 @@ class PostgresTaskStore(TaskStore):
             min_size=min(2, pool_size),
             max_size=pool_size,
             kwargs={"autocommit": True, "row_factory": dict_row},
+            configure=_configure_connection,
             timeout=5.0,
             open=False,
         )

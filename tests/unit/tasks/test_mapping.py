@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
+
 import pytest
+from google.protobuf import timestamp_pb2
 from verifier.tasks.v1 import tasks_pb2
 from verifier.verification.v1 import verification_pb2
 
@@ -67,3 +70,21 @@ def test_summary_maps_checks_and_rejects_unspecified_ones() -> None:
     with pytest.raises(InvalidArgument) as caught:
         mapping.summary_from_proto(summary)
     assert caught.value.field == "summary.checks[1].check"
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 3, 5, 10, 50, 3, 123456, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC),  # before the epoch
+        datetime(2026, 3, 5, 12, 0, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        datetime(2026, 3, 5, 10, 50, 3),  # naive: UTC
+        datetime(1970, 1, 1, tzinfo=UTC),
+    ],
+)
+def test_time_to_proto_equals_protobufs_own_conversion(moment: datetime) -> None:
+    ours, theirs = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
+    mapping.time_to_proto(moment, ours)
+    theirs.FromDatetime(moment)
+    assert (ours.seconds, ours.nanos) == (theirs.seconds, theirs.nanos)
+    assert 0 <= ours.nanos < 1_000_000_000
