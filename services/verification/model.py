@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -49,7 +49,7 @@ class VerificationFlags:
         return cls(**{name: name in names for name in CHECK_ORDER})
 
     def enabled(self) -> list[str]:
-        return [f.name for f in fields(self) if getattr(self, f.name)]
+        return [name for name in CHECK_ORDER if getattr(self, name)]
 
 
 class CheckStatus(enum.StrEnum):

@@ -71,7 +71,9 @@ def check_os(ctx: CheckContext, allowlist: tuple[OsImage, ...]) -> Outcome:
         return unverified(ctx)
     if not ctx.parsed.is_tdx:
         return Outcome.failed("not a TDX quote: there are no MRTD / RTMR registers to check")
-    measured = tuple(ctx.attested.register(_QUOTE_FIELDS[r]).hex() for r in _REGISTERS)
+    # The verified fields are already lower-case hex, the allowlist's form.
+    fields = ctx.attested.fields
+    measured = tuple(str(fields.get(_QUOTE_FIELDS[r], "")) for r in _REGISTERS)
     details: dict[str, Any] = dict(zip(_REGISTERS, measured, strict=True))
     for image in allowlist:
         if image.registers == measured:

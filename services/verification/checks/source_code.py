@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Protocol
 
-from ..eventlog import RTMR_COUNT, Event, forged_runtime_events, replay
+from ..eventlog import RTMR_COUNT, Event, forged_runtime_events, replay, runtime_events
 from ..hexutil import normalize_hex
 from .context import CheckContext, Outcome, unverified
 
@@ -31,7 +31,7 @@ def check_source_code(ctx: CheckContext, registry: ComposeHashRegistry | None) -
     if ctx.events is None:
         return Outcome.failed("no event log in the evidence: nothing to replay")
     events = ctx.events
-    runtime = [e for e in events if e.is_runtime]
+    runtime = runtime_events(events)
     details: dict[str, Any] = {"event_count": len(events)}
 
     # 1. Recompute every runtime event digest: replaying supplied digests alone
