@@ -129,7 +129,7 @@ async def _sequential(calls: int, call: Callable[[], Awaitable[Any]]) -> list[fl
 def _create_request(index: int) -> tasks_pb2.CreateTaskRequest:
     return tasks_pb2.CreateTaskRequest(
         request_id=f"bench-{index}",
-        app_id=f"app-{index % 100}",
+        app_id=f"{index % 100:04x}",  # hex, as phala_cloud tasks need
         app_name="bench",
         app_config_type=verification_pb2.APP_CONFIG_TYPE_PHALA_CLOUD,
         model_or_domain="bench.phala.network",

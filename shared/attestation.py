@@ -5,6 +5,8 @@ verification services cannot drift apart."""
 
 from __future__ import annotations
 
+import re
+
 CHECK_NAMES: tuple[str, ...] = (
     "hardware",
     "os",
@@ -25,3 +27,9 @@ EVIDENCE_FIELDS: tuple[str, ...] = (
     "collateral",
     "acme_account_uri",
 )
+
+# What the evidence sources accept, checked by the tasks service at CreateTask
+# (a task that cannot be fetched is refused there, not failed later) and by
+# the verification service's fetchers before any request leaves the host.
+PHALA_CLOUD_APP_ID = re.compile(r"^(0x)?[0-9a-fA-F]{1,64}$")  # a dstack app id, hex
+REDPILL_MODEL = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")  # a model name, e.g. org/model

@@ -11,7 +11,12 @@ from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.attestation import CHECK_NAMES, EVIDENCE_FIELDS
+from shared.attestation import (
+    CHECK_NAMES,
+    EVIDENCE_FIELDS,
+    PHALA_CLOUD_APP_ID,
+    REDPILL_MODEL,
+)
 from shared.errors import InvalidArgument
 
 from .model import (
@@ -145,6 +150,30 @@ def validate_evidence(value: Mapping[str, str] | None) -> dict[str, str] | None:
     return evidence
 
 
+def validate_evidence_source(
+    app_config_type: AppConfigType,
+    app_id: str,
+    model_or_domain: str,
+    evidence: Mapping[str, str] | None,
+) -> None:
+    """A task without inline evidence must name what its source fetches it by;
+    refused here, it would only fail later, at verification."""
+    if evidence:
+        return
+    if app_config_type == "phala_cloud" and not PHALA_CLOUD_APP_ID.match(app_id):
+        raise InvalidArgument(
+            "app_id",
+            "phala_cloud fetches the evidence by the app's id: expected the hex app id "
+            f"(got {app_id[:64]!r}), or give the evidence inline",
+        )
+    if app_config_type == "redpill" and not REDPILL_MODEL.match(model_or_domain):
+        raise InvalidArgument(
+            "model_or_domain",
+            "redpill fetches the evidence by model name: expected a name such as "
+            f"org/model (got {model_or_domain[:64]!r}), or give the evidence inline",
+        )
+
+
 def validate_timestamp(field: str, value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -185,7 +214,7 @@ def validate_new_task(
     """Validate a CreateTask request and fill in the defaults."""
     if app_config_type is None:
         raise InvalidArgument("app_config_type", "required: redpill or phala_cloud")
-    return NewTask(
+    task = NewTask(
         request_id=validate_request_id(request_id),
         app_id=validate_app_id(app_id),
         app_name=_bounded_text("app_name", app_name, MAX_APP_NAME),
@@ -198,6 +227,8 @@ def validate_new_task(
         expected_compose_hash=validate_compose_hash(expected_compose_hash),
         evaluation_time=validate_timestamp("evaluation_time", evaluation_time),
     )
+    validate_evidence_source(app_config_type, task.app_id, task.model_or_domain, task.evidence)
+    return task
 
 
 def validate_page_size(value: int) -> int:

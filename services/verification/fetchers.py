@@ -21,14 +21,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from shared.attestation import PHALA_CLOUD_APP_ID, REDPILL_MODEL
+
 from .errors import FetchFailed, FetchNotAllowed, FetchRejected
 from .evidence import evidence_from_dict
 from .model import Evidence, VerificationRequest
 from .settings import VerificationSettings
 
-_APP_ID = re.compile(r"^(0x)?[0-9a-fA-F]{1,64}$")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
-_MODEL = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
 
 
 def _forbidden_address(address: str) -> bool:
@@ -153,7 +153,7 @@ class EvidenceFetcher:
         )
 
     async def fetch_phala_cloud(self, app_id: str, domain: str = "") -> Evidence:
-        if not _APP_ID.match(app_id):
+        if not PHALA_CLOUD_APP_ID.match(app_id):
             raise FetchNotAllowed("app_id must be hex", field="app_id")
         app_id = app_id.lower().removeprefix("0x")
         base = self.settings.phala_cloud_api_url.rstrip("/")
@@ -194,7 +194,7 @@ class EvidenceFetcher:
         return out
 
     async def fetch_redpill(self, model: str) -> Evidence:
-        if not _MODEL.match(model):
+        if not REDPILL_MODEL.match(model):
             raise FetchNotAllowed(f"not a model name: {model!r}", field="model_or_domain")
         base = self.settings.redpill_api_url.rstrip("/")
         headers = {"accept": "application/json"}

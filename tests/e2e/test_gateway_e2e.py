@@ -193,7 +193,9 @@ def test_gateway_process_ends_open_streams_and_exits_on_sigterm(
                 time.sleep(0.2)
         httpx.post(f"{base}/api/v1/queue/pause", timeout=10).raise_for_status()
         task = httpx.post(
-            f"{base}/api/v1/tasks", json={"appConfigType": "redpill", "appId": "drain"}, timeout=10
+            f"{base}/api/v1/tasks",
+            json={"appConfigType": "redpill", "modelOrDomain": "org/model"},
+            timeout=10,
         ).json()
         seen: list[str] = []
         with httpx.stream("GET", f"{base}/api/v1/tasks/{task['id']}:watch", timeout=60) as stream:

@@ -27,7 +27,7 @@ async def client(gateway_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
 def task_body(**overrides: Any) -> dict[str, Any]:
     """A create body in the reference system's shape."""
     body: dict[str, Any] = {
-        "appId": f"app-{uuid.uuid4().hex[:8]}",
+        "appId": uuid.uuid4().hex[:8],  # hex, as phala_cloud tasks need
         "appName": "demo",
         "appConfigType": "redpill",
         "contractAddress": "0x" + "ab" * 20,
@@ -126,7 +126,7 @@ async def test_retried_create_with_request_id_returns_the_first_task(
 async def test_list_filters_by_app_type_and_status_from_the_query(
     client: httpx.AsyncClient,
 ) -> None:
-    app_id = f"filter-{uuid.uuid4().hex[:8]}"
+    app_id = uuid.uuid4().hex[:10]  # hex: one of the tasks is phala_cloud
     redpill = await create(client, appId=app_id, appConfigType="redpill")
     cloud = await create(client, appId=app_id, appConfigType="phala_cloud")
     by_app = (await client.get("/api/v1/tasks", params={"appId": app_id})).json()

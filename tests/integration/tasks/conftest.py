@@ -185,10 +185,10 @@ async def harness(
 @pytest.fixture
 def app_id() -> str:
     """An app id of this test's own, so list filters see only its tasks."""
-    return f"app-{uuid.uuid4().hex[:12]}"
+    return uuid.uuid4().hex[:12]  # hex: phala_cloud fetches by a hex app id
 
 
-def create_request(app_id: str = "app-1", **fields: object) -> tasks_pb2.CreateTaskRequest:
+def create_request(app_id: str = "a1", **fields: object) -> tasks_pb2.CreateTaskRequest:
     request = tasks_pb2.CreateTaskRequest(
         app_id=app_id,
         app_name="demo",

@@ -25,7 +25,7 @@ FAILED = tasks_pb2.TASK_STATUS_FAILED
 CANCELLED = tasks_pb2.TASK_STATUS_CANCELLED
 
 
-async def _create(h: Harness, app_id: str = "app-1", **fields: object) -> tasks_pb2.Task:
+async def _create(h: Harness, app_id: str = "a1", **fields: object) -> tasks_pb2.Task:
     response = await h.stub.CreateTask(create_request(app_id, **fields))
     return response.task
 
@@ -57,7 +57,7 @@ async def test_create_stores_every_field_and_fills_default_flags(h: Harness) -> 
     evaluation = timestamp_pb2.Timestamp(seconds=1_760_000_000)
     created = await _create(
         h,
-        "app-fields",
+        "af1e1d5",
         contract_address="0x" + "Ab" * 20,
         app_metadata=metadata,
         expected_compose_hash="0x" + "C" * 64,

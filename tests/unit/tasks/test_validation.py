@@ -123,6 +123,31 @@ def test_empty_evidence_is_no_evidence() -> None:
     assert _new(evidence={"quote": "0xABcd"}).evidence == {"quote": "0xABcd"}
 
 
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"app_config_type": AppConfigType.PHALA_CLOUD, "app_id": "app-1"}, "app_id"),
+        ({"app_config_type": AppConfigType.PHALA_CLOUD, "app_id": ""}, "app_id"),
+        ({"app_config_type": AppConfigType.REDPILL, "model_or_domain": ""}, "model_or_domain"),
+        ({"app_config_type": AppConfigType.REDPILL, "model_or_domain": "a b"}, "model_or_domain"),
+    ],
+)
+def test_a_task_its_source_cannot_fetch_is_refused_at_creation(
+    overrides: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        _new(**overrides)
+    assert caught.value.field == field
+    assert "inline" in caught.value.message  # says the way out
+
+
+def test_with_inline_evidence_the_source_needs_no_fetch_key() -> None:
+    task = _new(app_config_type=AppConfigType.PHALA_CLOUD, app_id="app-1", evidence={"quote": "ab"})
+    assert task.app_id == "app-1" and task.evidence == {"quote": "ab"}
+    cloud = _new(app_config_type=AppConfigType.PHALA_CLOUD, app_id="0x" + "Ab" * 20)
+    assert cloud.app_id == "0x" + "Ab" * 20 and cloud.evidence is None
+
+
 @pytest.mark.parametrize("value", ["abc", "g" * 64, "a" * 63, "a" * 65])
 def test_compose_hash_must_be_64_hex_digits(value: str) -> None:
     assert _field_of(_new, expected_compose_hash=value) == "expected_compose_hash"
