@@ -166,6 +166,9 @@ class Settings:
     worker_offline_after_seconds: float = field(default=15.0, metadata={"check": _check_positive})
     # A job not acknowledged for this long is delivered to another worker.
     job_idle_timeout_seconds: float = field(default=60.0, metadata={"check": _check_positive})
+    # A job delivered more often than this (every worker that took it died with
+    # it: a crash, a kill, out of memory) fails its task instead of killing more.
+    job_max_deliveries: int = field(default=5, metadata={"check": _check_positive})
     # Jobs the Redis stream may hold; EnqueueTask answers RESOURCE_EXHAUSTED beyond.
     queue_max_length: int = field(default=1_000_000, metadata={"check": _check_positive})
     # Offline workers are dropped from ListWorkers after this long.

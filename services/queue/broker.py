@@ -49,6 +49,8 @@ JOB_KEY_TTL_SECONDS = 24 * 3600
 STREAM_ID_LABEL = "stream_id"
 # The id of the request that enqueued the job (see Job.request_id).
 REQUEST_ID_LABEL = "request_id"
+# How many times the stream has handed out this entry (see Job.deliveries).
+DELIVERIES_LABEL = "deliveries"
 
 
 class QueueKeys:
@@ -199,12 +201,14 @@ def decode_job(data: bytes) -> Job:
     )
 
 
-def _with_stream_id(data: bytes, entry_id: str) -> bytes:
-    """The message with its stream entry id as a label, so the task function can
-    settle exactly that entry."""
+def _with_delivery(data: bytes, entry_id: str, deliveries: int) -> bytes:
+    """The message with its stream entry id and delivery count as labels, so the
+    task function settles exactly that entry and knows a redelivery."""
     try:
         message = json.loads(data)
-        message.setdefault("labels", {})[STREAM_ID_LABEL] = entry_id
+        labels = message.setdefault("labels", {})
+        labels[STREAM_ID_LABEL] = entry_id
+        labels[DELIVERIES_LABEL] = deliveries
         return json.dumps(message, separators=(",", ":")).encode()
     except (ValueError, AttributeError, TypeError):
         return data  # not ours: taskiq logs it and the ack callback drops it
@@ -266,6 +270,8 @@ class VerifierStreamBroker(RedisStreamBroker):
         self._running.set()
         self._reclaim_cursor = "0-0"
         self._next_reclaim = 0.0
+        # Delivery counts of reclaimed entries, until they are handed out.
+        self._deliveries: dict[str, int] = {}
 
     # --- setup ------------------------------------------------------------------
 
@@ -321,8 +327,10 @@ class VerifierStreamBroker(RedisStreamBroker):
                         continue
                     buffer.extend(fetched)
                 entry_id, data = buffer.popleft()
+                deliveries = self._deliveries.pop(entry_id, 1)
                 yield AckableMessage(
-                    data=_with_stream_id(data, entry_id), ack=self._ack_callback(entry_id)
+                    data=_with_delivery(data, entry_id, deliveries),
+                    ack=self._ack_callback(entry_id),
                 )
         finally:
             if buffer:
@@ -364,8 +372,20 @@ class VerifierStreamBroker(RedisStreamBroker):
         claimed = self._take(entries)
         await self._drop_empty()
         if claimed:
+            await self._count_deliveries([entry_id for entry_id, _ in claimed])
             log.warning("queue.reclaimed", count=len(claimed), idle_ms=self.idle_timeout_ms)
         return claimed
+
+    async def _count_deliveries(self, entry_ids: list[str]) -> None:
+        """Read the stream's delivery counter of reclaimed entries (XAUTOCLAIM
+        does not return it). Reclaims are rare: one XPENDING per entry is cheap."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id in entry_ids:
+                pipe.xpending_range(self.keys.stream, GROUP, entry_id, entry_id, 1)
+            replies = await pipe.execute()
+        for entry_id, reply in zip(entry_ids, replies, strict=True):
+            if reply:
+                self._deliveries[entry_id] = int(reply[0]["times_delivered"])
 
     def _take(self, entries: Any) -> list[tuple[str, bytes]]:
         out: list[tuple[str, bytes]] = []
@@ -403,6 +423,7 @@ class VerifierStreamBroker(RedisStreamBroker):
         """Return entries this worker holds but will not run to the stream."""
         for entry_id, _ in entries:
             self.in_hand.pop(entry_id, None)
+            self._deliveries.pop(entry_id, None)
         args: list[Any] = [GROUP, self.consumer_name, self.maxlen or 0]
         for entry_id, data in entries:
             args.extend((entry_id, data))

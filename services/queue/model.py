@@ -37,12 +37,14 @@ def new_job_id() -> str:
 class Job:
     """One run of one task. `attempt` counts from 1; retries carry the same job id.
     `request_id` is the id of the request that enqueued the task, so the worker's
-    calls and log lines join the trace that created it."""
+    calls and log lines join the trace that created it. `deliveries` counts the
+    workers this attempt was handed to (more than 1 after a worker died with it)."""
 
     job_id: str
     task_id: str
     attempt: int = 1
     request_id: str = ""
+    deliveries: int = 1
 
     def next_attempt(self) -> Job:
         return Job(self.job_id, self.task_id, self.attempt + 1, self.request_id)

@@ -13,7 +13,8 @@ Transient faults (policy.is_transient) give RETRY with an exponential delay
 until the attempts are used up, then FailTask. A rejected task
 (INVALID_ARGUMENT and other final codes) is failed at once; a verification that
 ran and failed a check is a result (CompleteTask records FAILED), never retried.
-A task that is cancelled or finished is skipped.
+A task that is cancelled or finished is skipped. A job handed out more than
+job_max_deliveries times (its workers kept dying with it) fails its task.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class VerificationPipeline:
         worker_id: str,
         retry_attempts: int,
         retry_base_seconds: float,
+        max_deliveries: int,
         call_timeout_seconds: float,
         verify_timeout_seconds: float,
         rand: Callable[[], float] = random.random,
@@ -74,12 +76,23 @@ class VerificationPipeline:
         self.verification = verification
         self.worker_id = worker_id
         self.retry_attempts = retry_attempts
+        self.max_deliveries = max_deliveries
         self.retry_base_seconds = retry_base_seconds
         self.call_timeout = call_timeout_seconds
         self.verify_timeout = verify_timeout_seconds
         self.rand = rand
 
     async def process(self, job: Job) -> JobResult:
+        if job.deliveries > self.max_deliveries:
+            # Every worker that took this job died before settling it; running it
+            # again would likely take this one down too.
+            log.error("job.poison", deliveries=job.deliveries, max_deliveries=self.max_deliveries)
+            return await self._fail(
+                job,
+                f"given up: handed to a worker {job.deliveries} times (at most "
+                f"{self.max_deliveries}), and each one stopped before finishing it "
+                "(a crash, a kill or out of memory)",
+            )
         try:
             return await self._process(job)
         except grpc.aio.AioRpcError as exc:  # a call below that has no handler of its own
@@ -201,6 +214,7 @@ class PipelineConnection:
             worker_id=worker_id,
             retry_attempts=settings.retry_attempts,
             retry_base_seconds=settings.retry_base_seconds,
+            max_deliveries=settings.job_max_deliveries,
             call_timeout_seconds=settings.call_timeout_seconds,
             verify_timeout_seconds=settings.verify_timeout_seconds,
         )

@@ -24,7 +24,7 @@ from shared.config import Settings
 from shared.log import get_logger
 
 from .backend import Delivery
-from .broker import REQUEST_ID_LABEL, STREAM_ID_LABEL, TASK_NAME
+from .broker import DELIVERIES_LABEL, REQUEST_ID_LABEL, STREAM_ID_LABEL, TASK_NAME
 from .errors import QueueUnavailable
 from .model import Job, WorkerRecord
 from .pipeline import JobHandler
@@ -105,7 +105,8 @@ class RedisWorker:
             entry_id = str(context.message.labels.get(STREAM_ID_LABEL, ""))
             broker.started.add(entry_id)
             request_id = str(context.message.labels.get(REQUEST_ID_LABEL, ""))
-            job = Job(context.message.task_id, task_id, int(attempt), request_id)
+            deliveries = int(context.message.labels.get(DELIVERIES_LABEL, 1))
+            job = Job(context.message.task_id, task_id, int(attempt), request_id, deliveries)
             delivery = Delivery(job, entry_id)
             try:
                 await runner.run(delivery)

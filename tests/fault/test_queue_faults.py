@@ -11,9 +11,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from redis.asyncio import Redis
 from verifier.queue.v1 import queue_pb2, queue_pb2_grpc
 from verifier.tasks.v1 import tasks_pb2
 
+from services.queue.broker import GROUP, QueueKeys
 from tests.fault.stack import PipelineStack, RedisProcess, pipeline_stack, stack_env
 from tests.support import servers
 
@@ -135,6 +137,40 @@ async def test_worker_killed_mid_batch_loses_nothing(stack: PipelineStack) -> No
     for task in tasks:
         types = _types(await stack.events(task.id))
         assert types.count("completed") == 1, (task.id, types)
+
+
+async def test_job_whose_workers_keep_dying_with_it_fails_its_task(stack: PipelineStack) -> None:
+    regular = [w for w in stack.workers if w.running]
+    for worker in regular:
+        worker.stop()
+    redis = Redis.from_url(stack.env["REDIS_URL"])
+    stream = QueueKeys(stack.env["QUEUE_NAME"]).stream
+    strict = None
+    try:
+        created = await stack.create_task()
+        # Two workers took the job and died with it: one read it, the other
+        # claimed it from the first (each hand-out counts a delivery).
+        taken: list[object] = []
+        for _ in range(100):
+            taken = await redis.xreadgroup(GROUP, "died-1", {stream: ">"}, count=1, block=100)
+            if taken:
+                break
+        assert taken, "the task never reached the stream"
+        (entry_id, _fields) = taken[0][1][0]  # type: ignore[index]
+        assert await redis.xclaim(stream, GROUP, "died-2", 0, [entry_id])
+        # The third delivery is one too many for this worker.
+        strict = stack.add_worker(job_max_deliveries="2")
+        (task,) = await stack.wait_finished([created.id])
+    finally:
+        if strict is not None:
+            strict.stop()
+        for worker in regular:
+            worker.start()
+        await redis.aclose()
+    assert task.status == tasks_pb2.TASK_STATUS_FAILED
+    assert "handed to a worker 3 times (at most 2)" in task.error_message
+    types = _types(await stack.events(created.id))
+    assert "started" not in types and types[-1] == "failed"
 
 
 async def test_task_created_while_the_queue_service_is_down_completes_after_it_returns(

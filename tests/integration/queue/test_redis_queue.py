@@ -106,6 +106,8 @@ async def test_jobs_of_a_dead_consumer_are_reclaimed_after_the_idle_timeout(
         await wait_until(lambda: handler.finished, "the orphan to be reclaimed and run")
         await wait_until(_no_pending(queue), "the reclaimed entry to be acknowledged")
     assert [job.task_id for job in handler.runs] == ["orphan"]
+    # The dead worker's delivery counts: the job knows it is a redelivery.
+    assert [job.deliveries for job in handler.runs] == [2]
     assert (await queue.status()).completed == 1
 
 

@@ -38,15 +38,19 @@ def test_job_message_is_taskiq_json_with_task_id_and_attempt_only() -> None:
 
 def test_retry_keeps_the_job_id_and_counts_the_attempt() -> None:
     assert Job("j", "t", 1).next_attempt() == Job("j", "t", 2)
+    # A retry is a new stream entry: its delivery count starts again.
+    assert Job("j", "t", 1, deliveries=3).next_attempt().deliveries == 1
 
 
-def test_stream_id_label_is_added_to_the_message() -> None:
-    data = broker._with_stream_id(broker.encode_job(Job("j", "t")), "1-0")
-    assert json.loads(data)["labels"][broker.STREAM_ID_LABEL] == "1-0"
+def test_stream_id_and_delivery_count_labels_are_added_to_the_message() -> None:
+    data = broker._with_delivery(broker.encode_job(Job("j", "t")), "1-0", 3)
+    labels = json.loads(data)["labels"]
+    assert labels[broker.STREAM_ID_LABEL] == "1-0"
+    assert labels[broker.DELIVERIES_LABEL] == 3
 
 
 def test_unreadable_message_is_passed_through_unchanged() -> None:
-    assert broker._with_stream_id(b"\x80not json", "1-0") == b"\x80not json"
+    assert broker._with_delivery(b"\x80not json", "1-0", 1) == b"\x80not json"
 
 
 @pytest.mark.parametrize("task_id", ["", "a b", "x" * 129, "../etc", "id\n"])
