@@ -3,9 +3,10 @@ process, with in-process workers (asyncio tasks) running QUEUE_CONCURRENCY jobs
 at once. The reference system's "sync fallback": `make run` needs no Redis.
 
 The paused flag is kept in a file under data_dir so it survives a restart like
-the Redis flag does. Jobs live in memory: a job waiting when the process stops
-is gone, and the tasks service's reconciler enqueues its task again (enqueue is
-idempotent, so re-enqueueing every unfinished task is always safe).
+the Redis flag does. Jobs live in memory: at start the service enqueues again
+every QUEUED or ACTIVE task the tasks service knows (pipeline.requeue_unfinished),
+so the jobs a stopped process held come back at once (enqueue is idempotent, so
+re-enqueueing every unfinished task is always safe).
 """
 
 from __future__ import annotations

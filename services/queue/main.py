@@ -22,7 +22,7 @@ from shared.log import configure_logging, get_logger
 from .backend import QueueBackend
 from .embedded import EmbeddedQueue
 from .errors import QueueUnavailable
-from .pipeline import JobHandler, PipelineConnection
+from .pipeline import JobHandler, PipelineConnection, requeue_unfinished
 from .redis_backend import RedisQueue
 from .server import SERVICE_NAME, QueueServicer
 
@@ -57,9 +57,18 @@ async def _run_embedded_workers(
         await queue.run_workers(handler)
         return
     connection = PipelineConnection(settings, queue.record.id)
+    # The queue starts empty; the tasks it held before a restart come back.
+    requeue = asyncio.create_task(
+        requeue_unfinished(
+            connection.pipeline.tasks,
+            queue.enqueue,
+            call_timeout_seconds=settings.call_timeout_seconds,
+        )
+    )
     try:
         await queue.run_workers(connection.pipeline)
     finally:
+        requeue.cancel()
         # Jobs in hand still need the channels: let them finish first.
         await queue.drain()
         await connection.close()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import grpc
@@ -34,8 +34,9 @@ from shared.grpc_client import create_channel
 from shared.log import get_logger
 
 from . import policy
+from .errors import QueueFull
 from .mapping import verdict_name, verify_request_for
-from .model import Job, JobResult, Outcome
+from .model import EnqueueResult, Job, JobResult, Outcome
 
 log = get_logger(__name__)
 
@@ -197,6 +198,56 @@ class VerificationPipeline:
             return JobResult(Outcome.RETRY, error, delay_seconds=delay)
         log.warning("job.failed", attempt=job.attempt, error=error)
         return JobResult(Outcome.FAILED, error)
+
+
+async def requeue_unfinished(
+    tasks: tasks_pb2_grpc.TaskServiceStub,
+    enqueue: Callable[[str], Awaitable[EnqueueResult]],
+    *,
+    call_timeout_seconds: float,
+    retry_seconds: float = 1.0,
+    page_size: int = 500,
+) -> int:
+    """Enqueue every QUEUED or ACTIVE task, oldest first; returns how many.
+
+    An embedded queue starts empty: the jobs it held when its process stopped
+    are gone, and without this their tasks would wait for the tasks service's
+    stale-task sweep (requeue_stale_after_seconds). Waits for the tasks service
+    when it is not up yet. Enqueue is idempotent per task, so tasks the tasks
+    service re-sends meanwhile are not doubled.
+    """
+    task_ids: list[str] = []
+    for status in (tasks_pb2.TASK_STATUS_ACTIVE, tasks_pb2.TASK_STATUS_QUEUED):
+        token = ""
+        while True:
+            request = tasks_pb2.ListTasksRequest(
+                status=status, page_size=page_size, page_token=token
+            )
+            try:
+                page = await tasks.ListTasks(request, timeout=call_timeout_seconds)
+            except grpc.aio.AioRpcError as exc:
+                if not policy.is_transient(_code(exc)):
+                    log.error("queue.requeue_failed", error=_describe("ListTasks", exc))
+                    return 0
+                await asyncio.sleep(retry_seconds)
+                continue
+            # Newest first, per status: reversed below into the order they came.
+            task_ids.extend(task.id for task in page.tasks)
+            token = page.next_page_token
+            if not token:
+                break
+    enqueued = 0
+    for task_id in reversed(task_ids):
+        try:
+            result = await enqueue(task_id)
+        except QueueFull:
+            # The tasks service's reconciler offers the rest again later.
+            log.warning("queue.requeue_stopped_full", requeued=enqueued)
+            break
+        enqueued += not result.already_enqueued
+    if enqueued:
+        log.info("queue.requeued_unfinished", tasks=enqueued)
+    return enqueued
 
 
 class PipelineConnection:

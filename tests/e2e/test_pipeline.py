@@ -4,6 +4,7 @@ And the embedded queue mode (no Redis, the queue service's own workers)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -164,3 +165,38 @@ async def test_embedded_queue_runs_the_pipeline_without_redis(
     assert status.backend == "embedded"
     assert status.completed == 3
     assert status.workers_online == 1
+
+
+async def test_embedded_queue_restarted_gets_back_the_tasks_it_held(
+    embedded_stack: PipelineStack,
+) -> None:
+    async with embedded_stack.channel("queue") as channel:
+        await queue_pb2_grpc.QueueServiceStub(channel).PauseQueue(queue_pb2.PauseQueueRequest())
+    queue = embedded_stack.service("queue")
+    try:
+        created = [await embedded_stack.create_task() for _ in range(2)]
+        for task in created:
+            await embedded_stack.wait_status(task.id, tasks_pb2.TASK_STATUS_QUEUED)
+        # The in-memory queue loses its jobs with the process...
+        queue.stop()
+        queue.start()
+        queue.wait_serving()
+        # ...and takes them back from the tasks service on start (not after the
+        # tasks service's 15-minute stale sweep).
+        status = await embedded_stack.queue_status()
+        assert status.paused, "the pause survives the restart"
+        for _ in range(100):
+            if status.waiting == 2:
+                break
+            await asyncio.sleep(0.1)
+            status = await embedded_stack.queue_status()
+        assert status.waiting == 2
+    finally:
+        async with embedded_stack.channel("queue") as channel:
+            await queue_pb2_grpc.QueueServiceStub(channel).ResumeQueue(
+                queue_pb2.ResumeQueueRequest()
+            )
+    tasks = await embedded_stack.wait_finished([t.id for t in created], within=30)
+    assert [t.status for t in tasks] == [tasks_pb2.TASK_STATUS_COMPLETED] * 2
+    for task in tasks:
+        assert _types(await embedded_stack.events(task.id)).count("completed") == 1

@@ -260,6 +260,15 @@ class PipelineStack:
             )
         return [done[task_id] for task_id in task_ids]
 
+    async def wait_status(self, task_id: str, status: int, within: float = 30.0) -> None:
+        """Poll GetTask until the task has `status`; fail with the logs if not."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if (await self.get_task(task_id)).status == status:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"task {task_id} never reached status {status}\n{self.logs()}")
+
 
 def stack_env(
     *,
