@@ -164,8 +164,11 @@ class Settings:
     retry_base_seconds: float = field(default=5.0, metadata={"check": _check_positive})
     worker_heartbeat_seconds: float = field(default=2.0, metadata={"check": _check_positive})
     worker_offline_after_seconds: float = field(default=15.0, metadata={"check": _check_positive})
-    # A job not acknowledged for this long is delivered to another worker.
-    job_idle_timeout_seconds: float = field(default=60.0, metadata={"check": _check_positive})
+    # A job not acknowledged for this long is delivered to another worker. A
+    # live worker re-claims its jobs every heartbeat, so only a dead (or stalled)
+    # one's jobs get this idle: just past worker_offline_after_seconds, a killed
+    # worker's jobs move on once ListWorkers shows it offline.
+    job_idle_timeout_seconds: float = field(default=20.0, metadata={"check": _check_positive})
     # A job delivered more often than this (every worker that took it died with
     # it: a crash, a kill, out of memory) fails its task instead of killing more.
     job_max_deliveries: int = field(default=5, metadata={"check": _check_positive})
