@@ -2,10 +2,13 @@
 
 Canonical = sorted keys, no whitespace, UTF-8: the bytes that are signed are
 the bytes stored, and anyone can re-check them offline with the public key.
+The signed document names its key (`signing_key_id`), so a report signed
+before a key rotation, or by another replica, still says which key to use.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -37,9 +40,27 @@ def public_key_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
     return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
+SIGNING_KEY_ID_FIELD = "signing_key_id"
+
+
+def key_id(key: Ed25519PrivateKey | Ed25519PublicKey | bytes) -> str:
+    """A key's id: hex sha256 of its raw 32-byte public key."""
+    raw = key if isinstance(key, bytes) else public_key_bytes(key)
+    return hashlib.sha256(raw).hexdigest()
+
+
 def sign_report(report: Report, key: Ed25519PrivateKey) -> SignedReport:
-    body = canonical_json(report.to_dict())
-    return SignedReport(body=body, signature=key.sign(body), public_key=public_key_bytes(key))
+    public = public_key_bytes(key)
+    document = report.to_dict()
+    document[SIGNING_KEY_ID_FIELD] = key_id(public)
+    body = canonical_json(document)
+    return SignedReport(body=body, signature=key.sign(body), public_key=public)
+
+
+def signing_key_id(document: dict[str, Any]) -> str:
+    """The id of the key a signed report names; "" for a report without one."""
+    value = document.get(SIGNING_KEY_ID_FIELD)
+    return value if isinstance(value, str) else ""
 
 
 def verify_report_signature(

@@ -18,6 +18,7 @@ from shared.attestation import EVIDENCE_FIELDS
 from .errors import EvidenceMalformed
 from .evidence import evidence_from_dict
 from .model import CHECK_ORDER, CheckStatus, Evidence, VerificationFlags, VerificationRequest
+from .report import signing_key_id
 from .service import StoredVerification, VerificationService
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VerificationService"].full_name
@@ -137,11 +138,13 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
         self, request: pb.GetReportRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetReportResponse:
         stored = await self.service.get_report(request.task_id)
+        document = json.loads(stored.body)
         return pb.GetReportResponse(
-            report=_struct(json.loads(stored.body)),
+            report=_struct(document),
             canonical_json=stored.body.decode("utf-8"),
             signature=stored.signature.hex(),
-            key_id=self.service.key_info.key_id,
+            # The key the report names, not this replica's current one.
+            key_id=signing_key_id(document),
             s3_bucket=self.service.bucket,
             s3_key=stored.key,
         )

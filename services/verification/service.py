@@ -21,7 +21,7 @@ from .errors import EvidenceMalformed
 from .fetchers import EvidenceFetcher
 from .model import Report, VerificationRequest
 from .pool import VerificationPool
-from .report import public_key_bytes, public_key_pem, sign_report
+from .report import key_id, public_key_bytes, public_key_pem, sign_report
 from .report_store import ReportStore, StoredReport, report_key
 
 
@@ -70,11 +70,10 @@ class VerificationService:
         self.signing_key = signing_key
         self.fetcher = fetcher
         self.bucket = bucket
-        raw = public_key_bytes(signing_key)
         self.key_info = SigningKeyInfo(
-            public_key=raw,
+            public_key=public_key_bytes(signing_key),
             public_key_pem=public_key_pem(signing_key).decode("ascii"),
-            key_id=hashlib.sha256(raw).hexdigest(),
+            key_id=key_id(signing_key),
         )
 
     async def verify(self, request: VerificationRequest) -> StoredVerification:

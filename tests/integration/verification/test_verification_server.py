@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -110,6 +111,37 @@ async def test_verify_the_dstack_vector_passes_and_the_signed_report_reads_back(
     assert canonical_json(document) == body
     assert document["verdict"] == "passed"
     assert document["task_id"] == "task-vector-1"
+    # The signed report names its key, and GetReport says the same.
+    assert document["signing_key_id"] == stored.key_id == key.key_id
+
+
+async def test_report_names_the_key_that_signed_it_after_a_key_rotation(tmp_path: Path) -> None:
+    async def serve_with_key(name: str) -> RunningServer:
+        settings = _settings(tmp_path, None)
+        settings = replace(settings, signing_key_path=str(tmp_path / f"{name}.pem"))
+        return await start_server(build_spec(settings))
+
+    first = await serve_with_key("old-key")
+    try:
+        async with create_channel(f"127.0.0.1:{first.port}") as channel:
+            stub = verification_pb2_grpc.VerificationServiceStub(channel)
+            await stub.Verify(_verify_request("task-before-rotation"))
+            old_key = await stub.GetSigningKey(pb.GetSigningKeyRequest())
+    finally:
+        await first.stop(1.0)
+    rotated = await serve_with_key("new-key")  # same report folder, a new key
+    try:
+        async with create_channel(f"127.0.0.1:{rotated.port}") as channel:
+            stub = verification_pb2_grpc.VerificationServiceStub(channel)
+            stored = await stub.GetReport(pb.GetReportRequest(task_id="task-before-rotation"))
+            new_key = await stub.GetSigningKey(pb.GetSigningKeyRequest())
+    finally:
+        await rotated.stop(1.0)
+    assert new_key.key_id != old_key.key_id
+    assert stored.key_id == old_key.key_id
+    body, signature = stored.canonical_json.encode(), bytes.fromhex(stored.signature)
+    assert verify_report_signature(body, signature, bytes.fromhex(old_key.public_key))
+    assert not verify_report_signature(body, signature, bytes.fromhex(new_key.public_key))
 
 
 async def test_a_wrong_compose_hash_is_a_failed_verdict_not_an_error(

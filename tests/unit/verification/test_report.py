@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import stat
 from pathlib import Path
@@ -12,6 +13,7 @@ from services.verification.engine import VerificationEngine
 from services.verification.errors import EvidenceMalformed, ReportNotFound
 from services.verification.report import (
     canonical_json,
+    key_id,
     load_or_create_signing_key,
     public_key_bytes,
     public_key_pem,
@@ -59,6 +61,9 @@ def test_signature_verifies_offline_and_detects_tampering(
     assert verify_report_signature(signed.body, signed.signature, public_key_pem(key))
     forged = signed.body.replace(b'"verdict":"passed"', b'"verdict":"failed"')
     assert not verify_report_signature(forged, signed.signature, signed.public_key)
+    # The signed document names its key: sha256 of the raw public key.
+    named = json.loads(signed.body)["signing_key_id"]
+    assert named == hashlib.sha256(signed.public_key).hexdigest() == key_id(key)
 
 
 def test_signing_key_is_created_once_private_and_reloaded(tmp_path: Path) -> None:
