@@ -16,6 +16,8 @@ import ipaddress
 import json
 import re
 import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,16 +47,44 @@ def _forbidden_address(address: str) -> bool:
     )
 
 
+Resolver = Callable[[str], Awaitable[list[str]]]
+
+
+async def _system_resolve(host: str) -> list[str]:
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise FetchFailed(f"cannot resolve {host}: {exc}") from None
+    return [str(info[4][0]) for info in infos]
+
+
+@dataclass(frozen=True)
+class PinnedRequest:
+    """A request bound to the address the guard checked: the URL names that
+    address, Host and TLS SNI (and so certificate checking) the original host."""
+
+    url: httpx.URL
+    headers: dict[str, str]
+    extensions: dict[str, Any]
+
+
 class UrlGuard:
     """Allows a URL only if its host matches a pattern and resolves to public addresses.
 
-    Checked right before each request. A resolver answering differently at
-    connect time (DNS rebinding) is not covered here; see the issue notes.
+    `pin` resolves once, checks every address, and binds the request to a
+    checked one, so a resolver answering differently at connect time (DNS
+    rebinding) cannot send the request elsewhere.
     """
 
-    def __init__(self, patterns: tuple[str, ...], allow_private: bool = False) -> None:
+    def __init__(
+        self,
+        patterns: tuple[str, ...],
+        allow_private: bool = False,
+        resolve: Resolver = _system_resolve,
+    ) -> None:
         self.patterns = tuple(p.lower() for p in patterns)
         self.allow_private = allow_private
+        self._resolve = resolve
 
     def _host(self, url: str) -> str:
         parts = urlsplit(url)
@@ -76,15 +106,23 @@ class UrlGuard:
                 f"host {host} resolves to a loopback/private/link-local address", field="url"
             )
 
-    async def check(self, url: str) -> None:
+    async def check(self, url: str) -> str:
+        """The address to connect to, once `url` passed every check."""
         host = self._host(url)
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, None, type=socket.SOCK_STREAM
-            )
-        except socket.gaierror as exc:
-            raise FetchFailed(f"cannot resolve {host}: {exc}") from None
-        self._check_addresses(host, [str(info[4][0]) for info in infos])
+        addresses = await self._resolve(host)
+        self._check_addresses(host, addresses)
+        return addresses[0].split("%", 1)[0]
+
+    async def pin(self, url: str) -> PinnedRequest:
+        address = await self.check(url)
+        original = httpx.URL(url)
+        host = original.host
+        authority = host if original.port is None else f"{host}:{original.port}"
+        return PinnedRequest(
+            url=original.copy_with(host=address),
+            headers={"host": authority},
+            extensions={"sni_hostname": host} if original.scheme == "https" else {},
+        )
 
 
 def _decode_json(body: bytes, url: str) -> Any:
@@ -108,10 +146,15 @@ class EvidenceFetcher:
     """Fetches Evidence for a task by app_config_type (async, httpx)."""
 
     def __init__(
-        self, settings: VerificationSettings, client: httpx.AsyncClient | None = None
+        self,
+        settings: VerificationSettings,
+        client: httpx.AsyncClient | None = None,
+        resolve: Resolver | None = None,
     ) -> None:
         self.settings = settings
-        self.guard = UrlGuard(settings.allowed_fetch_hosts, settings.allow_private_fetch)
+        self.guard = UrlGuard(
+            settings.allowed_fetch_hosts, settings.allow_private_fetch, resolve or _system_resolve
+        )
         # Redirects are not followed: a redirect could lead past the guard.
         self._client = client or httpx.AsyncClient(
             timeout=settings.fetch_timeout_seconds, follow_redirects=False
@@ -123,10 +166,16 @@ class EvidenceFetcher:
     async def _get_json(
         self, url: str, params: dict[str, str] | None = None, headers: dict[str, str] | None = None
     ) -> Any:
-        await self.guard.check(url)
+        pinned = await self.guard.pin(url)
         limit = self.settings.max_response_bytes
         try:
-            async with self._client.stream("GET", url, params=params, headers=headers) as response:
+            async with self._client.stream(
+                "GET",
+                pinned.url,
+                params=params,
+                headers={**(headers or {}), **pinned.headers},
+                extensions=pinned.extensions,
+            ) as response:
                 if response.status_code >= 500:
                     raise FetchFailed(f"{url} answered {response.status_code}")
                 if response.status_code >= 300:

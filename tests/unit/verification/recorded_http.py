@@ -27,7 +27,13 @@ def recorded_server(
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length) if length else b""
             log.append(
-                {"method": self.command, "path": parts.path, "query": parts.query, "body": body}
+                {
+                    "method": self.command,
+                    "path": parts.path,
+                    "query": parts.query,
+                    "body": body,
+                    "host": self.headers.get("host", ""),
+                }
             )
             status, payload = routes.get(parts.path, (404, {"error": "not found"}))
             data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()

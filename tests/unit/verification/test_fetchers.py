@@ -189,6 +189,52 @@ async def test_guard_refuses_private_addresses_after_resolution(address: str) ->
         await UrlGuard(("*",), allow_private=False).check(f"http://{host}/")
 
 
+async def test_request_goes_to_the_address_the_guard_checked() -> None:
+    """DNS rebinding: a name that resolves to a public address when checked and
+    to a private one at connect time must not reach the private one. The
+    request is bound to the checked address, so the second answer is never
+    asked for; the server still sees the original Host."""
+    answers: list[list[str]] = [["127.0.0.1"], ["10.9.9.9"]]  # checked, then "rebound"
+    asked: list[str] = []
+
+    async def rebinding_resolver(host: str) -> list[str]:
+        asked.append(host)
+        return answers[min(len(asked), len(answers)) - 1]
+
+    with recorded_server(_phala_routes()) as (base, log):
+        port = base.rsplit(":", 1)[1]
+        named = f"http://api.evidence.test:{port}"
+        settings = _settings(named, allowed_fetch_hosts=("api.evidence.test",))
+        fetcher = EvidenceFetcher(settings, resolve=rebinding_resolver)
+        try:
+            evidence = await fetcher.fetch_phala_cloud(APP_ID)
+        finally:
+            await fetcher.aclose()
+    assert evidence.quote == bytes.fromhex(VECTOR["quote"])
+    assert asked == ["api.evidence.test"]  # resolved once, by the guard
+    assert [entry["host"] for entry in log] == [f"api.evidence.test:{port}"]
+
+
+async def test_pinned_https_request_keeps_the_name_for_sni_and_certificates() -> None:
+    async def resolve(host: str) -> list[str]:
+        return ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"]
+
+    pinned = await UrlGuard(("*.phala.network",), resolve=resolve).pin(
+        "https://cloud-api.phala.network/api/v1/apps/ab/attestations?x=1"
+    )
+    assert str(pinned.url) == "https://93.184.215.14/api/v1/apps/ab/attestations?x=1"
+    assert pinned.headers == {"host": "cloud-api.phala.network"}
+    assert pinned.extensions == {"sni_hostname": "cloud-api.phala.network"}
+
+
+async def test_one_private_address_among_public_ones_is_refused() -> None:
+    async def resolve(host: str) -> list[str]:
+        return ["93.184.215.14", "10.0.0.7"]
+
+    with pytest.raises(FetchNotAllowed, match="private"):
+        await UrlGuard(("*.phala.network",), resolve=resolve).pin("https://x.phala.network/")
+
+
 @pytest.mark.parametrize("app_id", ["../../admin", "abc/def", "zz"])
 async def test_app_id_from_task_cannot_shape_the_path(app_id: str) -> None:
     fetcher = EvidenceFetcher(_settings("http://127.0.0.1:9"))
