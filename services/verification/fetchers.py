@@ -149,12 +149,10 @@ class EvidenceFetcher:
         self,
         settings: VerificationSettings,
         client: httpx.AsyncClient | None = None,
-        resolve: Resolver | None = None,
+        resolve: Resolver = _system_resolve,
     ) -> None:
         self.settings = settings
-        self.guard = UrlGuard(
-            settings.allowed_fetch_hosts, settings.allow_private_fetch, resolve or _system_resolve
-        )
+        self.guard = UrlGuard(settings.allowed_fetch_hosts, settings.allow_private_fetch, resolve)
         # Redirects are not followed: a redirect could lead past the guard.
         self._client = client or httpx.AsyncClient(
             timeout=settings.fetch_timeout_seconds, follow_redirects=False

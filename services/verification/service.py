@@ -70,10 +70,11 @@ class VerificationService:
         self.signing_key = signing_key
         self.fetcher = fetcher
         self.bucket = bucket
+        raw = public_key_bytes(signing_key)
         self.key_info = SigningKeyInfo(
-            public_key=public_key_bytes(signing_key),
+            public_key=raw,
             public_key_pem=public_key_pem(signing_key).decode("ascii"),
-            key_id=key_id(signing_key),
+            key_id=key_id(raw),
         )
 
     async def verify(self, request: VerificationRequest) -> StoredVerification:
