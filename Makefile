@@ -36,6 +36,7 @@ $(STAMP_GEN): $(STAMP_VENV) $(PROTOS)
 	@# google/api protos come from the installed googleapis-common-protos package, for buf.
 	@SITE=$$($(PY) -c 'import google.api, os; print(os.path.dirname(os.path.dirname(google.api.__path__[0])))'); \
 	  cp $$SITE/google/api/{annotations,http,field_behavior}.proto $(THIRD_PARTY)/google/api/; \
+	  mkdir -p $(THIRD_PARTY)/google/rpc; cp $$SITE/google/rpc/status.proto $(THIRD_PARTY)/google/rpc/; \
 	  $(PY) -m grpc_tools.protoc -Iprotos -I$$SITE \
 	    --python_out=$(GEN) --grpc_python_out=$(GEN) \
 	    --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=$(GEN) \
