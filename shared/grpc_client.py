@@ -1,16 +1,69 @@
 """gRPC client channels that carry the request id to the next service.
 
 Create channels inside the running event loop (grpc.aio binds them to it).
+RPC-level retries are declared here once, as the channel's service config:
+UNAVAILABLE is retried by gRPC itself for the idempotent methods listed below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
 
 from shared.context import REQUEST_ID_METADATA_KEY, current_request_id, new_request_id
+
+# Methods safe to send again after UNAVAILABLE (the peer restarting or not up
+# yet): reads, and writes the contract makes idempotent (EnqueueTask is keyed by
+# the task; pausing a paused queue changes nothing). Creating, cancelling and the
+# worker's calls are not here: their callers own those retries.
+IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
+    "verifier.tasks.v1.TaskService": (
+        "GetTask",
+        "ListTasks",
+        "GetTaskStats",
+        "WatchTask",
+        "ListTaskEvents",
+    ),
+    "verifier.queue.v1.QueueService": (
+        "EnqueueTask",
+        "GetQueueStatus",
+        "PauseQueue",
+        "ResumeQueue",
+        "ListWorkers",
+    ),
+    "verifier.verification.v1.VerificationService": ("GetReport", "GetSigningKey"),
+    "verifier.ops.v1.DiagnosticsService": ("CheckDependencies",),
+    "grpc.health.v1.Health": ("Check",),
+}
+
+# gRPC retries these itself (with its own jittered backoff), within the call's
+# deadline; the throttle stops retries when most calls fail, so an outage does
+# not multiply the load on a peer that is coming back.
+RETRY_POLICY: dict[str, Any] = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+
+
+def service_config(methods: Mapping[str, tuple[str, ...]] = IDEMPOTENT_METHODS) -> str:
+    """The channel's service config (JSON): RETRY_POLICY on each listed method."""
+    names = [
+        {"service": service, "method": method}
+        for service, service_methods in methods.items()
+        for method in service_methods
+    ]
+    config = {
+        "methodConfig": [{"name": names, "retryPolicy": RETRY_POLICY}],
+        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+    }
+    return json.dumps(config, separators=(",", ":"))
+
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
@@ -21,6 +74,7 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2_000),
     ("grpc.enable_retries", 1),
+    ("grpc.service_config", service_config()),
 ]
 
 

@@ -37,6 +37,7 @@ import shared
 from shared import errors
 from shared.context import REQUEST_ID_METADATA_KEY, bind_request_id, sanitize_request_id
 from shared.log import get_logger
+from shared.retry import Backoff, keep_running
 
 log = get_logger(__name__)
 
@@ -359,18 +360,14 @@ async def start_server(spec: ServiceSpec) -> RunningServer:
     return running
 
 
+# A crashed background job restarts after this backoff (a loop must never die silently).
+BACKGROUND_BACKOFF = Backoff(base_seconds=1.0, cap_seconds=30.0)
+
+
 async def _supervise(job: Callable[[], Awaitable[None]]) -> None:
-    """Run a background job, restarting it after a crash (a loop must never die silently)."""
+    """Run a background job, restarting it after a crash until it returns."""
     name = getattr(job, "__qualname__", repr(job))
-    while True:
-        try:
-            await job()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("background.crashed", job=name)
-            await asyncio.sleep(1.0)
+    await keep_running(name, job, backoff=BACKGROUND_BACKOFF, traceback=True)
 
 
 async def serve(spec: ServiceSpec) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from shared.config import Settings, add_config_arguments, settings_from_args
 from shared.grpc_server import DependencyProbe, ServiceSpec, serve
-from shared.log import configure_logging, get_logger
+from shared.log import configure_logging
+from shared.retry import Backoff, keep_running
 
 from .collateral import CollateralStore, DcapPccsClient, LocalCollateralCache
 from .fetchers import EvidenceFetcher
@@ -22,7 +23,8 @@ from .service import VerificationService
 from .settings import DEFAULT_OS_ALLOWLIST, ReportStoreSettings, VerificationSettings
 from .version import VERIFIER_VERSION
 
-log = get_logger(__name__)
+# Creating the report bucket while S3 is not up yet.
+BUCKET_BACKOFF = Backoff(base_seconds=0.5, cap_seconds=10.0)
 
 
 def verification_settings(settings: Settings) -> VerificationSettings:
@@ -72,13 +74,11 @@ def build_spec(settings: Settings) -> ServiceSpec:
 
         async def ensure_bucket() -> None:
             # S3 may come up after us: keep trying to create the bucket until it exists.
-            while True:
-                try:
-                    await asyncio.to_thread(s3_store.ensure_bucket)
-                    return
-                except Exception as exc:
-                    log.warning("s3.bucket_not_ready", error=type(exc).__name__)
-                    await asyncio.sleep(2.0)
+            await keep_running(
+                "s3.ensure_bucket",
+                lambda: asyncio.to_thread(s3_store.ensure_bucket),
+                backoff=BUCKET_BACKOFF,
+            )
 
         background = [ensure_bucket]
         store_name = "s3"

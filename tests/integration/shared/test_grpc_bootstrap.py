@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from verifier.ops.v1 import diagnostics_pb2, diagnostics_pb2_grpc
 from verifier.queue.v1 import queue_pb2, queue_pb2_grpc
+from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 
 from shared import errors
 from shared.context import current_request_id
@@ -223,3 +224,81 @@ async def test_graceful_stop_lets_in_flight_calls_finish() -> None:
         await running.stop(2.0)
         response = await in_flight
     assert response.job_id
+
+
+class FlakyTasks(tasks_pb2_grpc.TaskServiceServicer):
+    """GetTask answers UNAVAILABLE `failures` times before it answers; CancelTask
+    always answers UNAVAILABLE. Counts the calls that reach the server."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: dict[str, int] = {"GetTask": 0, "CancelTask": 0}
+
+    async def GetTask(
+        self, request: tasks_pb2.GetTaskRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.GetTaskResponse:
+        self.calls["GetTask"] += 1
+        if self.calls["GetTask"] <= self.failures:
+            raise errors.Unavailable("database restarting")
+        return tasks_pb2.GetTaskResponse(task=tasks_pb2.Task(id=request.id))
+
+    async def CancelTask(
+        self, request: tasks_pb2.CancelTaskRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.CancelTaskResponse:
+        self.calls["CancelTask"] += 1
+        raise errors.Unavailable("database restarting")
+
+
+async def test_channel_retries_unavailable_for_idempotent_methods_only() -> None:
+    servicer = FlakyTasks(failures=2)
+    running = await start_server(
+        ServiceSpec(
+            name="flaky",
+            service_names=["verifier.tasks.v1.TaskService"],
+            register=lambda server: tasks_pb2_grpc.add_TaskServiceServicer_to_server(
+                servicer, server
+            ),
+            listen_addr="127.0.0.1:0",
+        )
+    )
+    try:
+        async with create_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = tasks_pb2_grpc.TaskServiceStub(channel)
+            response = await stub.GetTask(tasks_pb2.GetTaskRequest(id="t1"), timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as cancel:
+                await stub.CancelTask(tasks_pb2.CancelTaskRequest(id="t1"), timeout=10)
+    finally:
+        await running.stop(0.1)
+    assert response.task.id == "t1"
+    assert servicer.calls["GetTask"] == 3  # two UNAVAILABLE answers retried by the channel
+    assert cancel.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert servicer.calls["CancelTask"] == 1  # not idempotent: not sent again
+
+
+async def test_a_crashed_background_job_is_restarted() -> None:
+    runs: list[int] = []
+    restarted = asyncio.Event()
+
+    async def job() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("bug in a loop")
+        restarted.set()
+        await asyncio.Event().wait()  # runs until the server stops
+
+    running = await start_server(
+        ServiceSpec(
+            name="crashy",
+            service_names=[QUEUE_SERVICE],
+            register=lambda server: queue_pb2_grpc.add_QueueServiceServicer_to_server(
+                EchoQueue(), server
+            ),
+            listen_addr="127.0.0.1:0",
+            background=[job],
+        )
+    )
+    try:
+        await asyncio.wait_for(restarted.wait(), timeout=10)
+    finally:
+        await running.stop(0.1)
+    assert len(runs) == 2
