@@ -13,6 +13,9 @@ the ratio.
 
     .venv/bin/python bench/bench_pipeline.py [--tasks 2000] [--workers 1]
         [--concurrency 64] [--creators 64]
+    .venv/bin/python bench/bench_pipeline.py --metrics-compare [--rounds 2]
+        the cost of instrumentation: the same pipeline with METRICS_ENABLED on and
+        off, alternating, each side on a fresh database, tasks/s and the ratio
 """
 
 from __future__ import annotations
@@ -303,6 +306,51 @@ async def _bench_pipeline(args: argparse.Namespace, stack_target: str) -> dict[s
     }
 
 
+def _metrics_compare(args: argparse.Namespace) -> None:
+    """tasks/s with metrics on and off, alternating sides `--rounds` times (same run)."""
+    import tempfile
+
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    with (
+        servers.postgres_server() as pg_server,
+        servers.redis_server() as redis_url,
+        servers.s3_server() as s3,
+    ):
+        for round_index in range(args.rounds):
+            sides = ("on", "off") if round_index % 2 == 0 else ("off", "on")
+            for side in sides:
+                with servers.postgres_database(pg_server, prefix="verifier_bench") as database:
+                    workdir = Path(tempfile.mkdtemp(prefix="verifier-bench-"))
+                    env = stack_env(
+                        database_url=database,
+                        redis_url=redis_url,
+                        s3=s3,
+                        workdir=workdir,
+                        queue_name=f"bench-{uuid.uuid4().hex[:8]}",
+                        log_level="warning",
+                        queue_concurrency=str(args.concurrency),
+                        verification_processes=str(args.verification_processes),
+                        database_pool_size="20",
+                        job_idle_timeout_seconds="120",
+                        metrics_enabled="true" if side == "on" else "false",
+                        **{
+                            f"{name}_metrics_listen_addr": f"127.0.0.1:{servers.free_port()}"
+                            for name in ("tasks", "queue", "verification", "worker")
+                        },
+                    )
+                    with pipeline_stack(env, workers=args.workers) as stack:
+                        target = f"127.0.0.1:{stack.service('tasks').port}"
+                        figures = asyncio.run(_bench_pipeline(args, target))
+                    rate = args.tasks / figures["wall"]
+                    rates[side].append(rate)
+                    print(f"round {round_index + 1}, metrics {side}: {rate:.1f} tasks/s")
+    on, off = statistics.fmean(rates["on"]), statistics.fmean(rates["off"])
+    print(
+        f"metrics on: {on:.1f} tasks/s, off: {off:.1f} tasks/s "
+        f"(mean of {args.rounds}); ratio on / off {on / off:.3f}"
+    )
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--noop-worker":
         _noop_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
@@ -319,7 +367,16 @@ def main() -> None:
     parser.add_argument(
         "--queue-only", action="store_true", help="skip the pipeline: the two no-op figures"
     )
+    parser.add_argument(
+        "--metrics-compare",
+        action="store_true",
+        help="the pipeline with metrics on against off, same run (instrumentation cost)",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="with --metrics-compare")
     args = parser.parse_args()
+    if args.metrics_compare:
+        _metrics_compare(args)
+        return
     if args.queue_only:
         with servers.redis_server() as redis_url:
             noop = args.tasks / _bench_taskiq(redis_url, args.tasks)

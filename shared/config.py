@@ -50,6 +50,12 @@ def _listen(default: str) -> Any:
     return field(default=default, metadata={"check": _check_address(lowest_port=0)})
 
 
+def _optional_listen(default: str) -> Any:
+    # Empty turns the listener off.
+    check = _check_address(lowest_port=0)
+    return field(default=default, metadata={"check": lambda v: check(v) if v else None})
+
+
 def _peer(default: str) -> Any:
     return field(default=default, metadata={"check": _check_address(lowest_port=1)})
 
@@ -127,6 +133,13 @@ class Settings:
     tasks_listen_addr: str = _listen("0.0.0.0:50051")
     queue_listen_addr: str = _listen("0.0.0.0:50052")
     verification_listen_addr: str = _listen("0.0.0.0:50053")
+    # Each gRPC service's Prometheus /metrics (empty: none); the gateway serves it on PORT.
+    tasks_metrics_listen_addr: str = _optional_listen("0.0.0.0:9451")
+    queue_metrics_listen_addr: str = _optional_listen("0.0.0.0:9452")
+    verification_metrics_listen_addr: str = _optional_listen("0.0.0.0:9453")
+    worker_metrics_listen_addr: str = _optional_listen("")
+    # Record metrics at all (false: no /metrics, no gRPC interceptor, no counters).
+    metrics_enabled: bool = True
     # --- peers' addresses (gRPC targets) ---
     tasks_addr: str = _peer("127.0.0.1:50051")
     queue_addr: str = _peer("127.0.0.1:50052")

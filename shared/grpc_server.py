@@ -34,7 +34,7 @@ from grpc_reflection.v1alpha import reflection
 from verifier.ops.v1 import diagnostics_pb2, diagnostics_pb2_grpc
 
 import shared
-from shared import errors
+from shared import errors, metrics
 from shared.context import REQUEST_ID_METADATA_KEY, bind_request_id, sanitize_request_id
 from shared.log import get_logger
 from shared.retry import Backoff, keep_running
@@ -275,6 +275,8 @@ class ServiceSpec:
     on_stop: Sequence[Callable[[], Awaitable[None]]] = ()
     health_probe_interval_seconds: float = 5.0
     shutdown_grace_seconds: float = 10.0
+    # HOST:PORT of this service's Prometheus /metrics; empty: none.
+    metrics_listen_addr: str = ""
 
 
 @dataclass
@@ -286,6 +288,12 @@ class RunningServer:
     port: int
     health: health.aio.HealthServicer
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    metrics: metrics.MetricsServer | None = None
+
+    @property
+    def metrics_port(self) -> int:
+        """The bound /metrics port, 0 when metrics are not served."""
+        return self.metrics.port if self.metrics is not None else 0
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.spec.shutdown_grace_seconds if grace is None else grace
@@ -302,6 +310,8 @@ class RunningServer:
                 await hook()
             except Exception:
                 log.exception("server.on_stop_failed")
+        if self.metrics is not None:
+            self.metrics.close()
         log.info("server.stopped")
 
     async def wait(self) -> None:
@@ -330,7 +340,11 @@ async def _health_loop(spec: ServiceSpec, servicer: health.aio.HealthServicer) -
 
 async def start_server(spec: ServiceSpec) -> RunningServer:
     """Build, register and start the server; returns once it listens."""
-    server = grpc.aio.server(interceptors=[RequestContextInterceptor()], options=SERVER_OPTIONS)
+    interceptors: list[grpc.aio.ServerInterceptor] = [RequestContextInterceptor()]
+    if metrics.enabled():
+        # Outermost: it sees the status code the error mapping chose.
+        interceptors.insert(0, metrics.MetricsInterceptor())
+    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     spec.register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -351,6 +365,7 @@ async def start_server(spec: ServiceSpec) -> RunningServer:
         raise OSError(f"cannot listen on {spec.listen_addr}")
     await server.start()
     running = RunningServer(spec, server, port, health_servicer)
+    running.metrics = metrics.serve_metrics(spec.metrics_listen_addr)
     running.tasks.append(asyncio.create_task(_health_loop(spec, health_servicer)))
     for job in spec.background:
         running.tasks.append(asyncio.create_task(_supervise(job)))

@@ -41,7 +41,7 @@ from services.gateway.openapi import build_document
 from services.gateway.status import domain_error_response, error_body, rpc_error_response
 from services.gateway.transcode import build_request, dumps, message_to_json, response_to_json
 from services.gateway.upstream import Upstreams, parse_timeout
-from shared import errors
+from shared import errors, metrics
 from shared.config import Settings
 from shared.context import (
     REQUEST_ID_METADATA_KEY,
@@ -54,9 +54,11 @@ from shared.log import get_logger
 log = get_logger(__name__)
 
 JSON = "application/json"
-_QUIET_PATHS = frozenset({"/health", "/health/detailed"})
+_QUIET_PATHS = frozenset({"/health", "/health/detailed", "/metrics"})
 # Served by Starlette; every other path is the generic endpoint's.
-FIXED_PATHS = frozenset({"/health", "/health/detailed", "/openapi", "/openapi.json", "/docs"})
+FIXED_PATHS = frozenset(
+    {"/health", "/health/detailed", "/openapi", "/openapi.json", "/docs", "/metrics"}
+)
 _READ_HEADERS = frozenset({b"content-length", b"x-timeout", b"grpc-timeout"})
 
 
@@ -161,13 +163,15 @@ class GatewayApp:
                 )
                 await error_response(500, body)(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            metrics.http_request(scope["method"], status_holder[0], elapsed)
             log_line = log.debug if path in _QUIET_PATHS else log.info
             log_line(
                 "http.request",
                 method=scope["method"],
                 path=path,
                 status=status_holder[0],
-                ms=round((time.perf_counter() - started) * 1000, 2),
+                ms=round(elapsed * 1000, 2),
             )
 
 
@@ -367,6 +371,12 @@ async def openapi(request: Request) -> Response:
     return Response(state.openapi, media_type=JSON)
 
 
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus exposition of the gateway process (its HTTP port, no second listener)."""
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
 async def docs(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
     return HTMLResponse(state.docs)
@@ -440,6 +450,7 @@ def create_app(
             Route("/openapi", openapi, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/docs", docs, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

@@ -15,6 +15,7 @@ from types import FrameType
 import uvicorn
 
 from services.gateway.app import GatewayApp, GatewayState, create_app
+from shared import metrics
 from shared.config import Settings, add_config_arguments, settings_from_args
 from shared.log import configure_logging
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     configure_logging("gateway", settings.log_level, settings.log_format)
+    metrics.configure(settings.metrics_enabled)
     app = create_app(settings)
     GatewayServer(uvicorn_config(settings, app), app.state).run()
 

@@ -15,10 +15,12 @@ import grpc
 from redis.exceptions import RedisError
 from verifier.queue.v1 import queue_pb2_grpc
 
+from shared import metrics
 from shared.config import Settings, add_config_arguments, settings_from_args
 from shared.grpc_server import DependencyProbe, ServiceSpec, serve
 from shared.log import configure_logging, get_logger
 
+from . import gauges
 from .backend import QueueBackend
 from .embedded import EmbeddedQueue
 from .errors import QueueUnavailable
@@ -107,6 +109,13 @@ def build_spec(
         background.append(workers)
         probe = DependencyProbe("embedded-queue", queue.probe, required=True)
 
+    if settings.metrics_enabled:
+
+        async def refresh_gauges() -> None:
+            await gauges.run(queue, settings.health_probe_interval_seconds)
+
+        background.append(refresh_gauges)
+
     return ServiceSpec(
         name="queue",
         service_names=[SERVICE_NAME],
@@ -117,6 +126,7 @@ def build_spec(
         on_stop=[queue.close],
         health_probe_interval_seconds=settings.health_probe_interval_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        metrics_listen_addr=settings.queue_metrics_listen_addr,
     )
 
 
@@ -129,4 +139,5 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     configure_logging("queue", settings.log_level, settings.log_format)
+    metrics.configure(settings.metrics_enabled)
     asyncio.run(serve(build_spec(settings)))

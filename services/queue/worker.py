@@ -13,6 +13,7 @@ import asyncio
 import signal
 import sys
 
+from shared import metrics
 from shared.config import Settings, add_config_arguments, settings_from_args
 from shared.log import configure_logging, get_logger
 
@@ -30,10 +31,13 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         loop.add_signal_handler(sig, stop.set)
     worker = RedisWorker(settings)
     connection = PipelineConnection(settings, worker.id)
+    exporter = metrics.serve_metrics(settings.worker_metrics_listen_addr)
     try:
         await worker.run(connection.pipeline, stop)
     finally:
         await connection.close()
+        if exporter is not None:
+            exporter.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     configure_logging("worker", settings.log_level, settings.log_format)
+    metrics.configure(settings.metrics_enabled)
     problem = policy.timing_problem(
         settings.worker_heartbeat_seconds,
         settings.job_idle_timeout_seconds,

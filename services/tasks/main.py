@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import grpc
 from verifier.tasks.v1 import tasks_pb2_grpc
 
+from shared import metrics
 from shared.config import Settings, add_config_arguments, settings_from_args
 from shared.grpc_server import DependencyProbe, ServiceSpec, serve
 from shared.log import configure_logging, get_logger
@@ -21,6 +22,7 @@ from shared.log import configure_logging, get_logger
 from . import migrate
 from .dispatch import Dispatcher, GrpcQueueClient, QueueClient, Reconciler
 from .feed import ChangeFeed, PostgresListener
+from .model import Task
 from .server import SERVICE_NAME, TaskServicer
 from .service import TaskApp
 from .store import TaskStore, open_store
@@ -73,6 +75,7 @@ def build_service(settings: Settings, *, queue: QueueClient | None = None) -> Ta
         interval_seconds=settings.reconcile_interval_seconds,
     )
     app = TaskApp(store, dispatcher, feed)
+    store.on_finished = _count_finished
     background = [dispatcher.run, reconciler.run]
     if not is_sqlite:
         background.append(PostgresListener(url, feed).run)
@@ -93,8 +96,14 @@ def build_service(settings: Settings, *, queue: QueueClient | None = None) -> Ta
         on_stop=[store.close, queue_client.close],
         health_probe_interval_seconds=settings.health_probe_interval_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        metrics_listen_addr=settings.tasks_metrics_listen_addr,
     )
     return TasksService(spec, app, store, feed, dispatcher, reconciler, queue_client)
+
+
+def _count_finished(task: Task) -> None:
+    seconds = (task.finished_at - task.created_at).total_seconds() if task.finished_at else None
+    metrics.task_finished(task.status.value, task.verdict, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
     configure_logging("tasks", settings.log_level, settings.log_format)
+    metrics.configure(settings.metrics_enabled)
     if args.command == "migrate":
         apply_migrations(settings)
         return 0

@@ -444,6 +444,8 @@ class TaskStore(abc.ABC):
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
+        # Called once per task that this store moved to a final status (metrics).
+        self.on_finished: Callable[[Task], None] | None = None
 
     # --- engine specifics ---------------------------------------------------
 
@@ -604,6 +606,8 @@ class TaskStore(abc.ABC):
     async def _change_or_refuse(self, change: _Change) -> Task:
         task = await self._apply(change)
         if task is not None:
+            if self.on_finished is not None and task.status.finished:
+                self.on_finished(task)
             return task
         view = TaskView.FULL if change.shape.with_evidence else TaskView.BASIC
         current = await self.get_task(change.task_id, view)

@@ -8,6 +8,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from shared import metrics
 from shared.config import Settings, add_config_arguments, settings_from_args
 from shared.grpc_server import DependencyProbe, ServiceSpec, serve
 from shared.log import configure_logging
@@ -142,6 +143,7 @@ def build_spec(settings: Settings) -> ServiceSpec:
         on_stop=[service.close],
         health_probe_interval_seconds=settings.health_probe_interval_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        metrics_listen_addr=settings.verification_metrics_listen_addr,
     )
 
 
@@ -153,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser)
     settings = settings_from_args(parser.parse_args(argv))
     configure_logging("verification", settings.log_level, settings.log_format)
+    metrics.configure(settings.metrics_enabled)
     asyncio.run(serve(build_spec(settings)))
     return 0
 

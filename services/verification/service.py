@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from shared import metrics
 from shared.errors import Unavailable
 
 from .errors import EvidenceMalformed
@@ -80,6 +82,7 @@ class VerificationService:
     async def verify(self, request: VerificationRequest) -> StoredVerification:
         if not request.task_id:
             raise EvidenceMalformed("task_id", "is required")
+        began = time.perf_counter()
         if not request.evidence.quote:
             if self.fetcher is None:
                 raise EvidenceMalformed("evidence", "no inline evidence and fetching is off")
@@ -93,6 +96,9 @@ class VerificationService:
             await asyncio.to_thread(self.store.put, key, signed.body, signed.signature)
         except Exception as exc:
             raise ReportStoreUnavailable(f"storing the report failed: {_describe(exc)}") from exc
+        metrics.verification_done(
+            [(c.name, c.status.value) for c in report.checks], time.perf_counter() - began
+        )
         return StoredVerification(
             report=report,
             bucket=self.bucket,
