@@ -194,6 +194,14 @@ def flags_with_defaults(given: Mapping[str, bool | None] | None) -> Verification
     flags = VerificationFlags(**values)
     if not flags.enabled():
         raise InvalidArgument("verification_flags", "at least one check must be enabled")
+    needing = [name for name in ("os", "source_code") if getattr(flags, name)]
+    if needing and not flags.hardware:
+        # Measurements read from a quote nobody verified prove nothing.
+        raise InvalidArgument(
+            "verification_flags",
+            f"verificationFlags: {' and '.join(needing)} need hardware (a verified quote); "
+            "enable hardware or turn them off",
+        )
     return flags
 
 

@@ -20,7 +20,7 @@ from .checks.keys import check_certificate_key, check_tee_controlled_key
 from .checks.os_image import OsImage, check_os, load_allowlist
 from .checks.source_code import ComposeHashRegistry, check_source_code
 from .collateral import CollateralBundle, CollateralStore, LocalCollateralCache, QuoteCollateralKey
-from .errors import CollateralExpired
+from .errors import CollateralExpired, EvidenceMalformed
 from .eventlog import Event, parse_event_log
 from .evidence import validate_evidence
 from .hexutil import decode_hex
@@ -29,6 +29,7 @@ from .model import (
     CheckResult,
     CheckStatus,
     Report,
+    VerificationFlags,
     VerificationRequest,
     flags_to_dict,
 )
@@ -53,6 +54,15 @@ _NOT_ENABLED = {
     name: CheckResult(name, CheckStatus.SKIPPED, "not enabled for this task")
     for name in CHECK_ORDER
 }
+
+
+def check_flags(flags: VerificationFlags) -> None:
+    """os and source_code read measurements that only a verified quote makes true."""
+    needing = [name for name in ("os", "source_code") if getattr(flags, name)]
+    if needing and not flags.hardware:
+        raise EvidenceMalformed(
+            "flags", f"{' and '.join(needing)} need hardware (a verified quote); enable hardware"
+        )
 
 
 class VerificationEngine:
@@ -114,6 +124,7 @@ class VerificationEngine:
         validate_evidence(evidence)
         if request.expected_compose_hash:
             decode_hex(request.expected_compose_hash, "expected_compose_hash", expected_len=32)
+        check_flags(request.flags)
         parsed = parse_quote(evidence.quote)
         events: list[Event] | None = (
             parse_event_log(evidence.event_log) if evidence.event_log is not None else None

@@ -1,8 +1,13 @@
-"""dstack event log: parsing, runtime-event digests and RTMR replay.
+"""dstack event log: parsing, runtime-event digests, RTMR replay, identity events.
 
-Layout checked against dstack's cc-eventlog (runtime_events.rs) and the
-quote-report.json vector: a runtime event extends RTMR3 with
-sha384(le32(event_type) || ":" || name || ":" || payload).
+The rules are dstack's own (Dstack-TEE/dstack cc-eventlog tdx.rs and
+runtime_events.rs, dstack-attest attestation.rs):
+- a runtime event is one whose event_type is 0x08000001, wherever it sits; its
+  digest is sha384(le32(0x08000001) || ":" || name || ":" || payload), always
+  recomputed (a supplied digest proves nothing about the payload);
+- RTMR3 holds runtime events only, and runtime events live in RTMR3 only;
+- identity events are read before `system-ready` only (find_event stops
+  there); what follows is the application's own and never identity.
 """
 
 from __future__ import annotations
@@ -36,18 +41,77 @@ class Event(NamedTuple):
 _RUNTIME_TYPE_LE32 = struct.pack("<I", DSTACK_RUNTIME_EVENT_TYPE)
 
 
+RUNTIME_IMR = 3
+SYSTEM_READY = "system-ready"
+# The events dstack reads as the instance's identity (dstack-attest decode_app_info).
+IDENTITY_EVENTS = (
+    "app-id",
+    "compose-hash",
+    "instance-id",
+    "key-provider",
+    "os-image-hash",
+    "mr-kms",
+)
+
+
 def runtime_events(events: list[Event]) -> list[Event]:
-    """The dstack runtime events (RTMR3, type 0x08000001), in log order."""
-    return [e for e in events if e.imr == 3 and e.event_type == DSTACK_RUNTIME_EVENT_TYPE]
+    """The dstack runtime events (type 0x08000001, in any register), in log order."""
+    return [e for e in events if e.event_type == DSTACK_RUNTIME_EVENT_TYPE]
 
 
-def runtime_event_digest(event_type: int, name: str, payload: bytes) -> bytes:
-    type_le32 = (
-        _RUNTIME_TYPE_LE32
-        if event_type == DSTACK_RUNTIME_EVENT_TYPE
-        else struct.pack("<I", event_type)
-    )
-    return hashlib.sha384(b"".join((type_le32, b":", name.encode("utf-8"), b":", payload))).digest()
+def runtime_event_digest(name: str, payload: bytes) -> bytes:
+    """The digest dstack extends RTMR3 with for a runtime event (V1 form)."""
+    return hashlib.sha384(
+        b"".join((_RUNTIME_TYPE_LE32, b":", name.encode("utf-8"), b":", payload))
+    ).digest()
+
+
+def describe(event: Event) -> str:
+    return f"#{event.position} '{event.name}'" if event.name else f"#{event.position}"
+
+
+def misplaced_events(events: list[Event]) -> list[str]:
+    """Why each event breaks the register rule: RTMR3 holds runtime events only,
+    and a runtime event belongs in RTMR3 only. A relabelled event (its type
+    changed, its digest kept) shows up here instead of slipping out of the
+    identity lookups while still replaying."""
+    problems: list[str] = []
+    for e in events:
+        runtime = e.event_type == DSTACK_RUNTIME_EVENT_TYPE
+        if e.imr == RUNTIME_IMR and not runtime:
+            problems.append(
+                f"RTMR3 event {describe(e)} has type 0x{e.event_type:x}, not a runtime event "
+                f"(0x{DSTACK_RUNTIME_EVENT_TYPE:08x})"
+            )
+        elif runtime and e.imr != RUNTIME_IMR:
+            problems.append(f"runtime event {describe(e)} sits in RTMR{e.imr}, not RTMR3")
+    return problems
+
+
+class RuntimeIdentity(NamedTuple):
+    """The identity events read before system-ready, and what follows it."""
+
+    identity: dict[str, Event]  # name -> the one event of that name before system-ready
+    app_events: list[Event]  # after system-ready: the application's own, never identity
+    system_ready: bool  # whether the log has a system-ready event
+    duplicates: list[str]  # identity events seen twice before system-ready
+
+
+def read_identity(runtime: list[Event]) -> RuntimeIdentity:
+    identity: dict[str, Event] = {}
+    duplicates: list[str] = []
+    for i, e in enumerate(runtime):
+        if e.name == SYSTEM_READY:
+            return RuntimeIdentity(identity, runtime[i + 1 :], True, duplicates)
+        if e.name in IDENTITY_EVENTS:
+            if e.name in identity:
+                duplicates.append(
+                    f"a second '{e.name}' event {describe(e)} before system-ready "
+                    f"(the first is #{identity[e.name].position})"
+                )
+            else:
+                identity[e.name] = e
+    return RuntimeIdentity(identity, [], False, duplicates)
 
 
 def _explain(i: int, item: object) -> EvidenceMalformed:
@@ -122,13 +186,27 @@ def parse_event_log(text: str) -> list[Event]:
 
 
 def replay(events: list[Event]) -> list[bytes]:
-    """RTMR values after extending each register with its events' digests."""
+    """RTMR values after extending each register with its events' digests.
+
+    RTMR3 is replayed from runtime events only, each with its digest
+    recomputed from name and payload; RTMR0-2 from the firmware's supplied
+    digests (their preimages are not in the log). Callers reject logs that
+    break the register rule (misplaced_events) before trusting this.
+    """
     registers = [bytes(DIGEST_LEN)] * RTMR_COUNT
+    sha384 = hashlib.sha384
     for event in events:
-        registers[event.imr] = hashlib.sha384(registers[event.imr] + event.digest).digest()
+        imr = event.imr
+        if imr == RUNTIME_IMR:
+            if event.event_type != DSTACK_RUNTIME_EVENT_TYPE:
+                continue
+            digest = runtime_event_digest(event.name, event.payload)
+        else:
+            digest = event.digest
+        registers[imr] = sha384(registers[imr] + digest).digest()
     return registers
 
 
 def forged_runtime_events(runtime: list[Event]) -> list[Event]:
     """Those of `runtime` (see runtime_events) whose digest is not that of their payload."""
-    return [e for e in runtime if runtime_event_digest(e.event_type, e.name, e.payload) != e.digest]
+    return [e for e in runtime if runtime_event_digest(e.name, e.payload) != e.digest]

@@ -77,6 +77,34 @@ def attest(
     )
 
 
+def debug_or_foreign_seam(fields: dict[str, object]) -> str:
+    """Why the verified report is unacceptable whatever its TCB status, or "".
+
+    dstack-attest validate_tcb: a DEBUG TD (td_attributes bit 0; SGX attributes
+    bit 1) lets the host read and change its memory, and a TDX module not
+    signed by Intel (mr_signer_seam non-zero) or a service TD (mr_service_td
+    non-zero) is not the platform the quote describes.
+    """
+
+    def raw(name: str) -> bytes:
+        value = fields.get(name)
+        return bytes.fromhex(value) if isinstance(value, str) else b""
+
+    td_attributes = raw("td_attributes")
+    if td_attributes:
+        if td_attributes[0] & 0x01:
+            return "the TD runs in DEBUG mode (td_attributes bit 0 is set)"
+        if any(raw("mr_signer_seam")):
+            return "mr_signer_seam is not zero: the TDX module is not Intel's"
+        if any(raw("mr_service_td")):
+            return "mr_service_td is not zero"
+        return ""
+    attributes = raw("attributes")
+    if attributes and attributes[0] & 0x02:
+        return "the enclave runs in DEBUG mode (attributes bit 1 is set)"
+    return ""
+
+
 def check_hardware(ctx: CheckContext, allowed_statuses: tuple[str, ...]) -> Outcome:
     details: dict[str, object] = {"allowed_tcb_statuses": list(allowed_statuses)}
     if ctx.collateral is not None:
@@ -92,6 +120,9 @@ def check_hardware(ctx: CheckContext, allowed_statuses: tuple[str, ...]) -> Outc
         platform_status=attested.platform_status,
         report_body=attested.body_type,
     )
+    refused = debug_or_foreign_seam(attested.fields)
+    if refused:
+        return Outcome.failed(f"signature chain verified, but {refused}", **details)
     if attested.tcb_status not in allowed_statuses:
         advisories = ", ".join(attested.advisory_ids) or "none"
         return Outcome.failed(

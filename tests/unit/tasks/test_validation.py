@@ -67,6 +67,31 @@ def test_flags_that_disable_every_check_are_invalid() -> None:
     assert _field_of(validation.flags_with_defaults, given) == "verification_flags"
 
 
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"hardware": False},
+        {"hardware": False, "os": False},
+        {"hardware": False, "source_code": False},
+    ],
+    ids=["os_and_source_code", "source_code", "os"],
+)
+def test_os_or_source_code_without_hardware_is_invalid(given: dict[str, bool]) -> None:
+    # Measurements from a quote nobody verified prove nothing (issue 11).
+    with pytest.raises(InvalidArgument) as caught:
+        validation.flags_with_defaults(given)
+    assert caught.value.field == "verification_flags"
+    assert "verificationFlags" in caught.value.message and "need hardware" in caught.value.message
+
+
+def test_key_checks_alone_without_hardware_are_allowed() -> None:
+    given = {"hardware": False, "os": False, "source_code": False}
+    assert validation.flags_with_defaults(given).enabled() == [
+        "tee_controlled_key",
+        "certificate_key",
+    ]
+
+
 def test_missing_app_config_type_is_invalid() -> None:
     assert _field_of(_new, app_config_type=None) == "app_config_type"
 

@@ -5,19 +5,23 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+Answer = tuple[int, Any]
+
 
 @contextlib.contextmanager
 def recorded_server(
-    routes: dict[str, tuple[int, Any]],
+    routes: dict[str, Answer | Callable[[bytes], Answer]],
 ) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """Serve `routes` {path: (status, JSON body or bytes)}; yields (base URL, request log).
 
-    GET and POST both answer by path; POST bodies are logged for assertions.
+    GET and POST both answer by path; POST bodies are logged for assertions. A
+    route may be a function of the request body (a JSON-RPC endpoint answering
+    by method).
     """
     log: list[dict[str, Any]] = []
 
@@ -35,7 +39,8 @@ def recorded_server(
                     "host": self.headers.get("host", ""),
                 }
             )
-            status, payload = routes.get(parts.path, (404, {"error": "not found"}))
+            route = routes.get(parts.path, (404, {"error": "not found"}))
+            status, payload = route(body) if callable(route) else route
             data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("content-type", "application/json")

@@ -13,14 +13,12 @@ from services.verification.engine import VerificationEngine
 from services.verification.errors import FetchFailed, FetchNotAllowed, FetchRejected
 from services.verification.fetchers import EvidenceFetcher, UrlGuard
 from services.verification.model import CheckStatus, Evidence, VerificationRequest
-from services.verification.onchain import EthRpcComposeRegistry
 from services.verification.settings import VerificationSettings
 
 from .recorded_http import recorded_server
 from .support import (
     APP_ID,
     AT_90C06F,
-    COMPOSE_HASH,
     DSTACK,
     HW_OS_SRC,
     collateral_90c06f,
@@ -241,17 +239,3 @@ async def test_app_id_from_task_cannot_shape_the_path(app_id: str) -> None:
     with pytest.raises(FetchNotAllowed):
         await fetcher.fetch_phala_cloud(app_id)
     await fetcher.aclose()
-
-
-@pytest.mark.parametrize(
-    ("result", "allowed"), [("0x" + "00" * 31 + "01", True), ("0x" + "00" * 32, False)]
-)
-def test_eth_rpc_registry_calls_allowed_compose_hashes(result: str, allowed: bool) -> None:
-    contract = "0x" + "ab" * 20
-    routes = {"/rpc": (200, {"jsonrpc": "2.0", "id": 1, "result": result})}
-    with recorded_server(routes) as (base, log):
-        registry = EthRpcComposeRegistry(base + "/rpc", timeout=5)
-        assert registry.is_allowed(contract, bytes.fromhex(COMPOSE_HASH)) is allowed
-    call = json.loads(log[0]["body"])
-    assert call["method"] == "eth_call"
-    assert call["params"][0] == {"to": contract, "data": "0x2f6622e5" + COMPOSE_HASH}

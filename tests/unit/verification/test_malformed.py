@@ -12,6 +12,7 @@ from services.verification.errors import EvidenceMalformed
 from services.verification.eventlog import parse_event_log
 from services.verification.evidence import evidence_from_dict, parse_evidence_json
 from services.verification.hexutil import decode_hex
+from services.verification.model import VerificationFlags
 from services.verification.quote import parse_quote
 from services.verification.settings import MAX_QUOTE_BYTES
 
@@ -121,3 +122,14 @@ def test_evidence_accepts_event_log_as_json_value() -> None:
     evidence = evidence_from_dict(doc)
     assert evidence.event_log is not None
     assert len(parse_event_log(evidence.event_log)) == 28
+
+
+@pytest.mark.parametrize(
+    "flags", [["os"], ["source_code"], ["os", "source_code", "tee_controlled_key"]]
+)
+def test_os_or_source_code_without_hardware_is_refused(
+    engine: VerificationEngine, flags: list[str]
+) -> None:
+    with pytest.raises(EvidenceMalformed) as caught:
+        engine.verify(quote_report_request(flags=VerificationFlags.only(flags)))
+    assert caught.value.field == "flags" and "need hardware" in caught.value.message

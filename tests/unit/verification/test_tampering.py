@@ -17,6 +17,7 @@ from services.verification.settings import DEFAULT_OS_ALLOWLIST
 
 from .support import (
     APP_ID,
+    AT_90C06F,
     COMPOSE_HASH,
     OFFSET_HEADER,
     OFFSET_QE_REPORT,
@@ -71,7 +72,7 @@ def test_forged_event_with_recomputed_digest_fails_rtmr3_replay(
     engine: VerificationEngine,
 ) -> None:
     payload = bytes(32)
-    digest = runtime_event_digest(0x08000001, "compose-hash", payload).hex()
+    digest = runtime_event_digest("compose-hash", payload).hex()
     forged = event_log_with({"event_payload": payload.hex(), "digest": digest}, "compose-hash")
     evidence = replace(quote_report_evidence(), event_log=forged)
     report = engine.verify(quote_report_request(evidence=evidence, expected_compose_hash="00" * 32))
@@ -114,7 +115,7 @@ def test_other_app_id_fails_source_code(engine: VerificationEngine) -> None:
     report = engine.verify(quote_report_request(app_id="00" * 20))
     source = report.check("source_code")
     assert source.status is CheckStatus.FAILED
-    assert f"app-id event ({APP_ID}) differs from the task's app id" in source.reason
+    assert f"app-id event ({APP_ID}) differs from the expected app id" in source.reason
 
 
 def test_os_register_not_in_allowlist_fails_os() -> None:
@@ -170,7 +171,8 @@ class _Registry:
         self.answer = answer
         self.calls: list[tuple[str, bytes]] = []
 
-    def is_allowed(self, contract_address: str, compose_hash: bytes) -> bool:
+    def is_allowed(self, contract_address: str, compose_hash: bytes, at: datetime) -> bool:
+        assert at == AT_90C06F  # the lookup is made as of the evaluation time
         self.calls.append((contract_address, compose_hash))
         if isinstance(self.answer, Exception):
             raise self.answer
@@ -198,10 +200,11 @@ def test_on_chain_compose_hash(answer: bool | Exception, status: CheckStatus, re
     assert registry.calls == [(CONTRACT, bytes.fromhex(COMPOSE_HASH))]
 
 
-def test_on_chain_check_is_off_without_rpc_url() -> None:
+def test_contract_address_without_chain_rpc_is_an_error_not_a_pass() -> None:
     ctx = fake_context(expected_compose_hash=COMPOSE_HASH, contract_address=CONTRACT)
     outcome = check_source_code(ctx, None)
-    assert outcome.status is CheckStatus.PASSED
+    assert outcome.status is CheckStatus.ERROR
+    assert "no chain RPC is configured" in outcome.reason and CONTRACT in outcome.reason
     assert outcome.details["on_chain"] == "not checked (no Ethereum RPC URL configured)"
 
 
