@@ -25,6 +25,8 @@ from shared.errors import Unavailable
 from shared.grpc_client import create_channel
 from shared.log import get_logger
 
+from . import audit
+from .model import EventType, Task
 from .store import TaskStore
 
 log = get_logger(__name__)
@@ -144,7 +146,7 @@ class Dispatcher:
             return False
         self._queue_state(True)
         try:
-            task = await self.store.mark_enqueued(task_id, job_id, already)
+            task = await self.record(task_id, job_id, already)
         except Exception:
             # Enqueued but not recorded: the reconciler re-sends it, and the
             # queue answers already_enqueued.
@@ -153,6 +155,26 @@ class Dispatcher:
         self.enqueued += 1
         log.debug("dispatch.enqueued", job_id=job_id, status=task.status.value, already=already)
         return True
+
+    async def record(self, task_id: str, job_id: str, already_enqueued: bool) -> Task:
+        """Record the queue's acknowledgement: PENDING becomes QUEUED; a QUEUED or
+        ACTIVE task gets the job id and a fresh enqueued_at (and a `requeued` event
+        when the queue had lost it)."""
+        clock = self.store.clock
+        task = await self.store.mark_queued(
+            task_id, job_id, audit.entry(clock, EventType.QUEUED, f"job {job_id}")
+        )
+        if task is not None:
+            return task
+        if already_enqueued:
+            # Nothing happened on the queue: refresh the clock without an audit event.
+            task = await self.store.touch_enqueued(task_id)
+        else:
+            message = f"job {job_id} (the queue had lost it)"
+            task = await self.store.requeue(
+                task_id, job_id, audit.entry(clock, EventType.REQUEUED, message)
+            )
+        return task if task is not None else await self.store.get_task(task_id)
 
     def _queue_state(self, up: bool, error: str = "") -> None:
         # One log line per change of the queue's reachability, not one per task.

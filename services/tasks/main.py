@@ -75,7 +75,7 @@ def build_service(settings: Settings, *, queue: QueueClient | None = None) -> Ta
         interval_seconds=settings.reconcile_interval_seconds,
     )
     app = TaskApp(store, dispatcher, feed)
-    store.on_finished = _count_finished
+    app.on_finished = _count_finished
     background = [dispatcher.run, reconciler.run]
     if not is_sqlite:
         background.append(PostgresListener(url, feed).run)

@@ -16,6 +16,7 @@ from shared.errors import InvalidArgument
 
 from . import validation
 from .model import (
+    CHECK_STATUSES,
     AppConfigType,
     CheckResult,
     ListFilter,
@@ -53,10 +54,9 @@ _CHECK_TO_PROTO: dict[str, verification_pb2.Check.ValueType] = {
     name: verification_pb2.Check.Value(f"CHECK_{name.upper()}") for name in CHECK_NAMES
 }
 _CHECK_FROM_PROTO: dict[int, str] = {number: name for name, number in _CHECK_TO_PROTO.items()}
-_CHECK_STATUSES = ("passed", "failed", "skipped", "error")
 _CHECK_STATUS_TO_PROTO: dict[str, verification_pb2.CheckStatus.ValueType] = {
     name: verification_pb2.CheckStatus.Value(f"CHECK_STATUS_{name.upper()}")
-    for name in _CHECK_STATUSES
+    for name in CHECK_STATUSES
 }
 _CHECK_STATUS_FROM_PROTO: dict[int, str] = {
     number: name for name, number in _CHECK_STATUS_TO_PROTO.items()

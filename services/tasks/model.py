@@ -86,6 +86,10 @@ _FLAG_NAMES = frozenset(CHECK_NAMES)
 assert {f.name for f in fields(VerificationFlags)} == _FLAG_NAMES
 
 
+# What a check can report (CheckResult.status), in the proto's order.
+CHECK_STATUSES: tuple[str, ...] = ("passed", "failed", "skipped", "error")
+
+
 @dataclass(frozen=True)
 class CheckResult:
     """One check's outcome as the verification engine reported it."""

@@ -3,16 +3,18 @@ dispatcher and the change feed. No grpc here; server.py maps protos to these."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from shared.context import bind_task_id
 from shared.log import get_logger
 
-from . import validation
+from . import audit, lifecycle, rows, validation
 from .dispatch import Dispatcher
 from .feed import ChangeFeed
+from .lifecycle import Transition
 from .model import (
+    EventType,
     ListFilter,
     ListQuery,
     NewTask,
@@ -21,6 +23,7 @@ from .model import (
     TaskEvent,
     TaskPage,
     TaskStats,
+    TaskStatus,
     TaskView,
 )
 from .paging import decode_page_token, encode_page_token
@@ -34,9 +37,11 @@ class TaskApp:
         self.store = store
         self.dispatcher = dispatcher
         self.feed = feed
+        # Called once per task that this process moved to a final status (metrics).
+        self.on_finished: Callable[[Task], None] | None = None
 
     async def create(self, new: NewTask) -> Task:
-        task, created = await self.store.create_task(new)
+        task, created = await self._insert(new)
         bind_task_id(task.id)
         if created:
             log.info("task.created", app_id=task.app_id, type=task.app_config_type.value)
@@ -67,7 +72,13 @@ class TaskApp:
     async def cancel(self, task_id: str, reason: str) -> Task:
         task_id = validation.validate_task_id(task_id)
         bind_task_id(task_id)
-        task = await self.store.cancel(task_id, validation.validate_reason(reason))
+        reason = validation.validate_reason(reason)
+        message = f"cancelled: {reason}" if reason else "cancelled by a client"
+        task = await self._change_or_refuse(
+            lifecycle.CANCEL,
+            task_id,
+            await self.store.cancel(task_id, message, self._audit(EventType.CANCELLED, message)),
+        )
         log.info("task.cancel", status=task.status.value)
         return task
 
@@ -111,29 +122,94 @@ class TaskApp:
     async def start(self, task_id: str, worker_id: str) -> Task:
         task_id = validation.validate_task_id(task_id)
         bind_task_id(task_id)
-        task = await self.store.start(task_id, validation.validate_worker_id(worker_id))
+        worker_id = validation.validate_worker_id(worker_id)
+        message = f"worker {worker_id}" if worker_id else ""
+        task = await self._change_or_refuse(
+            lifecycle.START,
+            task_id,
+            await self.store.start(task_id, self._audit(EventType.STARTED, message)),
+            TaskView.FULL,
+        )
         log.info("task.started", attempt=task.attempts, worker_id=worker_id)
         return task
 
     async def update_progress(self, task_id: str, progress: int, message: str) -> Task:
         task_id = validation.validate_task_id(task_id)
         bind_task_id(task_id)
-        return await self.store.update_progress(
+        progress = validation.validate_progress(progress)
+        message = validation.validate_progress_message(message)
+        return await self._change_or_refuse(
+            lifecycle.PROGRESS,
             task_id,
-            validation.validate_progress(progress),
-            validation.validate_progress_message(message),
+            await self.store.update_progress(
+                task_id, progress, self._audit(EventType.PROGRESS, message)
+            ),
         )
 
     async def complete(self, task_id: str, summary: ReportSummary | None) -> Task:
+        """COMPLETED or FAILED as the summary decides against the task's enabled checks."""
         task_id = validation.validate_task_id(task_id)
         bind_task_id(task_id)
-        task = await self.store.complete(task_id, validation.validate_summary(summary))
+        summary = validation.validate_summary(summary)
+        current = await self.store.get_task(task_id)
+        if current.status not in lifecycle.COMPLETE.allowed_from:
+            return lifecycle.COMPLETE.refuse_or_noop(current)
+        status, error = lifecycle.decide_outcome(summary, current.verification_flags)
+        event = EventType.COMPLETED if status is TaskStatus.COMPLETED else EventType.FAILED
+        entry = self._audit(event, error or "every enabled check passed")
+        task = await self._change_or_refuse(
+            lifecycle.COMPLETE,
+            task_id,
+            await self.store.finish(task_id, status, error, summary, entry),
+        )
         log.info("task.finished", status=task.status.value, verdict=task.verdict)
         return task
 
     async def fail(self, task_id: str, error_message: str) -> Task:
         task_id = validation.validate_task_id(task_id)
         bind_task_id(task_id)
-        task = await self.store.fail(task_id, validation.validate_error_message(error_message))
+        error_message = validation.validate_error_message(error_message)
+        task = await self._change_or_refuse(
+            lifecycle.FAIL,
+            task_id,
+            await self.store.fail(
+                task_id, error_message, self._audit(EventType.FAILED, error_message)
+            ),
+        )
         log.info("task.finished", status=task.status.value, error=task.error_message[:200])
         return task
+
+    # --- the decisions around the store ---------------------------------------
+
+    def _audit(self, event: EventType, message: str) -> rows.Audit:
+        return audit.entry(self.store.clock, event, message)
+
+    async def _insert(self, new: NewTask) -> tuple[Task, bool]:
+        """Store a PENDING task; with a known request_id, the first task instead.
+        Returns the task and whether this call created it."""
+        values = rows.new_task_row(new, self.store.clock())
+        entry = self._audit(EventType.CREATED, "")
+        # A conflicting row the read cannot see (yet): try again, a few times.
+        for _ in range(3):
+            task = await self.store.insert_task(values, entry)
+            if task is not None:
+                return task, True
+            assert new.request_id is not None
+            existing = await self.store.find_by_request_id(new.request_id)
+            if existing is not None:
+                return existing, False
+        raise RuntimeError(f"request_id {new.request_id!r} conflicts but no task carries it")
+
+    async def _change_or_refuse(
+        self,
+        transition: Transition,
+        task_id: str,
+        changed: Task | None,
+        view: TaskView = TaskView.BASIC,
+    ) -> Task:
+        """The changed task, or, when the guard refused, the no-op result or the error."""
+        if changed is not None:
+            if self.on_finished is not None and changed.status.finished:
+                self.on_finished(changed)
+            return changed
+        return transition.refuse_or_noop(await self.store.get_task(task_id, view))

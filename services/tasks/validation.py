@@ -20,6 +20,7 @@ from shared.attestation import (
 from shared.errors import InvalidArgument
 
 from .model import (
+    CHECK_STATUSES,
     AppConfigType,
     NewTask,
     ReportSummary,
@@ -281,9 +282,6 @@ def validate_error_message(value: str) -> str:
     return _bounded_text("error_message", value, MAX_ERROR_MESSAGE, single_line=False)
 
 
-_CHECK_STATUSES = frozenset({"passed", "failed", "skipped", "error"})
-
-
 def validate_summary(summary: ReportSummary | None) -> ReportSummary:
     """A report summary a task can store: known checks, each once, bounded size."""
     if summary is None:
@@ -298,7 +296,7 @@ def validate_summary(summary: ReportSummary | None) -> ReportSummary:
         if result.check in seen:
             raise InvalidArgument(f"{where}.check", f"{result.check} reported twice")
         seen.add(result.check)
-        if result.status not in _CHECK_STATUSES:
+        if result.status not in CHECK_STATUSES:
             raise InvalidArgument(f"{where}.status", "unknown or unspecified check status")
     size = len(json.dumps([c.to_dict() for c in summary.checks], default=str).encode())
     if size > MAX_SUMMARY_BYTES:

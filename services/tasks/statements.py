@@ -1,0 +1,350 @@
+"""The statements both store adapters run: SQLAlchemy 2 Core constructs with
+named bind parameters, built once per shape (no I/O here).
+
+Every change is one guarded UPDATE (`... WHERE status IN (allowed)`) plus its
+task_events row; `audit_select` is the one definition of that row's values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import lifecycle
+from .lifecycle import Transition
+from .model import ListQuery, TaskStatus
+from .tables import BASIC_COLUMNS, TaskId, UtcDateTime, task_events, tasks
+
+P = sa.bindparam
+JSON = sa.JSON(none_as_null=True)
+FULL_COLUMNS: list[sa.ColumnElement[Any]] = [*BASIC_COLUMNS, tasks.c.evidence]
+EVENT_COLUMNS = [
+    "task_id",
+    "type",
+    "from_status",
+    "to_status",
+    "progress",
+    "message",
+    "request_id",
+    "created_at",
+]
+TASK_INSERT_COLUMNS = [
+    c.name for c in tasks.c if c.name not in ("started_at", "finished_at", "enqueued_at")
+]
+
+
+def const(value: str) -> sa.ColumnElement[str]:
+    """A status or type value inlined as a SQL literal: a fixed vocabulary, never client text."""
+    if not value.replace("_", "").isalnum():
+        raise ValueError(f"not a vocabulary value: {value!r}")
+    return sa.literal_column(f"'{value}'", sa.String())
+
+
+def status_in(statuses: frozenset[TaskStatus]) -> sa.ColumnElement[bool]:
+    return tasks.c.status.in_([const(status.value) for status in sorted(statuses)])
+
+
+def audit_select(source: Any, from_status: Any) -> sa.Select[Any]:
+    """The values of one task_events row, selected from the changed task row
+    (`source`: the UPDATE's or INSERT's RETURNING, or the tasks table itself).
+    Status and progress are the task's new ones; the time is its updated_at
+    (every change sets it to the change's time). The rest comes from
+    `rows.Audit.params()`."""
+    return sa.select(
+        source.c.id,
+        sa.cast(P("event_type"), sa.String()),
+        from_status,
+        source.c.status,
+        source.c.progress,
+        sa.cast(P("message"), sa.Text()),
+        sa.cast(P("call_request_id"), sa.String()),
+        source.c.updated_at,
+    )
+
+
+def audit_insert(source: Any, from_status: Any) -> sa.Insert:
+    return sa.insert(task_events).from_select(EVENT_COLUMNS, audit_select(source, from_status))
+
+
+# --- reads ------------------------------------------------------------------------
+
+
+def select_task(full: bool) -> sa.Select[Any]:
+    columns = FULL_COLUMNS if full else BASIC_COLUMNS
+    return sa.select(*columns).where(tasks.c.id == P("task_id", type_=TaskId))
+
+
+def select_status() -> sa.Select[Any]:
+    return sa.select(tasks.c.status).where(tasks.c.id == P("task_id", type_=TaskId))
+
+
+def select_task_and_last_event() -> sa.Select[Any]:
+    last = (
+        sa.select(sa.func.coalesce(sa.func.max(task_events.c.id), 0))
+        .where(task_events.c.task_id == tasks.c.id)
+        .scalar_subquery()
+        .label("last_event_id")
+    )
+    return sa.select(*BASIC_COLUMNS, last).where(tasks.c.id == P("task_id", type_=TaskId))
+
+
+def select_by_request_id() -> sa.Select[Any]:
+    return sa.select(*BASIC_COLUMNS).where(tasks.c.request_id == P("request_id", type_=sa.String()))
+
+
+def select_events() -> sa.Select[Any]:
+    return (
+        sa.select(task_events)
+        .where(
+            task_events.c.task_id == P("task_id", type_=TaskId),
+            task_events.c.id > P("after_id", type_=sa.BigInteger()),
+        )
+        .order_by(task_events.c.id)
+    )
+
+
+def window_clauses(has_after: bool, has_before: bool) -> list[sa.ColumnElement[bool]]:
+    clauses: list[sa.ColumnElement[bool]] = []
+    if has_after:
+        clauses.append(tasks.c.created_at >= P("created_after", type_=UtcDateTime()))
+    if has_before:
+        clauses.append(tasks.c.created_at < P("created_before", type_=UtcDateTime()))
+    return clauses
+
+
+@dataclass(frozen=True)
+class ListShape:
+    """Which filters a ListTasks query has: one compiled statement per shape."""
+
+    status: bool
+    app_id: bool
+    app_config_type: bool
+    created_after: bool
+    created_before: bool
+    cursor: bool
+
+    @classmethod
+    def of(cls, query: ListQuery) -> ListShape:
+        f = query.filter
+        return cls(
+            f.status is not None,
+            bool(f.app_id),
+            f.app_config_type is not None,
+            f.created_after is not None,
+            f.created_before is not None,
+            query.after is not None,
+        )
+
+    def params(self, query: ListQuery) -> dict[str, Any]:
+        f = query.filter
+        params: dict[str, Any] = {"limit": query.page_size + 1}
+        if f.status is not None:
+            params["status"] = f.status.value
+        if f.app_id:
+            params["app_id"] = f.app_id
+        if f.app_config_type is not None:
+            params["app_config_type"] = f.app_config_type.value
+        if f.created_after is not None:
+            params["created_after"] = f.created_after
+        if f.created_before is not None:
+            params["created_before"] = f.created_before
+        if query.after is not None:
+            params["cursor_created_at"] = query.after.created_at
+            params["cursor_id"] = query.after.id
+        return params
+
+    def build(self) -> sa.Select[Any]:
+        clauses = window_clauses(self.created_after, self.created_before)
+        if self.status:
+            clauses.append(tasks.c.status == P("status", type_=sa.String()))
+        if self.app_id:
+            clauses.append(tasks.c.app_id == P("app_id", type_=sa.String()))
+        if self.app_config_type:
+            clauses.append(tasks.c.app_config_type == P("app_config_type", type_=sa.String()))
+        if self.cursor:
+            # Row comparison: the index on (filter, created_at, id) seeks straight to it.
+            clauses.append(
+                sa.tuple_(tasks.c.created_at, tasks.c.id)
+                < sa.tuple_(
+                    P("cursor_created_at", type_=UtcDateTime()), P("cursor_id", type_=TaskId)
+                )
+            )
+        return (
+            sa.select(*BASIC_COLUMNS)
+            .where(*clauses)
+            .order_by(tasks.c.created_at.desc(), tasks.c.id.desc())
+            .limit(P("limit", type_=sa.Integer()))
+        )
+
+
+def count_by_status(has_after: bool, has_before: bool) -> sa.Select[Any]:
+    return (
+        sa.select(tasks.c.status, sa.func.count().label("count"))
+        .where(*window_clauses(has_after, has_before))
+        .group_by(tasks.c.status)
+    )
+
+
+def processed(has_after: bool, has_before: bool) -> list[sa.ColumnElement[bool]]:
+    return [
+        *window_clauses(has_after, has_before),
+        status_in(frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED})),
+        tasks.c.started_at.is_not(None),
+        tasks.c.finished_at.is_not(None),
+    ]
+
+
+def reconcile_candidates() -> sa.Select[Any]:
+    stale_before = P("stale_before", type_=UtcDateTime())
+    return (
+        sa.select(tasks.c.id)
+        .where(
+            sa.or_(
+                sa.and_(
+                    tasks.c.status == const(TaskStatus.PENDING.value),
+                    tasks.c.created_at < P("pending_before", type_=UtcDateTime()),
+                ),
+                sa.and_(
+                    status_in(frozenset({TaskStatus.QUEUED, TaskStatus.ACTIVE})),
+                    tasks.c.updated_at < stale_before,
+                    sa.or_(tasks.c.enqueued_at.is_(None), tasks.c.enqueued_at < stale_before),
+                ),
+            )
+        )
+        .order_by(tasks.c.created_at)
+        .limit(P("limit", type_=sa.Integer()))
+    )
+
+
+def touch_enqueued() -> sa.Update:
+    """A fresh enqueued_at for a task the queue still holds: no status change, no event."""
+    return (
+        sa.update(tasks)
+        .where(
+            tasks.c.id == P("task_id", type_=TaskId),
+            status_in(lifecycle.REQUEUE.allowed_from),
+        )
+        .values(enqueued_at=P("now", type_=UtcDateTime()))
+        .returning(*BASIC_COLUMNS)
+    )
+
+
+# --- guarded changes --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One kind of guarded change: what it sets and what it requires."""
+
+    transition: Transition
+    assignments: Callable[[], dict[str, Any]]
+    guards: Callable[[], list[sa.ColumnElement[bool]]] = lambda: []
+    with_evidence: bool = False
+
+    def update(self) -> sa.Update:
+        """The guarded UPDATE of one task (`task_id`), returning its new row."""
+        columns = FULL_COLUMNS if self.with_evidence else BASIC_COLUMNS
+        return (
+            sa.update(tasks)
+            .where(
+                tasks.c.id == P("task_id", type_=TaskId),
+                status_in(self.transition.allowed_from),
+                *self.guards(),
+            )
+            .values(self.assignments())
+            .returning(*columns)
+        )
+
+
+def _now() -> sa.BindParameter[datetime]:
+    return P("now", type_=UtcDateTime())
+
+
+def _job_id() -> sa.ColumnElement[str]:
+    # An empty job id from the queue keeps the one recorded before.
+    return sa.func.coalesce(
+        sa.func.nullif(P("job_id", type_=sa.String()), ""), tasks.c.queue_job_id
+    )
+
+
+SHAPES: dict[str, Shape] = {
+    "start": Shape(
+        lifecycle.START,
+        lambda: {
+            "status": const(TaskStatus.ACTIVE.value),
+            "attempts": tasks.c.attempts + 1,
+            "started_at": _now(),
+            "updated_at": _now(),
+        },
+        with_evidence=True,
+    ),
+    "progress": Shape(
+        lifecycle.PROGRESS,
+        lambda: {"progress": P("progress", type_=sa.SmallInteger()), "updated_at": _now()},
+        guards=lambda: [tasks.c.progress < P("progress", type_=sa.SmallInteger())],
+    ),
+    "complete": Shape(
+        lifecycle.COMPLETE,
+        lambda: {
+            "status": P("to_status", type_=sa.String()),
+            "progress": 100,
+            "error_message": P("error_message", type_=sa.Text()),
+            "check_results": P("check_results", type_=JSON),
+            "verdict": P("verdict", type_=sa.String()),
+            "tcb_status": P("tcb_status", type_=sa.String()),
+            "s3_bucket": P("s3_bucket", type_=sa.String()),
+            "s3_key": P("s3_key", type_=sa.String()),
+            "s3_filename": P("s3_filename", type_=sa.String()),
+            "finished_at": _now(),
+            "updated_at": _now(),
+        },
+    ),
+    "fail": Shape(
+        lifecycle.FAIL,
+        lambda: {
+            "status": const(TaskStatus.FAILED.value),
+            "error_message": P("error_message", type_=sa.Text()),
+            "finished_at": _now(),
+            "updated_at": _now(),
+        },
+    ),
+    "cancel": Shape(
+        lifecycle.CANCEL,
+        lambda: {
+            "status": const(TaskStatus.CANCELLED.value),
+            "error_message": P("error_message", type_=sa.Text()),
+            "finished_at": _now(),
+            "updated_at": _now(),
+        },
+    ),
+    "mark_queued": Shape(
+        lifecycle.MARK_QUEUED,
+        lambda: {
+            "status": const(TaskStatus.QUEUED.value),
+            "queue_job_id": _job_id(),
+            "enqueued_at": _now(),
+            "updated_at": _now(),
+        },
+    ),
+    "requeue": Shape(
+        lifecycle.REQUEUE,
+        lambda: {"queue_job_id": _job_id(), "enqueued_at": _now(), "updated_at": _now()},
+    ),
+}
+
+
+@dataclass
+class Change:
+    """One guarded change to run: its shape, its audit entry and its parameters."""
+
+    shape_name: str
+    task_id: str
+    params: dict[str, Any]
+
+    @property
+    def shape(self) -> Shape:
+        return SHAPES[self.shape_name]

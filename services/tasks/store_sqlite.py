@@ -1,0 +1,139 @@
+"""The SQLite adapter of the task store (embedded mode).
+
+A change is the guarded UPDATE ... RETURNING and its audit row (the same
+statements.audit_select as PostgreSQL, from the updated row) in one
+transaction on the store's single aiosqlite connection, through the
+SQLAlchemy async engine; watchers are woken in-process after the commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from . import lifecycle
+from . import statements as st
+from .errors import TaskNotFound
+from .model import Task
+from .rows import Audit, Row, task_from_row
+from .store import Builder, Clock, OnChange, TaskStore
+from .tables import BASIC_COLUMNS, TaskId, tasks
+
+
+def _insert() -> sa.Insert:
+    return (
+        sqlite.insert(tasks)
+        .on_conflict_do_nothing(index_elements=["request_id"])
+        .returning(*BASIC_COLUMNS)
+    )
+
+
+def _audit(from_status: Any) -> sa.Insert:
+    """The audit row of the task `task_id`, selected from its row as just written."""
+    source = sa.select(tasks).where(tasks.c.id == st.P("task_id", type_=TaskId)).subquery("t")
+    return st.audit_insert(source, from_status=from_status)
+
+
+class SqliteTaskStore(TaskStore):
+    """The embedded SQLite file through the SQLAlchemy async engine (aiosqlite). One
+    connection: SQLite has one writer at a time, and a single connection turns
+    contention into a queue instead of SQLITE_BUSY."""
+
+    def __init__(self, url: str, *, clock: Clock, on_change: OnChange | None) -> None:
+        super().__init__(clock)
+        self.engine: AsyncEngine = create_async_engine(url, pool_size=1, max_overflow=0)
+        sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.on_change = on_change
+        self._statements: dict[Any, sa.Executable] = {}
+
+    def _statement(self, key: Any, build: Builder) -> sa.Executable:
+        statement = self._statements.get(key)
+        if statement is None:
+            statement = self._statements[key] = build()
+        return statement
+
+    async def _fetch(self, key: Any, build: Builder, params: dict[str, Any]) -> Sequence[Row]:
+        statement = self._statement(key, build)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(statement, params)
+            return result.mappings().all() if result.returns_rows else []
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def version(self) -> str:
+        row = await self._fetch_one(
+            "version", lambda: sa.select(sa.func.sqlite_version().label("v")), {}
+        )
+        assert row is not None
+        return f"SQLite {row['v']}"
+
+    def _changed(self, task_id: str) -> None:
+        if self.on_change is not None:
+            self.on_change(task_id)
+
+    async def _write_audit(
+        self, conn: AsyncConnection, task_id: str, from_status: str | None, params: dict[str, Any]
+    ) -> None:
+        if from_status is None:
+            statement = self._statement("audit_created", lambda: _audit(sa.null()))
+        else:
+            statement = self._statement(
+                "audit", lambda: _audit(sa.cast(st.P("old_status"), sa.String()))
+            )
+        await conn.execute(statement, {**params, "task_id": task_id, "old_status": from_status})
+
+    async def insert_task(self, values: dict[str, Any], audit: Audit) -> Task | None:
+        statement = self._statement("insert", _insert)
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(statement, values)).mappings().first()
+            if row is None:
+                return None
+            await self._write_audit(conn, values["id"], None, audit.params())
+        self._changed(values["id"])
+        return task_from_row(row)
+
+    async def _apply(self, change: st.Change) -> Task | None:
+        shape = change.shape
+        status_statement = self._statement("status", st.select_status)
+        update_statement = self._statement(("update", change.shape_name), shape.update)
+        async with self.engine.begin() as conn:
+            old = (await conn.execute(status_statement, {"task_id": change.task_id})).scalar()
+            if old is None:
+                raise TaskNotFound(change.task_id)
+            row = (await conn.execute(update_statement, change.params)).mappings().first()
+            if row is None:
+                return None
+            task = task_from_row(row, with_evidence=shape.with_evidence)
+            await self._write_audit(conn, task.id, old, change.params)
+        self._changed(task.id)
+        return task
+
+    async def _processing_times(
+        self, after: datetime | None, before: datetime | None
+    ) -> tuple[float, float]:
+        has = (after is not None, before is not None)
+        params = {"created_after": after, "created_before": before}
+        rows = await self._fetch(
+            ("processed", has),
+            lambda: sa.select(tasks.c.started_at, tasks.c.finished_at).where(*st.processed(*has)),
+            {k: v for k, v in params.items() if v is not None},
+        )
+        durations = sorted((row["finished_at"] - row["started_at"]).total_seconds() for row in rows)
+        if not durations:
+            return 0.0, 0.0
+        return sum(durations) / len(durations), lifecycle.percentile_cont(durations, 0.95)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
