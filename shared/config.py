@@ -195,6 +195,12 @@ class Settings:
     # --- verification service ---
     allowed_tcb_statuses: tuple[str, ...] = ("UpToDate",)
     os_allowlist_path: str = ""
+    # Use the OS image entries shipped with the verifier (data/os_images.json).
+    os_images_shipped: bool = True
+    # How long a pool worker caches an OS image lookup in the store.
+    os_images_cache_seconds: float = 5.0
+    # Let the os check pass development OS images.
+    allow_dev_os_images: bool = False
     collateral_dir: str = ""
     pccs_url: str = field(default="", metadata={"check": _check_url("http", "https")})
     eth_rpc_url: str = field(

@@ -9,6 +9,10 @@ import sys
 
 
 def _entry(argv: list[str]) -> int:
+    if argv and argv[0] == "os-images":
+        from .os_images_cli import main as os_images_main
+
+        return os_images_main(argv[1:])
     if argv and argv[0] not in ("serve",):
         from .cli import main as cli_main
 

@@ -17,7 +17,7 @@ from .checks.context import AttestedQuote, CheckContext, Outcome
 from .checks.domain import WebFetcher, check_ct_log, check_dns_caa
 from .checks.hardware import attest, check_hardware
 from .checks.keys import check_certificate_key, check_tee_controlled_key
-from .checks.os_image import OsImage, check_os, load_allowlist
+from .checks.os_image import check_os
 from .checks.source_code import ComposeHashRegistry, check_source_code
 from .collateral import CollateralBundle, CollateralStore, LocalCollateralCache, QuoteCollateralKey
 from .errors import CollateralExpired, EvidenceMalformed
@@ -33,6 +33,7 @@ from .model import (
     VerificationRequest,
     flags_to_dict,
 )
+from .os_image_store import OsImageCatalog, build_os_image_store, load_entry_files
 from .quote import ParsedQuote, parse_quote, signed_quote_digest
 from .settings import VerificationSettings
 from .version import VERIFIER_VERSION
@@ -73,13 +74,17 @@ class VerificationEngine:
         collateral_store: CollateralStore | None = None,
         compose_registry: ComposeHashRegistry | None = None,
         web_fetcher: WebFetcher | None = None,
-        os_allowlist: tuple[OsImage, ...] | None = None,
+        os_catalog: OsImageCatalog | None = None,
     ) -> None:
         self.settings = settings or VerificationSettings()
         s = self.settings
-        self.os_allowlist = (
-            os_allowlist if os_allowlist is not None else load_allowlist(s.os_allowlist_paths)
-        )
+        if os_catalog is None:
+            os_catalog = OsImageCatalog(
+                load_entry_files(s.os_allowlist_paths),
+                build_os_image_store(s.report_store) if s.os_images_in_store else None,
+                s.os_images_cache_seconds,
+            )
+        self.os_catalog = os_catalog
         self.collateral_store = collateral_store or CollateralStore(
             local_dir=s.collateral_dir,
             cache=LocalCollateralCache(s.collateral_cache_dir) if s.collateral_cache_dir else None,
@@ -96,7 +101,7 @@ class VerificationEngine:
         self.web_fetcher = web_fetcher
         self._checks: dict[str, Callable[[CheckContext], Outcome]] = {
             "hardware": lambda c: check_hardware(c, s.allowed_tcb_statuses),
-            "os": lambda c: check_os(c, self.os_allowlist),
+            "os": lambda c: check_os(c, self.os_catalog, s.allow_dev_os_images),
             "source_code": lambda c: check_source_code(c, self.compose_registry),
             "tee_controlled_key": check_tee_controlled_key,
             "certificate_key": check_certificate_key,

@@ -16,6 +16,10 @@ from shared.retry import Backoff, keep_running
 
 from .collateral import CollateralStore, DcapPccsClient, LocalCollateralCache
 from .fetchers import EvidenceFetcher
+from .os_image_store import build_os_image_store, load_entry_files
+from .os_images_server import SERVICE_NAME as OS_IMAGE_SERVICE_NAME
+from .os_images_server import OsImageServicer
+from .os_images_service import OsImageCatalogService
 from .pool import VerificationPool
 from .report import load_or_create_signing_key
 from .report_store import LocalReportStore, ReportStore, S3ReportStore
@@ -31,7 +35,7 @@ BUCKET_BACKOFF = Backoff(base_seconds=0.5, cap_seconds=10.0)
 def verification_settings(settings: Settings) -> VerificationSettings:
     """The engine's settings from the shared configuration."""
     data = Path(settings.data_dir)
-    allowlists = [DEFAULT_OS_ALLOWLIST]
+    allowlists = [DEFAULT_OS_ALLOWLIST] if settings.os_images_shipped else []
     if settings.os_allowlist_path:
         allowlists.append(Path(settings.os_allowlist_path))
     uses_s3 = bool(settings.s3_endpoint)
@@ -49,6 +53,9 @@ def verification_settings(settings: Settings) -> VerificationSettings:
         fetch_timeout_seconds=settings.fetch_timeout_seconds,
         allowed_fetch_hosts=settings.allowed_fetch_hosts,
         allow_private_fetch=settings.allow_private_fetch,
+        os_images_in_store=True,
+        os_images_cache_seconds=settings.os_images_cache_seconds,
+        allow_dev_os_images=settings.allow_dev_os_images,
         signing_key_path=Path(settings.signing_key_path or data / "keys" / "report-signing.pem"),
         report_store=ReportStoreSettings(
             local_dir=data,
@@ -126,16 +133,21 @@ def build_spec(settings: Settings) -> ServiceSpec:
     async def warm_up() -> None:
         await asyncio.to_thread(pool.warm_up)
 
+    os_images = OsImageCatalogService(
+        build_os_image_store(store_settings), load_entry_files(engine_settings.os_allowlist_paths)
+    )
+
     def register(server: object) -> None:
-        from verifier.verification.v1 import verification_pb2_grpc
+        from verifier.verification.v1 import os_images_pb2_grpc, verification_pb2_grpc
 
         verification_pb2_grpc.add_VerificationServiceServicer_to_server(
             VerificationServicer(service), server
         )
+        os_images_pb2_grpc.add_OsImageServiceServicer_to_server(OsImageServicer(os_images), server)
 
     return ServiceSpec(
         name="verification",
-        service_names=[SERVICE_NAME],
+        service_names=[SERVICE_NAME, OS_IMAGE_SERVICE_NAME],
         register=register,
         listen_addr=settings.verification_listen_addr,
         probes=[DependencyProbe(store_name, check_store), DependencyProbe("engine", check_pool)],

@@ -45,6 +45,11 @@ class VerificationSettings:
 
     allowed_tcb_statuses: tuple[str, ...] = ("UpToDate",)
     os_allowlist_paths: tuple[Path, ...] = (DEFAULT_OS_ALLOWLIST,)
+    # OS image entries in the service's own store (report_store's folder or
+    # bucket, under os-images/), looked up before the files above.
+    os_images_in_store: bool = False
+    os_images_cache_seconds: float = 5.0
+    allow_dev_os_images: bool = False
     collateral_dir: Path | None = None
     collateral_cache_dir: Path | None = None
     pccs_url: str = ""

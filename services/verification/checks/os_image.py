@@ -1,96 +1,75 @@
-"""os: MRTD and RTMR0-2 of the verified quote against known-good OS images."""
+"""os: MRTD and RTMR0-2 of the verified quote against the OS image's reference
+values for the evidence's VM shape.
+
+Which image: the `os-image-hash` event of the replayed event log (before
+`system-ready`) when the log carries one; dstack versions that do not measure
+it into RTMR3 name the image only in vm_config. That claim is not attested by
+itself, but it cannot help an attacker: the registers must still equal that
+very image's reference values, which the operator vouched for.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import EvidenceMalformed
-from ..hexutil import decode_hex
+from ..identity import IdentityProblem, attested_identity
+from ..os_image_store import OsImageCatalog
+from ..os_images import REGISTERS, image_hash, match_os, parse_vm_config, shape_of
 from .context import CheckContext, Outcome, unverified
 
-_REGISTERS = ("mrtd", "rtmr0", "rtmr1", "rtmr2")
 # Names of the same registers in dcap-qvl's verified report.
-_QUOTE_FIELDS = {"mrtd": "mr_td", "rtmr0": "rt_mr0", "rtmr1": "rt_mr1", "rtmr2": "rt_mr2"}
+QUOTE_FIELDS = {"mrtd": "mr_td", "rtmr0": "rt_mr0", "rtmr1": "rt_mr1", "rtmr2": "rt_mr2"}
 
 
-@dataclass(frozen=True)
-class OsImage:
-    """One allowlist entry. RTMR0 depends on the VM shape (CPUs, memory, GPUs),
-    so an entry holds only for the vm_config it names."""
-
-    version: str
-    registers: tuple[str, str, str, str]  # lower-case hex, in _REGISTERS order
-    vm_config: dict[str, Any] = field(default_factory=dict)
-    source: str = ""
+def verified_registers(fields: dict[str, Any]) -> dict[str, str]:
+    return {r: str(fields.get(QUOTE_FIELDS[r], "")) for r in REGISTERS}
 
 
-class OsAllowlistError(ValueError):
-    """An allowlist file an operator must fix (raised at start-up, not per task)."""
-
-
-def load_allowlist(paths: tuple[Path, ...] | list[Path]) -> tuple[OsImage, ...]:
-    images: list[OsImage] = []
-    for path in paths:
-        try:
-            doc = json.loads(Path(path).read_text("utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise OsAllowlistError(f"cannot read OS allowlist {path}: {exc}") from None
-        entries = doc.get("images") if isinstance(doc, dict) else None
-        if not isinstance(entries, list):
-            raise OsAllowlistError(f"{path}: expected an object with an 'images' array")
-        for i, entry in enumerate(entries):
-            where = f"{path}: images[{i}]"
-            if not isinstance(entry, dict) or not isinstance(entry.get("version"), str):
-                raise OsAllowlistError(f"{where}: needs a 'version' string")
-            regs: list[str] = []
-            for reg in _REGISTERS:
-                value = entry.get(reg)
-                if not isinstance(value, str):
-                    raise OsAllowlistError(f"{where}: needs '{reg}'")
-                try:
-                    regs.append(decode_hex(value, reg, expected_len=48).hex())
-                except EvidenceMalformed as exc:
-                    raise OsAllowlistError(f"{where}: {exc}") from None
-            vm_config = entry.get("vm_config", {})
-            images.append(
-                OsImage(
-                    version=entry["version"],
-                    registers=(regs[0], regs[1], regs[2], regs[3]),
-                    vm_config=vm_config if isinstance(vm_config, dict) else {},
-                    source=str(entry.get("source", "")),
-                )
+def _which_image(ctx: CheckContext, vm_config: dict[str, Any]) -> tuple[str, str]:
+    """(os_image_hash, where it came from); raises IdentityProblem/EvidenceMalformed."""
+    from_log = ""
+    if ctx.events is not None and ctx.attested is not None:
+        identity = attested_identity(ctx.events, ctx.attested.register("rt_mr3"))
+        from_log = identity.get("os-image-hash")
+    claimed = vm_config.get("os_image_hash")
+    from_config = image_hash(claimed, "vm_config.os_image_hash") if claimed else ""
+    if from_log:
+        if from_config and from_config != from_log:
+            raise IdentityProblem(
+                f"vm_config names OS image {from_config} but the event log attests {from_log}"
             )
-    return tuple(images)
+        return from_log, "event log (os-image-hash)"
+    if from_config:
+        return from_config, "vm_config (the event log has no os-image-hash event)"
+    return "", ""
 
 
-def check_os(ctx: CheckContext, allowlist: tuple[OsImage, ...]) -> Outcome:
+def check_os(ctx: CheckContext, catalog: OsImageCatalog, allow_dev: bool = False) -> Outcome:
     if ctx.attested is None:
         return unverified(ctx)
     if not ctx.parsed.is_tdx:
         return Outcome.failed("not a TDX quote: there are no MRTD / RTMR registers to check")
-    # The verified fields are already lower-case hex, the allowlist's form.
-    fields = ctx.attested.fields
-    measured = tuple(str(fields.get(_QUOTE_FIELDS[r], "")) for r in _REGISTERS)
-    details: dict[str, Any] = dict(zip(_REGISTERS, measured, strict=True))
-    for image in allowlist:
-        if image.registers == measured:
-            return Outcome.passed(
-                f"MRTD and RTMR0-2 match OS image {image.version}",
-                **details,
-                image_version=image.version,
-                image_vm_config=image.vm_config,
-            )
-    # Name the registers that match no entry at all: usually one of them is the culprit.
-    unknown = [
-        reg
-        for i, reg in enumerate(_REGISTERS)
-        if all(image.registers[i] != measured[i] for image in allowlist)
-    ]
-    return Outcome.failed(
-        f"MRTD/RTMR0-2 match no allowlisted OS image ({len(allowlist)} entries); "
-        f"registers found in no entry: {', '.join(unknown) or 'none (a mixed combination)'}",
-        **details,
-    )
+    registers = verified_registers(ctx.attested.fields)
+    try:
+        vm_config = parse_vm_config(ctx.request.evidence.vm_config)
+        os_hash, source = _which_image(ctx, vm_config)
+        shape = shape_of(vm_config)
+    except (IdentityProblem, EvidenceMalformed) as exc:
+        return Outcome.failed(f"cannot tell which OS image booted: {exc}", **registers)
+    if not os_hash:
+        return Outcome.failed(
+            "cannot tell which OS image booted: neither the event log nor vm_config "
+            "names an os_image_hash",
+            **registers,
+        )
+    try:
+        entry = catalog.find(os_hash)
+    except Exception as exc:
+        # The store failed: the check could not run, which is not a failure of the app.
+        return Outcome.error(f"OS image store lookup failed: {type(exc).__name__}: {exc}")
+    result = match_os(entry, os_hash, shape, registers, allow_dev=allow_dev)
+    details = result.details | {"os_image_hash_source": source}
+    if result.ok:
+        return Outcome.passed(result.reason, **details)
+    return Outcome.failed(result.reason, **details)

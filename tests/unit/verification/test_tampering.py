@@ -8,12 +8,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.verification.checks.os_image import OsImage, load_allowlist
 from services.verification.checks.source_code import check_source_code
 from services.verification.engine import VerificationEngine
 from services.verification.eventlog import runtime_event_digest
 from services.verification.model import CheckStatus
-from services.verification.settings import DEFAULT_OS_ALLOWLIST
 
 from .support import (
     APP_ID,
@@ -116,20 +114,6 @@ def test_other_app_id_fails_source_code(engine: VerificationEngine) -> None:
     source = report.check("source_code")
     assert source.status is CheckStatus.FAILED
     assert f"app-id event ({APP_ID}) differs from the expected app id" in source.reason
-
-
-def test_os_register_not_in_allowlist_fails_os() -> None:
-    (entry,) = load_allowlist((DEFAULT_OS_ALLOWLIST,))
-    other_rtmr1 = "11" * 48
-    changed = OsImage(
-        version="other",
-        registers=(entry.registers[0], entry.registers[1], other_rtmr1, entry.registers[3]),
-    )
-    report = VerificationEngine(os_allowlist=(changed,)).verify(quote_report_request())
-    os_check = report.check("os")
-    assert os_check.status is CheckStatus.FAILED
-    assert "registers found in no entry: rtmr1" in os_check.reason
-    assert report.check("source_code").status is CheckStatus.PASSED
 
 
 @pytest.mark.parametrize(

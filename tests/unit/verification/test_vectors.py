@@ -122,7 +122,7 @@ def test_dstack_quote_report_passes_hardware_os_and_source_code(
     for name in ("hardware", "os", "source_code"):
         assert report.check(name).status is CheckStatus.PASSED, report.check(name).reason
     assert report.passed
-    assert report.check("os").details["image_vm_config"]["os_image_hash"].startswith("14ad42d0")
+    assert report.check("os").details["os_image_hash"].startswith("14ad42d0")
     assert report.check("source_code").details["app_id"] == APP_ID
     assert report.quote["verified"] is True
     assert {c.name for c in report.checks if c.status is CheckStatus.SKIPPED} == {

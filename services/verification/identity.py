@@ -1,0 +1,66 @@
+"""What a verified quote's event log attests: the dstack identity events.
+
+Event-log rules are dstack's (dstack-attest): runtime events are those of
+type 0x08000001 on RTMR3, each digest recomputed from name and payload; RTMR3
+is replayed from them and must equal the verified quote's RTMR3; identity
+events (app-id, compose-hash, instance-id, os-image-hash, key-provider,
+mr-kms) count only before `system-ready`. Shared by the os check, the RA-TLS
+certificates and the gateway's quoted keys, which all need the same answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .eventlog import Event, forged_runtime_events, replay, runtime_events
+
+IDENTITY_EVENTS = (
+    "app-id",
+    "compose-hash",
+    "instance-id",
+    "os-image-hash",
+    "key-provider",
+    "mr-kms",
+)
+SYSTEM_READY = "system-ready"
+
+
+@dataclass(frozen=True)
+class AttestedIdentity:
+    """Identity payloads (hex) that a verified RTMR3 vouches for."""
+
+    values: dict[str, str]
+
+    def get(self, name: str) -> str:
+        return self.values.get(name, "")
+
+
+class IdentityProblem(ValueError):
+    """The event log cannot be trusted for identity (the reason says why)."""
+
+
+def attested_identity(events: list[Event], verified_rtmr3: bytes) -> AttestedIdentity:
+    """The identity events of `events`, once the log is shown to be the one
+    the quote measured. Raises IdentityProblem otherwise."""
+    runtime = runtime_events(events)
+    forged = forged_runtime_events(runtime)
+    if forged:
+        names = ", ".join(f"#{e.position} '{e.name}'" for e in forged)
+        raise IdentityProblem(f"event digest does not match its payload: {names}")
+    replayed = replay(events)[3]
+    if replayed != verified_rtmr3:
+        raise IdentityProblem(
+            f"RTMR3 replayed from the event log ({replayed.hex()}) differs from the "
+            f"verified quote's ({verified_rtmr3.hex()})"
+        )
+    values: dict[str, str] = {}
+    seen: set[str] = set()
+    for event in runtime:
+        if event.name == SYSTEM_READY:
+            break
+        if event.name in IDENTITY_EVENTS:
+            if event.name in seen:
+                raise IdentityProblem(f"the event log has more than one '{event.name}' event")
+            seen.add(event.name)
+            values[event.name] = event.payload.hex()
+    return AttestedIdentity(values)
