@@ -163,12 +163,25 @@ async def test_health_serves_with_the_database_and_reports_the_queue_as_optional
         assert ("PostgreSQL" if backend == "postgresql" else "SQLite") in states["database"].version
         assert states["queue"].state == diagnostics_pb2.DEPENDENCY_STATE_DOWN
         assert not states["queue"].required
-        check = await health.Check(
-            health_pb2.HealthCheckRequest(service="verifier.tasks.v1.TaskService")
-        )
+        # Health is set after the first round of probes, whose queue probe
+        # retries UNAVAILABLE (the channel's retry policy) before it gives up.
+        check = await _health_once_set(health, "verifier.tasks.v1.TaskService")
         assert check.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         await h.close()
+
+
+async def _health_once_set(
+    health: health_pb2_grpc.HealthStub, service: str
+) -> health_pb2.HealthCheckResponse:
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                return await health.Check(health_pb2.HealthCheckRequest(service=service))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+            await asyncio.sleep(0.05)
 
 
 async def test_migrations_create_every_column_the_store_uses(fresh: tuple[str, str]) -> None:
