@@ -26,6 +26,7 @@ EVIDENCE_FIELDS: tuple[str, ...] = (
     "certificate_chain",
     "collateral",
     "acme_account_uri",
+    "acme_info",
 )
 
 # What the evidence sources accept, checked by the tasks service at CreateTask

@@ -51,6 +51,7 @@ EVIDENCE_LIMITS: dict[str, int] = {
     "certificate_chain": 64 * 1024,
     "collateral": 256 * 1024,
     "acme_account_uri": 4 * 1024,
+    "acme_info": 2 * 1024 * 1024,
 }
 assert set(EVIDENCE_LIMITS) == set(EVIDENCE_FIELDS)
 

@@ -13,9 +13,15 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-from .checks.context import AttestedQuote, CheckContext, Outcome
+from .checks.context import (
+    AttestedQuote,
+    CheckContext,
+    Outcome,
+    QuoteUnverifiable,
+    QuoteVerifier,
+)
 from .checks.domain import WebFetcher, check_ct_log, check_dns_caa
-from .checks.hardware import attest, check_hardware
+from .checks.hardware import attest, check_hardware, debug_or_foreign_seam
 from .checks.keys import check_certificate_key, check_tee_controlled_key
 from .checks.os_image import check_os
 from .checks.source_code import ComposeHashRegistry, check_source_code
@@ -122,6 +128,47 @@ class VerificationEngine:
             return None, f"no collateral for FMSPC {key.fmspc} ({key.ca}) at hand"
         return found.json_text, ""
 
+    def _quote_verifier(self, request: VerificationRequest) -> QuoteVerifier:
+        """Verifies the further quotes of one request (RA-TLS certificates,
+        acme-info keys) like the main one, each once."""
+        cache: dict[bytes, tuple[AttestedQuote | None, str]] = {}
+        at = request.evaluated_at
+        allowed = self.settings.allowed_tcb_statuses
+
+        def collateral_for(quote: bytes) -> str:
+            key = QuoteCollateralKey.of_quote(quote)
+            inline = request.evidence.collateral
+            if inline and key == QuoteCollateralKey.of_quote(request.evidence.quote):
+                return inline
+            try:
+                found = self.collateral_store.find(key, at)
+            except CollateralExpired as exc:
+                raise QuoteUnverifiable(exc.message) from None
+            if found is None:
+                raise QuoteUnverifiable(f"no collateral for FMSPC {key.fmspc} ({key.ca}) at hand")
+            return found.json_text
+
+        def verify(quote: bytes) -> tuple[AttestedQuote | None, str]:
+            if quote in cache:
+                return cache[quote]
+            try:
+                parsed = parse_quote(quote)
+                text = collateral_for(quote)
+            except EvidenceMalformed as exc:
+                cache[quote] = (None, f"unreadable quote: {exc}")
+                return cache[quote]
+            attested, problem, _ = attest(quote, parsed, text, at)
+            result: tuple[AttestedQuote | None, str] = (attested, problem)
+            if attested is not None:
+                if attested.tcb_status not in allowed:
+                    result = (None, f"TCB status {attested.tcb_status} is not allowed")
+                elif why := debug_or_foreign_seam(attested.fields):
+                    result = (None, why)
+            cache[quote] = result
+            return result
+
+        return verify
+
     def verify(self, request: VerificationRequest) -> Report:
         """Verify one request. Raises EvidenceMalformed for unreadable evidence."""
         started = time.perf_counter()
@@ -155,6 +202,7 @@ class VerificationEngine:
             attestation_problem=problem,
             collateral=bundle,
             events=events,
+            verify_quote=self._quote_verifier(request),
         )
         enabled = set(request.flags.enabled())
         results: list[CheckResult] = []

@@ -18,6 +18,7 @@ _TEXT_FIELDS: dict[str, int] = {
     "collateral": limits.MAX_COLLATERAL_BYTES,
     "report_data": limits.MAX_SMALL_FIELD_BYTES,
     "acme_account_uri": limits.MAX_SMALL_FIELD_BYTES,
+    "acme_info": limits.MAX_ACME_INFO_BYTES,
 }
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 
@@ -40,7 +41,9 @@ def _text(doc: dict[str, Any], name: str) -> str | None:
     value = doc.get(name)
     if value is None:
         return None
-    if name in ("event_log", "vm_config", "collateral") and isinstance(value, (list, dict)):
+    if name in ("event_log", "vm_config", "collateral", "acme_info") and isinstance(
+        value, (list, dict)
+    ):
         # Some APIs deliver these as JSON values rather than JSON text.
         return json.dumps(value, separators=(",", ":"))
     if not isinstance(value, str):
@@ -65,6 +68,7 @@ def evidence_from_dict(doc: Any) -> Evidence:
         certificate_chain=_text(doc, "certificate_chain"),
         collateral=_text(doc, "collateral"),
         acme_account_uri=_text(doc, "acme_account_uri"),
+        acme_info=_text(doc, "acme_info"),
     )
     if evidence.report_data:
         decode_hex(evidence.report_data, "report_data")

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .eventlog import Event, forged_runtime_events, replay, runtime_events
-
-IDENTITY_EVENTS = (
-    "app-id",
-    "compose-hash",
-    "instance-id",
-    "os-image-hash",
-    "key-provider",
-    "mr-kms",
+from .eventlog import (
+    Event,
+    forged_runtime_events,
+    misplaced_events,
+    read_identity,
+    replay,
+    runtime_events,
 )
-SYSTEM_READY = "system-ready"
 
 
 @dataclass(frozen=True)
@@ -42,6 +39,9 @@ class IdentityProblem(ValueError):
 def attested_identity(events: list[Event], verified_rtmr3: bytes) -> AttestedIdentity:
     """The identity events of `events`, once the log is shown to be the one
     the quote measured. Raises IdentityProblem otherwise."""
+    misplaced = misplaced_events(events)
+    if misplaced:
+        raise IdentityProblem(misplaced[0])
     runtime = runtime_events(events)
     forged = forged_runtime_events(runtime)
     if forged:
@@ -53,14 +53,7 @@ def attested_identity(events: list[Event], verified_rtmr3: bytes) -> AttestedIde
             f"RTMR3 replayed from the event log ({replayed.hex()}) differs from the "
             f"verified quote's ({verified_rtmr3.hex()})"
         )
-    values: dict[str, str] = {}
-    seen: set[str] = set()
-    for event in runtime:
-        if event.name == SYSTEM_READY:
-            break
-        if event.name in IDENTITY_EVENTS:
-            if event.name in seen:
-                raise IdentityProblem(f"the event log has more than one '{event.name}' event")
-            seen.add(event.name)
-            values[event.name] = event.payload.hex()
-    return AttestedIdentity(values)
+    identity = read_identity(runtime)
+    if identity.duplicates:
+        raise IdentityProblem(identity.duplicates[0])
+    return AttestedIdentity({name: e.payload.hex() for name, e in identity.identity.items()})

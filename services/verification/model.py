@@ -26,6 +26,7 @@ class Evidence:
     certificate_chain: str | None = None
     collateral: str | None = None
     acme_account_uri: str | None = None
+    acme_info: str | None = None  # the gateway's /.dstack/acme-info JSON
 
 
 @dataclass(frozen=True)

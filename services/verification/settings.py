@@ -17,6 +17,8 @@ MAX_APP_COMPOSE_BYTES = 1024 * 1024
 MAX_CERT_CHAIN_BYTES = 256 * 1024
 MAX_COLLATERAL_BYTES = 1024 * 1024
 MAX_SMALL_FIELD_BYTES = 4 * 1024
+# The gateway's acme-info: a quote with its event log per certificate key.
+MAX_ACME_INFO_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)

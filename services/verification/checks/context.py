@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,17 @@ class AttestedQuote:
         return bytes.fromhex(value) if isinstance(value, str) else b""
 
 
+class QuoteUnverifiable(Exception):
+    """A further quote (in a certificate, in acme-info) could not be checked
+    here, e.g. no collateral at hand: the check reports `error`, not `failed`."""
+
+
+# Verify a further quote as the main one is verified: (attested, "") when
+# dcap-qvl accepts it, its TCB status is allowed and it is no debug TD; else
+# (None, why). Raises QuoteUnverifiable when it cannot be checked at all.
+QuoteVerifier = Callable[[bytes], tuple[AttestedQuote | None, str]]
+
+
 @dataclass
 class CheckContext:
     request: VerificationRequest
@@ -35,6 +47,7 @@ class CheckContext:
     attestation_problem: str
     collateral: CollateralBundle | None
     events: list[Event] | None
+    verify_quote: QuoteVerifier | None = None
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from typing import Any, Protocol
 
 from cryptography import x509
 
+from ..ratls import spki_of
 from .context import CheckContext, Outcome, unverified
-from .keys import attested_account_uri, attested_spki, spki_of
+from .keys import attested_account_uri, attested_spkis
 
 CAA_TYPE = 257
 MAX_CT_ENTRIES = 50
@@ -70,11 +71,10 @@ def check_dns_caa(ctx: CheckContext, fetcher: WebFetcher | None, doh_url: str) -
         return Outcome.failed("no domain in the task (model_or_domain) to look up CAA records for")
     if ctx.attested is None:
         return unverified(ctx)
-    account = attested_account_uri(ctx)
+    account, why, could_not_run = attested_account_uri(ctx)
     if account is None:
-        return Outcome.failed(
-            "no attested ACME account: the evidence has no account URI that report_data binds"
-        )
+        reason = f"no attested ACME account: {why}"
+        return Outcome.error(reason) if could_not_run else Outcome.failed(reason)
     # RFC 8659: the relevant record set is the closest one up the tree.
     labels = domain.split(".")
     records: list[tuple[str, str]] = []
@@ -134,9 +134,12 @@ def check_ct_log(ctx: CheckContext, fetcher: WebFetcher | None, ct_log_url: str)
         return Outcome.failed("no domain in the task (model_or_domain) to search CT logs for")
     if ctx.attested is None:
         return unverified(ctx)
-    spki = attested_spki(ctx)
-    if spki is None:
-        return Outcome.failed("no attested TLS key: report_data binds no leaf certificate key")
+    keys, skipped, unverifiable = attested_spkis(ctx)
+    if not keys and not unverifiable:
+        return Outcome.failed(
+            "no attested TLS key: neither the task's quote (ratls-cert) nor a verified "
+            f"zt-cert quote in acme-info binds a certificate key ({'; '.join(skipped) or 'none'})"
+        )
     at = ctx.request.evaluated_at
     try:
         entries = fetcher.get_json(ct_log_url, {"q": domain, "output": "json"}, {})
@@ -158,6 +161,7 @@ def check_ct_log(ctx: CheckContext, fetcher: WebFetcher | None, ct_log_url: str)
     if len(current) > MAX_CT_ENTRIES:
         return Outcome.failed(f"more than {MAX_CT_ENTRIES} current certificates logged", **details)
     unattested: list[str] = []
+    unchecked: list[str] = []
     for entry in current:
         try:
             body = fetcher.get_bytes(ct_log_url, {"d": str(entry.get("id"))})
@@ -170,12 +174,24 @@ def check_ct_log(ctx: CheckContext, fetcher: WebFetcher | None, ct_log_url: str)
             return Outcome.error(
                 f"cannot fetch logged certificate {entry.get('id')}: {exc}", **details
             )
-        if spki_of(cert) != spki:
+        logged = spki_of(cert)
+        if logged in unverifiable and logged not in keys:
+            unchecked.append(str(entry.get("id")))
+        elif logged not in keys:
             unattested.append(str(entry.get("id")))
-    details["attested_spki_sha256"] = hashlib.sha256(spki).hexdigest()
+    details["attested_spki_sha256"] = sorted(hashlib.sha256(k).hexdigest() for k in keys)
+    details["keys_not_taken"] = skipped
     if unattested:
         return Outcome.failed(
             f"logged certificate(s) {', '.join(unattested)} carry a key that is not attested",
             **details,
         )
-    return Outcome.passed("every current logged certificate carries the attested key", **details)
+    if unchecked:
+        return Outcome.error(
+            f"the quotes of the keys of logged certificate(s) {', '.join(unchecked)} "
+            "cannot be verified here",
+            **details,
+        )
+    return Outcome.passed(
+        "every current logged certificate carries a key a verified quote binds", **details
+    )

@@ -1,34 +1,55 @@
-"""tee_controlled_key and certificate_key: binding keys to the quote's report_data."""
+"""tee_controlled_key and certificate_key: keys bound by a verified quote of the task's app.
+
+dstack uses one quote per key: an RA-TLS certificate carries its own quote
+(and event log); the gateway publishes an account quote for its ACME account
+and a "zt-cert" quote per certificate key (acme-info). A key counts as
+TEE-controlled for a task only when a verified quote *of the task's app*
+binds it: the task's own quote, or another whose attested app-id,
+compose-hash, MRTD and RTMR0-2 are the task's. A genuine certificate of
+another app, with a valid quote of its own, does not count.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.verification import (
-    Criticality,
-    ExtensionPolicy,
-    PolicyBuilder,
-    Store,
-    VerificationError,
+
+from ..acme import ACME_ACCOUNT_TAG, ZT_CERT_TAG, AcmeInfo, parse_acme_info
+from ..eventlog import parse_event_log
+from ..identity import IdentityProblem
+from ..model import CheckStatus, Evidence
+from ..ratls import (
+    AppIdentity,
+    ChainProblem,
+    EmbeddedAttestation,
+    app_identity,
+    bound_report_data,
+    describe,
+    embedded_attestation,
+    load_chain,
+    names_domain,
+    same_app,
+    spki_of,
+    verify_chain,
 )
+from .context import CheckContext, Outcome, QuoteUnverifiable, unverified
 
-from ..errors import EvidenceMalformed
-from .context import CheckContext, Outcome, unverified
-
-RATLS_PREFIX = b"ratls-cert:"
-ACME_PREFIX = b"acme-account:"
+RATLS_TAG = "ratls-cert"
 
 
 def ratls_binding(spki_der: bytes) -> bytes:
-    return hashlib.sha512(RATLS_PREFIX + spki_der).digest()
+    return bound_report_data(RATLS_TAG, spki_der)
 
 
 def acme_binding(account_uri: str) -> bytes:
-    return hashlib.sha512(ACME_PREFIX + account_uri.encode("utf-8")).digest()
+    return bound_report_data(ACME_ACCOUNT_TAG, account_uri.encode("utf-8"))
+
+
+def zt_cert_binding(spki_der: bytes) -> bytes:
+    return bound_report_data(ZT_CERT_TAG, spki_der)
 
 
 def key_binding(
@@ -36,104 +57,188 @@ def key_binding(
 ) -> str | None:
     """Which binding `report_data` carries: "ratls-cert", "acme-account" or None."""
     if spki_der is not None and report_data == ratls_binding(spki_der):
-        return "ratls-cert"
+        return RATLS_TAG
     if account_uri and report_data == acme_binding(account_uri):
-        return "acme-account"
+        return ACME_ACCOUNT_TAG
     return None
 
 
-def spki_of(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+@dataclass
+class Binding:
+    """Whether one key is bound for the task, and why (or why not)."""
+
+    bound: bool
+    reason: str
+    could_not_run: bool = False  # a quote could not be checked here (error, not failure)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def task_identity(ctx: CheckContext) -> AppIdentity:
+    """The task's own app identity; raises IdentityProblem."""
+    if ctx.attested is None:
+        raise IdentityProblem("the task's quote is not verified")
+    return app_identity(ctx.attested, ctx.events)
+
+
+def _quote_of_task_app(
+    ctx: CheckContext, quote: bytes, events_text: str | None, tag: str, content: bytes, what: str
+) -> Binding:
+    """Does `quote` (verified) bind sha512(tag:content) and belong to the task's app?"""
+    if ctx.verify_quote is None:
+        return Binding(False, f"{what}: no quote verifier here", could_not_run=True)
+    try:
+        attested, problem = ctx.verify_quote(quote)
+    except QuoteUnverifiable as exc:
+        return Binding(False, f"{what}: its quote cannot be verified here ({exc})", True)
+    if attested is None:
+        return Binding(False, f"{what}: its quote does not verify ({problem})")
+    if attested.register("report_data") != bound_report_data(tag, content):
+        return Binding(False, f'{what}: its quote\'s report_data is not sha512("{tag}:" || ...)')
+    try:
+        events = parse_event_log(events_text) if events_text is not None else None
+        theirs = app_identity(attested, events)
+        mine = task_identity(ctx)
+    except (IdentityProblem, ValueError) as exc:
+        return Binding(False, f"{what}: cannot tell whether its quote is of the task's app ({exc})")
+    differ = same_app(mine, theirs)
+    if differ:
+        return Binding(False, f"{what}: its quote is of another app ({differ})")
+    return Binding(
+        True,
+        f"{what}: bound by a verified quote of the task's app ({tag})",
+        details={"binding": tag, "binding_tcb_status": attested.tcb_status},
     )
 
 
-def load_chain(pem: str) -> list[x509.Certificate]:
-    """Leaf first, as TLS presents it; raises EvidenceMalformed naming the field."""
+def _acme_info(ctx: CheckContext) -> AcmeInfo | None:
+    text = ctx.request.evidence.acme_info
+    return parse_acme_info(text) if text else None
+
+
+def certificate_binding(ctx: CheckContext, cert: x509.Certificate) -> Binding:
+    """Is this certificate's key bound by a verified quote of the task's app?"""
+    assert ctx.attested is not None
+    spki = spki_of(cert)
+    what = f"certificate {describe(cert)}"
+    tried: list[Binding] = []
+    embedded = embedded_attestation(cert)
+    if embedded is not None:
+        tried.append(_embedded(ctx, embedded, spki, what))
+        if tried[-1].bound:
+            return tried[-1]
+    if ctx.attested.register("report_data") == ratls_binding(spki):
+        return Binding(
+            True,
+            f"{what}: the task's own quote binds its key ({RATLS_TAG})",
+            details={"binding": RATLS_TAG},
+        )
+    tried.append(Binding(False, f"{what}: the task's quote does not bind its key"))
+    info = _acme_info(ctx)
+    for key in info.quoted_hist_keys if info else ():
+        if key.public_key != spki:
+            continue
+        if key.quote is None:
+            tried.append(Binding(False, f"{what}: acme-info lists its key without a quote"))
+            continue
+        tried.append(
+            _quote_of_task_app(ctx, key.quote.quote, key.quote.event_log, ZT_CERT_TAG, spki, what)
+        )
+        if tried[-1].bound:
+            return tried[-1]
+    return Binding(
+        False,
+        "; ".join(b.reason for b in tried),
+        could_not_run=any(b.could_not_run for b in tried),
+    )
+
+
+def _embedded(ctx: CheckContext, embedded: EmbeddedAttestation, spki: bytes, what: str) -> Binding:
+    """The RA-TLS certificate's own quote and event log."""
+    if ctx.verify_quote is None:
+        return Binding(False, f"{what}: no quote verifier here", could_not_run=True)
     try:
-        chain = x509.load_pem_x509_certificates(pem.encode("utf-8"))
-    except ValueError as exc:
-        raise EvidenceMalformed(
-            "certificate_chain", f"not a PEM certificate chain ({exc})"
-        ) from None
-    return chain
+        attested, problem = ctx.verify_quote(embedded.quote)
+    except QuoteUnverifiable as exc:
+        return Binding(False, f"{what}: its RA-TLS quote cannot be verified here ({exc})", True)
+    if attested is None:
+        return Binding(False, f"{what}: its RA-TLS quote does not verify ({problem})")
+    if attested.register("report_data") != ratls_binding(spki):
+        return Binding(False, f'{what}: its RA-TLS quote does not bind its key ("ratls-cert:")')
+    try:
+        theirs = app_identity(attested, embedded.events)
+        mine = task_identity(ctx)
+    except IdentityProblem as exc:
+        return Binding(False, f"{what}: cannot tell whether its quote is of the task's app ({exc})")
+    differ = same_app(mine, theirs)
+    if differ:
+        return Binding(False, f"{what}: its RA-TLS quote is of another app ({differ})")
+    return Binding(
+        True,
+        f"{what}: its own RA-TLS quote, of the task's app, binds its key",
+        details={
+            "binding": "ratls-cert (embedded quote)",
+            "binding_tcb_status": attested.tcb_status,
+        },
+    )
+
+
+def account_binding(ctx: CheckContext) -> Binding | None:
+    """The ACME account: bound by the task's quote or by acme-info's account_quote."""
+    assert ctx.attested is not None
+    evidence: Evidence = ctx.request.evidence
+    info = _acme_info(ctx)
+    uri = evidence.acme_account_uri or (info.account_uri if info else "")
+    if not uri:
+        return None
+    what = f"ACME account {uri}"
+    if ctx.attested.register("report_data") == acme_binding(uri):
+        return Binding(
+            True,
+            f"{what}: the task's own quote binds it ({ACME_ACCOUNT_TAG})",
+            details={"binding": ACME_ACCOUNT_TAG, "account_uri": uri},
+        )
+    if info is None or info.account_uri != uri:
+        return Binding(False, f"{what}: the task's quote does not bind it")
+    if info.account_quote is None:
+        return Binding(False, f"{what}: acme-info has no account quote ({info.account_problem})")
+    quote = info.account_quote
+    found = _quote_of_task_app(
+        ctx, quote.quote, quote.event_log, ACME_ACCOUNT_TAG, uri.encode("utf-8"), what
+    )
+    found.details["account_uri"] = uri
+    return found
+
+
+def _outcome(bindings: list[Binding], **details: Any) -> Outcome:
+    bound = [b for b in bindings if b.bound]
+    if bound:
+        return Outcome.passed("; ".join(b.reason for b in bound), **details, **bound[0].details)
+    reason = "; ".join(b.reason for b in bindings)
+    if any(b.could_not_run for b in bindings):
+        return Outcome(CheckStatus.ERROR, reason, details)
+    return Outcome.failed(reason, **details)
 
 
 def check_tee_controlled_key(ctx: CheckContext) -> Outcome:
     if ctx.attested is None:
         return unverified(ctx)
     evidence = ctx.request.evidence
-    report_data = ctx.attested.register("report_data")
-    details: dict[str, Any] = {"report_data": report_data.hex()}
-    if not evidence.certificate_chain and not evidence.acme_account_uri:
+    details: dict[str, Any] = {"report_data": ctx.attested.register("report_data").hex()}
+    bindings: list[Binding] = []
+    if evidence.certificate_chain:
+        leaf = load_chain(evidence.certificate_chain)[0]
+        details["leaf_spki_sha256"] = hashlib.sha256(spki_of(leaf)).hexdigest()
+        bindings.append(certificate_binding(ctx, leaf))
+    account = account_binding(ctx)
+    if account is not None:
+        bindings.append(account)
+    if not bindings:
         return Outcome.failed(
             "no key to check: the evidence has neither a certificate chain (RA-TLS) "
-            "nor an ACME account URI",
+            "nor an ACME account (acme_account_uri or acme_info)",
             **details,
         )
-    spki = (
-        spki_of(load_chain(evidence.certificate_chain)[0]) if evidence.certificate_chain else None
-    )
-    binding = key_binding(report_data, spki_der=spki, account_uri=evidence.acme_account_uri)
-    if binding == "ratls-cert" and spki is not None:
-        return Outcome.passed(
-            'report_data == sha512("ratls-cert:" || leaf SPKI): the TLS key is TEE-controlled',
-            **details,
-            binding=binding,
-            spki_sha256=hashlib.sha256(spki).hexdigest(),
-        )
-    if binding == "acme-account":
-        return Outcome.passed(
-            'report_data == sha512("acme-account:" || account URI): the ACME account is '
-            "TEE-controlled",
-            **details,
-            binding=binding,
-            account_uri=evidence.acme_account_uri,
-        )
-    tried = [
-        name
-        for name, present in (
-            ("the leaf certificate's key (ratls-cert)", spki is not None),
-            ("the ACME account URI (acme-account)", bool(evidence.acme_account_uri)),
-        )
-        if present
-    ]
-    return Outcome.failed(f"report_data binds neither {' nor '.join(tried)}", **details)
-
-
-def verify_chain(chain: list[x509.Certificate], at: datetime, domain: str) -> None:
-    """Raise VerificationError unless the chain links up to its own top certificate
-    and every certificate is valid at `at`.
-
-    The anchor is the chain's top certificate: RA-TLS chains end in an app CA that
-    no public root signs. What makes the leaf trustworthy is its attested key,
-    checked separately; here we only require a well-formed chain valid at `at`.
-    """
-    anchor = chain[-1]
-    leaf, intermediates = chain[0], chain[1:-1]
-    if len(chain) == 1:
-        # A lone self-signed certificate: only its validity period can be checked.
-        if not anchor.not_valid_before_utc <= at <= anchor.not_valid_after_utc:
-            raise VerificationError("certificate is not valid at the evaluation time")
-        return
-    # RA-TLS leaves carry dstack's own extensions (quote, event log) that the
-    # web PKI end-entity profile would reject; only the SAN is required, and
-    # only when a name is checked.
-    ee_policy = ExtensionPolicy.permit_all()
-    if domain:
-        ee_policy = ee_policy.require_present(
-            x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
-        )
-    builder = (
-        PolicyBuilder()
-        .store(Store([anchor]))
-        .time(at)
-        .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy)
-    )
-    if domain:
-        builder.build_server_verifier(x509.DNSName(domain)).verify(leaf, intermediates)
-    else:
-        builder.build_client_verifier().verify(leaf, intermediates)
+    return _outcome(bindings, **details)
 
 
 def check_certificate_key(ctx: CheckContext) -> Outcome:
@@ -144,42 +249,99 @@ def check_certificate_key(ctx: CheckContext) -> Outcome:
         return Outcome.failed("no certificate chain in the evidence")
     chain = load_chain(pem)
     leaf = chain[0]
-    spki = spki_of(leaf)
     details: dict[str, Any] = {
         "chain_length": len(chain),
         "leaf_subject": leaf.subject.rfc4514_string(),
         "leaf_not_after": leaf.not_valid_after_utc.isoformat(),
-        "leaf_spki_sha256": hashlib.sha256(spki).hexdigest(),
+        "leaf_spki_sha256": hashlib.sha256(spki_of(leaf)).hexdigest(),
+        "ratls": embedded_attestation(leaf) is not None,
     }
-    domain = ctx.request.model_or_domain if "." in ctx.request.model_or_domain else ""
     try:
-        verify_chain(chain, ctx.request.evaluated_at, domain)
-    except VerificationError as exc:
+        verify_chain(chain, ctx.request.evaluated_at)
+    except ChainProblem as exc:
+        return Outcome.failed(f"certificate chain does not hold: {exc}", **details)
+    domain = ctx.request.model_or_domain.strip().lower()
+    # RA-TLS certificates name no domain: their trust is the attested key.
+    if "." in domain and not details["ratls"] and not names_domain(leaf, domain):
         return Outcome.failed(
-            f"certificate chain is not valid at the evaluation time: {exc}", **details
+            f"certificate {describe(leaf)} does not name the task's domain {domain}", **details
         )
-    report_data = ctx.attested.register("report_data")
-    if key_binding(report_data, spki_der=spki) == "ratls-cert":
-        return Outcome.passed("chain valid; the leaf key is the attested key", **details)
+    binding = certificate_binding(ctx, leaf)
+    if binding.bound:
+        return Outcome.passed(f"chain valid; {binding.reason}", **details, **binding.details)
+    if binding.could_not_run:
+        return Outcome(CheckStatus.ERROR, f"chain valid; {binding.reason}", details)
     return Outcome.failed(
-        "chain valid, but the leaf certificate's key is not attested: report_data does not "
-        'equal sha512("ratls-cert:" || leaf SPKI)',
+        f"chain valid, but no verified quote of the task's app binds the key of "
+        f"{describe(leaf)}: {binding.reason}",
         **details,
     )
 
 
-def attested_spki(ctx: CheckContext) -> bytes | None:
-    """SPKI of the evidence's leaf certificate if report_data binds it (RA-TLS)."""
+def attested_spkis(ctx: CheckContext) -> tuple[set[bytes], list[str], set[bytes]]:
+    """Certificate keys bound by verified quotes (for ct_log): the leaf the
+    task's quote binds, and every acme-info key whose zt-cert quote verifies
+    and binds it. Returns (keys, why each other key was not taken, the keys
+    whose quote could not be checked here)."""
+    keys: set[bytes] = set()
+    skipped: list[str] = []
+    unverifiable: set[bytes] = set()
+    if ctx.attested is None:
+        return keys, skipped, unverifiable
     pem = ctx.request.evidence.certificate_chain
-    if ctx.attested is None or not pem:
-        return None
-    spki = spki_of(load_chain(pem)[0])
-    return spki if key_binding(ctx.attested.register("report_data"), spki_der=spki) else None
+    if pem:
+        spki = spki_of(load_chain(pem)[0])
+        if ctx.attested.register("report_data") == ratls_binding(spki):
+            keys.add(spki)
+    info = _acme_info(ctx)
+    for i, key in enumerate(info.quoted_hist_keys if info else ()):
+        what = f"quoted_hist_keys[{i}]"
+        if key.quote is None:
+            skipped.append(f"{what}: {key.problem}")
+            continue
+        try:
+            attested, problem = (
+                ctx.verify_quote(key.quote.quote) if ctx.verify_quote else (None, "no verifier")
+            )
+        except QuoteUnverifiable as exc:
+            skipped.append(f"{what}: cannot be verified here ({exc})")
+            unverifiable.add(key.public_key)
+            continue
+        if attested is None:
+            skipped.append(f"{what}: quote does not verify ({problem})")
+        elif attested.register("report_data") != zt_cert_binding(key.public_key):
+            skipped.append(f'{what}: report_data is not sha512("zt-cert:" || public_key)')
+        else:
+            keys.add(key.public_key)
+    return keys, skipped, unverifiable
 
 
-def attested_account_uri(ctx: CheckContext) -> str | None:
-    """The evidence's ACME account URI if report_data binds it."""
-    uri = ctx.request.evidence.acme_account_uri
-    if ctx.attested is None or not uri:
-        return None
-    return uri if key_binding(ctx.attested.register("report_data"), account_uri=uri) else None
+def attested_account_uri(ctx: CheckContext) -> tuple[str | None, str, bool]:
+    """The ACME account a verified quote binds (for dns_caa): (uri, "", False),
+    or (None, why, whether the quote could not be checked here)."""
+    if ctx.attested is None:
+        return None, "the task's quote is not verified", False
+    evidence = ctx.request.evidence
+    info = _acme_info(ctx)
+    uri = evidence.acme_account_uri or (info.account_uri if info else "")
+    if not uri:
+        return None, "the evidence names no ACME account (acme_account_uri or acme_info)", False
+    if ctx.attested.register("report_data") == acme_binding(uri):
+        return uri, "", False
+    if info is None or info.account_uri != uri or info.account_quote is None:
+        return None, f"no quote binds the ACME account {uri}", False
+    try:
+        attested, problem = (
+            ctx.verify_quote(info.account_quote.quote) if ctx.verify_quote else (None, "")
+        )
+    except QuoteUnverifiable as exc:
+        return None, f"the account quote cannot be verified here ({exc})", True
+    if attested is None:
+        return None, f"the account quote does not verify ({problem})", False
+    if attested.register("report_data") != acme_binding(uri):
+        return (
+            None,
+            f'the account quote\'s report_data is not sha512("acme-account:" || {uri})',
+            False,
+        )
+    return uri, "", False

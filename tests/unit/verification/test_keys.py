@@ -77,7 +77,7 @@ def test_tee_controlled_key_fails_for_unbound_certificate() -> None:
     other, _ = make_chain()
     outcome = check_tee_controlled_key(_context(ratls_binding(_spki(other)), certificate_chain=pem))
     assert outcome.status is CheckStatus.FAILED
-    assert "report_data binds neither the leaf certificate's key" in outcome.reason
+    assert "the task's quote does not bind its key" in outcome.reason
 
 
 def test_certificate_key_passes_for_valid_chain_with_attested_leaf() -> None:
@@ -91,7 +91,9 @@ def test_certificate_whose_key_is_not_attested_fails() -> None:
     other, _ = make_chain()
     outcome = check_certificate_key(_context(ratls_binding(_spki(other)), certificate_chain=pem))
     assert outcome.status is CheckStatus.FAILED
-    assert "leaf certificate's key is not attested" in outcome.reason
+    assert "no verified quote of the task's app binds the key of 'CN=app.example.com'" in (
+        outcome.reason
+    )
 
 
 def test_certificate_expired_at_evaluation_time_fails() -> None:
@@ -100,14 +102,14 @@ def test_certificate_expired_at_evaluation_time_fails() -> None:
     )
     outcome = check_certificate_key(_context(ratls_binding(_spki(pem)), certificate_chain=pem))
     assert outcome.status is CheckStatus.FAILED
-    assert "not valid at the evaluation time" in outcome.reason
+    assert "is not valid at 2026-03-05T10:50:03+00:00" in outcome.reason
 
 
 def test_certificate_for_another_domain_fails() -> None:
     pem, _ = make_chain(domain="other.example.org")
     outcome = check_certificate_key(_context(ratls_binding(_spki(pem)), certificate_chain=pem))
     assert outcome.status is CheckStatus.FAILED
-    assert "not valid at the evaluation time" in outcome.reason
+    assert "does not name the task's domain app.example.com" in outcome.reason
 
 
 def test_chain_with_broken_signature_fails() -> None:
@@ -134,5 +136,5 @@ def test_real_quote_with_unattested_certificate_fails_both_key_checks(
     )
     assert report.check("hardware").status is CheckStatus.PASSED
     assert report.check("tee_controlled_key").status is CheckStatus.FAILED
-    assert "not attested" in report.check("certificate_key").reason
+    assert "no verified quote of the task's app binds" in report.check("certificate_key").reason
     assert not report.passed
