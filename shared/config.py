@@ -14,6 +14,8 @@ exits 2 naming the field when one is invalid.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import dataclasses
 import json
 import os
@@ -92,6 +94,28 @@ def _check_url(*schemes: str) -> Callable[[Any], None]:
     return check
 
 
+def key_bytes(text: str) -> bytes:
+    """A 32-byte key from configuration: 64 hex digits, or base64 (standard or URL-safe)."""
+    text = text.strip()
+    if len(text) == 64:
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            pass
+    try:
+        raw = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError("expected 32 bytes as 64 hex digits or base64")
+    return raw
+
+
+def _check_key_text(value: Any) -> None:
+    if value:
+        key_bytes(str(value))
+
+
 def _check_choice(*choices: str) -> Callable[[Any], None]:
     def check(value: Any) -> None:
         if value not in choices:
@@ -125,6 +149,15 @@ class Settings:
     s3_secret_access_key: str = _secret()
     s3_bucket: str = "verification-results"
     s3_region: str = "us-east-1"
+    # Server-side encryption of reports: "" (the bucket's default), "AES256"
+    # (SSE-S3) or "aws:kms" (SSE-KMS, with S3_SSE_KMS_KEY_ID or the default key).
+    s3_sse: str = field(default="", metadata={"check": _check_choice("", "AES256", "aws:kms")})
+    s3_sse_kms_key_id: str = ""
+    # Key that envelope-encrypts reports in the local folder (32 bytes: 64 hex
+    # digits or base64). Empty: report files are plain JSON.
+    report_encryption_key: str = field(
+        default="", metadata={"secret": True, "check": _check_key_text}
+    )
     # The gateway's listen host and port.
     host: str = "0.0.0.0"
     port: int = field(default=3000, metadata={"check": _check_port})
@@ -189,7 +222,7 @@ class Settings:
     queue_max_length: int = field(default=1_000_000, metadata={"check": _check_positive})
     # Offline workers are dropped from ListWorkers after this long.
     worker_forget_after_seconds: float = field(default=600.0, metadata={"check": _check_positive})
-    # Deadline of a worker's VerificationService.Verify call (evidence fetches included).
+    # Deadline of a worker's VerificationEngineService.Verify call (evidence fetches included).
     verify_timeout_seconds: float = field(default=120.0, metadata={"check": _check_positive})
 
     # --- verification service ---

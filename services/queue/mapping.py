@@ -16,6 +16,8 @@ def verify_request_for(task: tasks_pb2.Task) -> verification_pb2.VerifyRequest:
         model_or_domain=task.model_or_domain,
         contract_address=task.contract_address,
         expected_compose_hash=task.expected_compose_hash,
+        # The report is written once under the task and this attempt.
+        attempt=task.attempts,
     )
     if task.HasField("verification_flags"):
         request.flags.CopyFrom(task.verification_flags)

@@ -3,7 +3,7 @@ fail it. The same pipeline runs in the worker processes (Redis mode) and in the
 queue service's in-process workers (embedded mode).
 
 Calls per job: StartTask (ACTIVE, progress 0), UpdateTaskProgress(30,
-"verifying evidence") sent alongside VerificationService.Verify, then
+"verifying evidence") sent alongside VerificationEngineService.Verify, then
 CompleteTask (100). Verify is one call that gathers the evidence, runs the
 checks and stores the report, so there is no finer step to show; an update
 between Verify and CompleteTask would last one RPC, invisible to a client
@@ -27,7 +27,7 @@ from typing import Protocol
 
 import grpc
 from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc
-from verifier.verification.v1 import verification_pb2_grpc
+from verifier.verification.v1 import engine_pb2_grpc
 
 from shared.config import Settings
 from shared.grpc_client import create_channel
@@ -63,7 +63,7 @@ class VerificationPipeline:
     def __init__(
         self,
         tasks: tasks_pb2_grpc.TaskServiceStub,
-        verification: verification_pb2_grpc.VerificationServiceStub,
+        verification: engine_pb2_grpc.VerificationEngineServiceStub,
         *,
         worker_id: str,
         retry_attempts: int,
@@ -261,7 +261,7 @@ class PipelineConnection:
         ]
         self.pipeline = VerificationPipeline(
             tasks_pb2_grpc.TaskServiceStub(self._channels[0]),
-            verification_pb2_grpc.VerificationServiceStub(self._channels[1]),
+            engine_pb2_grpc.VerificationEngineServiceStub(self._channels[1]),
             worker_id=worker_id,
             retry_attempts=settings.retry_attempts,
             retry_base_seconds=settings.retry_base_seconds,

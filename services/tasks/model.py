@@ -119,7 +119,7 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class ReportSummary:
-    """What a worker reports from VerificationService.Verify."""
+    """What a worker reports from VerificationEngineService.Verify."""
 
     verdict: str  # passed | failed | "" (unspecified)
     checks: tuple[CheckResult, ...] = ()

@@ -1,15 +1,17 @@
 """Entry point: `python -m services.verification [serve]` runs VerificationService
-on VERIFICATION_LISTEN_ADDR (default 0.0.0.0:50053)."""
+(public) and VerificationEngineService (internal) on VERIFICATION_LISTEN_ADDR
+(default 0.0.0.0:50053)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from shared import metrics
-from shared.config import Settings, add_config_arguments, settings_from_args
+from shared.config import Settings, add_config_arguments, key_bytes, settings_from_args
 from shared.grpc_server import DependencyProbe, ServiceSpec, serve
 from shared.log import configure_logging
 from shared.retry import Backoff, keep_running
@@ -23,9 +25,15 @@ from .os_images_service import OsImageCatalogService
 from .pool import VerificationPool
 from .report import load_or_create_signing_key
 from .report_store import LocalReportStore, ReportStore, S3ReportStore
-from .server import SERVICE_NAME, VerificationServicer
+from .server import (
+    ENGINE_SERVICE_NAME,
+    SERVICE_NAME,
+    VerificationEngineServicer,
+    VerificationServicer,
+)
 from .service import VerificationService
 from .settings import DEFAULT_OS_ALLOWLIST, ReportStoreSettings, VerificationSettings
+from .task_inputs import GrpcTaskInputs
 from .version import VERIFIER_VERSION
 
 # Creating the report bucket while S3 is not up yet.
@@ -64,6 +72,11 @@ def verification_settings(settings: Settings) -> VerificationSettings:
             s3_region=settings.s3_region,
             s3_access_key_id=settings.s3_access_key_id,
             s3_secret_access_key=settings.s3_secret_access_key,
+            s3_sse=settings.s3_sse,
+            s3_sse_kms_key_id=settings.s3_sse_kms_key_id,
+            local_encryption_key=key_bytes(settings.report_encryption_key)
+            if settings.report_encryption_key
+            else b"",
         ),
     )
 
@@ -91,7 +104,7 @@ def build_spec(settings: Settings) -> ServiceSpec:
         background = [ensure_bucket]
         store_name = "s3"
     else:
-        folder = LocalReportStore(store_settings.local_dir)
+        folder = LocalReportStore(store_settings.local_dir, store_settings.local_encryption_key)
         store = folder
 
         async def check_store() -> str:
@@ -138,21 +151,34 @@ def build_spec(settings: Settings) -> ServiceSpec:
     )
 
     def register(server: object) -> None:
-        from verifier.verification.v1 import os_images_pb2_grpc, verification_pb2_grpc
+        from verifier.verification.v1 import (
+            engine_pb2_grpc,
+            os_images_pb2_grpc,
+            verification_pb2_grpc,
+        )
 
+        # Called inside the running loop: the tasks service's channel binds to it.
+        inputs = GrpcTaskInputs(settings.tasks_addr, settings.call_timeout_seconds)
+        service.task_inputs = inputs
+        closing.append(inputs.aclose)
         verification_pb2_grpc.add_VerificationServiceServicer_to_server(
             VerificationServicer(service), server
         )
+        engine_pb2_grpc.add_VerificationEngineServiceServicer_to_server(
+            VerificationEngineServicer(service), server
+        )
         os_images_pb2_grpc.add_OsImageServiceServicer_to_server(OsImageServicer(os_images), server)
+
+    closing: list[Callable[[], Awaitable[None]]] = [service.close]
 
     return ServiceSpec(
         name="verification",
-        service_names=[SERVICE_NAME, OS_IMAGE_SERVICE_NAME],
+        service_names=[SERVICE_NAME, ENGINE_SERVICE_NAME, OS_IMAGE_SERVICE_NAME],
         register=register,
         listen_addr=settings.verification_listen_addr,
         probes=[DependencyProbe(store_name, check_store), DependencyProbe("engine", check_pool)],
         background=[*background, warm_up],
-        on_stop=[service.close],
+        on_stop=closing,
         health_probe_interval_seconds=settings.health_probe_interval_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         metrics_listen_addr=settings.verification_metrics_listen_addr,

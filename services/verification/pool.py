@@ -9,7 +9,9 @@ parent ~0.5 ms of CPU, about half a verification, and on a 2-core machine that
 CPU is taken from the workers. At most two batches per worker are in flight;
 whatever queues up meanwhile goes in the next batch. An idle pool therefore
 sends each request alone (no added latency) and a busy one amortises the
-round trip over up to `max_batch` requests.
+round trip over up to `max_batch` requests. `verify_many` queues a whole batch
+(VerifyTasks) before dispatching, so it is split evenly over the free slots
+rather than sent one by one.
 """
 
 from __future__ import annotations
@@ -89,23 +91,44 @@ class VerificationPool:
         list(self._executor.map(_ping, range(self.max_workers * 2)))
 
     async def verify(self, request: VerificationRequest) -> Report:
+        (future,) = await self.verify_many([request])
+        return await future
+
+    async def verify_many(
+        self, requests: list[VerificationRequest]
+    ) -> list[asyncio.Future[Report]]:
+        """Queue every request at once; one future per request, in order.
+        A missing collateral fails only its own request's future."""
+        loop = asyncio.get_running_loop()
+        prepared = await asyncio.gather(
+            *(self._with_collateral(r) for r in requests), return_exceptions=True
+        )
+        futures: list[asyncio.Future[Report]] = []
+        for item in prepared:
+            future: asyncio.Future[Report] = loop.create_future()
+            futures.append(future)
+            if isinstance(item, BaseException):
+                future.set_exception(item)
+            else:
+                self._waiting.append((item, future))
+        self._dispatch(loop)
+        return futures
+
+    async def _with_collateral(self, request: VerificationRequest) -> VerificationRequest:
         store = self.collateral_store
         if not request.evidence.collateral and store is not None and store.pccs is not None:
             bundle = await store.resolve(request.evidence.quote, request.evaluated_at)
             request = replace(
                 request, evidence=replace(request.evidence, collateral=bundle.json_text)
             )
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Report] = loop.create_future()
-        self._waiting.append((request, future))
-        self._dispatch(loop)
-        return await future
+        return request
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
         while self._waiting and self._in_flight < self._max_in_flight:
-            batch = [
-                self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))
-            ]
+            # Spread what waits over the free slots, at most max_batch each.
+            free = self._max_in_flight - self._in_flight
+            size = min(self.max_batch, -(-len(self._waiting) // free))
+            batch = [self._waiting.popleft() for _ in range(size)]
             batch = [(r, f) for r, f in batch if not f.cancelled()]
             if not batch:
                 continue

@@ -33,6 +33,7 @@ class SignedReport:
     body: bytes  # canonical JSON
     signature: bytes  # 64-byte Ed25519 signature over body
     public_key: bytes  # 32-byte raw Ed25519 public key
+    document: dict[str, Any]  # what `body` encodes (kept to skip parsing it back)
 
 
 def public_key_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
@@ -41,6 +42,7 @@ def public_key_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
 
 
 SIGNING_KEY_ID_FIELD = "signing_key_id"
+ATTEMPT_FIELD = "attempt"
 
 
 def key_id(key: Ed25519PrivateKey | Ed25519PublicKey | bytes) -> str:
@@ -49,12 +51,16 @@ def key_id(key: Ed25519PrivateKey | Ed25519PublicKey | bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def sign_report(report: Report, key: Ed25519PrivateKey) -> SignedReport:
+def sign_report(report: Report, key: Ed25519PrivateKey, attempt: int = 0) -> SignedReport:
+    """Sign the report of `attempt` (the task's lease; 0 outside the task
+    lifecycle). The attempt is signed with it: a report cannot be replayed as
+    another attempt's."""
     public = public_key_bytes(key)
     document = report.to_dict()
     document[SIGNING_KEY_ID_FIELD] = key_id(public)
+    document[ATTEMPT_FIELD] = attempt
     body = canonical_json(document)
-    return SignedReport(body=body, signature=key.sign(body), public_key=public)
+    return SignedReport(body=body, signature=key.sign(body), public_key=public, document=document)
 
 
 def signing_key_id(document: dict[str, Any]) -> str:

@@ -1,19 +1,32 @@
-"""Where signed reports live: a local folder (embedded default) or S3, same layout.
+"""Where signed reports live: a local folder (embedded default) or S3.
 
-Layout: `reports/{task_id}.json` holds the canonical report and
-`....json.sig` beside it holds the raw Ed25519 signature. The key is a
-function of the task id alone, so GetReport finds a task's report without an
-index, and a retried verification of the same task replaces its report.
+Layout: one object per report, `reports/<task_id>/<attempt>.json`, written
+once. A task's attempt (its lease) names the report, so a retried
+verification under a new attempt never touches an earlier one, and a second
+write of the same attempt is refused (ReportExists) instead of overwriting.
+
+- S3: the object is the canonical report JSON; its Ed25519 signature is in
+  the object's metadata (`x-amz-meta-signature`, hex). One PUT per report, with
+  `If-None-Match: *` where the store honours it (probed once per process:
+  SeaweedFS and AWS S3 do), else a HEAD first and a refusal when the key
+  exists. `S3_SSE` adds the server-side encryption headers to the PUT.
+- Folder: the file holds the report and its signature (envelope.py), made with
+  an exclusive create (written aside, then hard-linked into place: readers see
+  all of it or nothing). With a key configured it is envelope-encrypted.
 """
 
 from __future__ import annotations
 
 import abc
+import os
 import re
+import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import envelope
 from .errors import EvidenceMalformed, ReportNotFound
 from .settings import ReportStoreSettings
 
@@ -21,20 +34,49 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_KEY = re.compile(r"^reports/[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.json$")
-SIGNATURE_SUFFIX = ".sig"
+_ATTEMPT = r"(?:0|[1-9][0-9]{0,9})"
+_KEY = re.compile(rf"^reports/[A-Za-z0-9][A-Za-z0-9._-]{{0,127}}/{_ATTEMPT}\.json$")
+_ATTEMPT_FILE = re.compile(rf"^({_ATTEMPT})\.json$")
 JSON = "application/json"
+_PROBE_PREFIX = "_probes/write-once-"
+_NOT_FOUND_CODES = ("NoSuchKey", "NoSuchBucket", "404", "NotFound")
 
 
-def report_key(task_id: str) -> str:
+class ReportExists(Exception):
+    """The key already holds a report: reports are written once."""
+
+
+class ReportUnreadable(Exception):
+    """A stored report that cannot be read back (damaged, or encrypted with
+    another key than the configured one)."""
+
+
+def check_task_id(task_id: str) -> str:
     if not _TASK_ID.match(task_id):
         raise EvidenceMalformed("task_id", "unusable in a storage key")
-    return f"reports/{task_id}.json"
+    return task_id
+
+
+def report_key(task_id: str, attempt: int) -> str:
+    if not 0 <= attempt <= 2**31 - 1:
+        raise EvidenceMalformed("attempt", "must be 0 or a positive attempt number")
+    return f"reports/{check_task_id(task_id)}/{attempt}.json"
+
+
+def _task_prefix(task_id: str) -> str:
+    return f"reports/{check_task_id(task_id)}/"
+
+
+def _latest(task_id: str, names: list[str]) -> str:
+    attempts = [int(m.group(1)) for m in map(_ATTEMPT_FILE.match, names) if m]
+    if not attempts:
+        raise ReportNotFound(f"no report for task {task_id!r}", field="task_id")
+    return f"{_task_prefix(task_id)}{max(attempts)}.json"
 
 
 def _check_key(key: str) -> str:
-    # Keys reach us from GetReport requests: only our own layout is accepted,
-    # which also rules out path traversal in the folder store.
+    # Only our own layout is accepted, which also rules out path traversal in
+    # the folder store.
     if not _KEY.match(key):
         raise ReportNotFound(f"no report under key {key!r}", field="key")
     return key
@@ -50,35 +92,61 @@ class StoredReport:
 
 class ReportStore(abc.ABC):
     @abc.abstractmethod
-    def put(self, key: str, body: bytes, signature: bytes, content_type: str = JSON) -> None: ...
+    def create(self, key: str, body: bytes, signature: bytes) -> None:
+        """Store a report under a new key; raises ReportExists when the key is taken."""
 
     @abc.abstractmethod
     def get(self, key: str) -> StoredReport:
-        """Raises ReportNotFound."""
+        """Raises ReportNotFound, or ReportUnreadable."""
+
+    @abc.abstractmethod
+    def latest_key(self, task_id: str) -> str:
+        """The key of the task's report with the highest attempt; raises ReportNotFound."""
 
 
 class LocalReportStore(ReportStore):
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, encryption_key: bytes = b"") -> None:
+        if encryption_key and len(encryption_key) != envelope.KEY_BYTES:
+            raise ValueError("the report encryption key must be 32 bytes")
         self.root = root
+        self.encryption_key = encryption_key
 
-    def put(self, key: str, body: bytes, signature: bytes, content_type: str = JSON) -> None:
+    def create(self, key: str, body: bytes, signature: bytes) -> None:
         path = self.root / _check_key(key)
+        data = envelope.pack(body, signature)
+        if self.encryption_key:
+            data = envelope.seal(self.encryption_key, data, key.encode())
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Signature first, body last (each atomically): a reader that finds the
-        # body always finds its signature.
-        for target, data in ((Path(f"{path}{SIGNATURE_SUFFIX}"), signature), (path, body)):
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(target)
+        aside = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        aside.write_bytes(data)
+        try:
+            os.link(aside, path)  # atomic, and fails when the name exists
+        except FileExistsError:
+            raise ReportExists(key) from None
+        finally:
+            aside.unlink(missing_ok=True)
 
     def get(self, key: str) -> StoredReport:
         path = self.root / _check_key(key)
         try:
-            body = path.read_bytes()
-            signature = Path(f"{path}{SIGNATURE_SUFFIX}").read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
             raise ReportNotFound(f"no report under key {key!r}", field="key") from None
+        try:
+            if envelope.is_sealed(data):
+                data = envelope.open_sealed(self.encryption_key, data, key.encode())
+            body, signature = envelope.unpack(data)
+        except envelope.EnvelopeError as exc:
+            raise ReportUnreadable(f"{key}: {exc}") from None
         return StoredReport(key=key, body=body, signature=signature)
+
+    def latest_key(self, task_id: str) -> str:
+        folder = self.root / _task_prefix(task_id)
+        try:
+            names = [entry.name for entry in os.scandir(folder)]
+        except FileNotFoundError:
+            names = []
+        return _latest(task_id, names)
 
 
 class S3ReportStore(ReportStore):
@@ -97,6 +165,14 @@ class S3ReportStore(ReportStore):
                 config=Config(retries={"max_attempts": 3, "mode": "standard"}),
             )
         self.client: Any = client
+        self.sse: dict[str, str] = {}
+        if settings.s3_sse:
+            self.sse["ServerSideEncryption"] = settings.s3_sse
+            if settings.s3_sse == "aws:kms" and settings.s3_sse_kms_key_id:
+                self.sse["SSEKMSKeyId"] = settings.s3_sse_kms_key_id
+        # Whether the store honours If-None-Match on PUT; None until probed.
+        self.conditional_put: bool | None = None
+        self._probe_lock = threading.Lock()
         if settings.s3_create_bucket:
             self.ensure_bucket()
 
@@ -113,50 +189,104 @@ class S3ReportStore(ReportStore):
                 if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise
 
-    def put(self, key: str, body: bytes, signature: bytes, content_type: str = JSON) -> None:
-        _check_key(key)
-        self.client.put_object(
-            Bucket=self.bucket,
-            Key=key + SIGNATURE_SUFFIX,
-            Body=signature,
-            ContentType="application/octet-stream",
-        )
+    def _put(self, key: str, body: bytes, metadata: dict[str, str], conditional: bool) -> None:
+        extra = {"IfNoneMatch": "*"} if conditional else {}
         self.client.put_object(
             Bucket=self.bucket,
             Key=key,
             Body=body,
-            ContentType=content_type,
-            Metadata={"signature": signature.hex()},
+            ContentType=JSON,
+            Metadata=metadata,
+            **extra,
+            **self.sse,
         )
 
-    def get(self, key: str) -> StoredReport:
-        from botocore.exceptions import ClientError
+    def probe_conditional_put(self) -> bool:
+        """Does the store refuse a second `If-None-Match: *` PUT? A store that
+        ignores the header would let a report be overwritten, so it is asked
+        once, on a probe object, rather than assumed."""
+        with self._probe_lock:
+            if self.conditional_put is not None:
+                return self.conditional_put
+            probe = f"{_PROBE_PREFIX}{uuid.uuid4().hex}"
+            try:
+                self._put(probe, b"{}", {}, conditional=True)
+                try:
+                    self._put(probe, b"{}", {}, conditional=True)
+                    honoured = False
+                except Exception as exc:
+                    kind = _error_kind(exc)
+                    if kind not in ("exists", "unsupported"):
+                        raise
+                    honoured = kind == "exists"
+            finally:
+                self.client.delete_object(Bucket=self.bucket, Key=probe)
+            self.conditional_put = honoured
+            return honoured
 
+    def create(self, key: str, body: bytes, signature: bytes) -> None:
+        _check_key(key)
+        conditional = self.probe_conditional_put()
+        if not conditional and self._exists(key):
+            raise ReportExists(key)
+        try:
+            self._put(key, body, {"signature": signature.hex()}, conditional)
+        except Exception as exc:
+            if _error_kind(exc) == "exists":
+                raise ReportExists(key) from None
+            raise
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if _error_kind(exc) == "missing":
+                return False
+            raise
+        return True
+
+    def get(self, key: str) -> StoredReport:
         _check_key(key)
         try:
             obj = self.client.get_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in (
-                "NoSuchKey",
-                "NoSuchBucket",
-                "404",
-                "NotFound",
-            ):
+        except Exception as exc:
+            if _error_kind(exc) == "missing":
                 raise ReportNotFound(f"no report under key {key!r}", field="key") from None
             raise
         body = obj["Body"].read()
-        signature_hex = obj.get("Metadata", {}).get("signature", "")
-        if signature_hex:
-            signature = bytes.fromhex(signature_hex)
-        else:
-            sig_obj = self.client.get_object(Bucket=self.bucket, Key=key + SIGNATURE_SUFFIX)
-            signature = sig_obj["Body"].read()
+        try:
+            signature = bytes.fromhex(obj.get("Metadata", {}).get("signature", ""))
+        except ValueError:
+            signature = b""
+        if len(signature) != 64:
+            raise ReportUnreadable(f"{key}: the object carries no signature")
         return StoredReport(
             key=key, body=body, signature=signature, content_type=obj.get("ContentType", JSON)
         )
 
+    def latest_key(self, task_id: str) -> str:
+        prefix = _task_prefix(task_id)
+        names: list[str] = []
+        token: dict[str, str] = {}
+        while True:
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, **token)
+            names.extend(item["Key"][len(prefix) :] for item in page.get("Contents", []))
+            if not page.get("IsTruncated"):
+                return _latest(task_id, names)
+            token = {"ContinuationToken": page["NextContinuationToken"]}
 
-def build_report_store(settings: ReportStoreSettings) -> ReportStore:
-    if settings.uses_s3:
-        return S3ReportStore(settings)
-    return LocalReportStore(settings.local_dir)
+
+def _error_kind(exc: Exception) -> str:
+    """'exists' (a conditional PUT refused), 'missing', 'unsupported' or ''."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return ""
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code == "PreconditionFailed" or status == 412:
+        return "exists"
+    if code in _NOT_FOUND_CODES or status == 404:
+        return "missing"
+    if code == "NotImplemented" or status == 501:
+        return "unsupported"
+    return ""

@@ -1,34 +1,49 @@
 """The verification service's use cases, between the gRPC surface and the engine.
 
-Verify: gather the evidence (inline, or fetched by app type), run the engine in
-the process pool, sign the canonical report, store it under the task's key,
-and return the summary with the report's location. GetReport reads it back.
-No grpc here: server.py maps these types to and from the protos.
+verify / verify_tasks: gather the evidence (inline, or fetched by app type),
+run the engine in the process pool, sign the canonical report and write it
+once under the task and attempt. A report already stored for that attempt is
+returned as it is, never overwritten. get_report reads one back.
+No grpc here: server.py and mapping.py map these types to and from the protos,
+and task_inputs.py reads a batch's inputs from the tasks service.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import hashlib
-import time
+import json
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import PurePosixPath
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shared import metrics
-from shared.errors import Unavailable
+from shared.errors import DomainError, FailedPrecondition, Unavailable
+from shared.log import get_logger
 
-from .errors import EvidenceMalformed
+from .errors import EvidenceMalformed, ReportNotFound
 from .fetchers import EvidenceFetcher
 from .model import Report, VerificationRequest
 from .pool import VerificationPool
 from .report import key_id, public_key_bytes, public_key_pem, sign_report
-from .report_store import ReportStore, StoredReport, report_key
+from .report_store import ReportExists, ReportStore, StoredReport, check_task_id, report_key
+
+log = get_logger(__name__)
 
 
 class ReportStoreUnavailable(Unavailable):
     """The report store (S3 or the folder) failed; the caller may retry."""
+
+
+class TaskInputsUnavailable(Unavailable):
+    """The tasks service could not give a task's inputs now; retry later."""
+
+
+class StaleAttempt(FailedPrecondition):
+    """The attempt is not the task's current one (or the task is gone): no report."""
 
 
 def _describe(exc: Exception) -> str:
@@ -41,14 +56,42 @@ def _describe(exc: Exception) -> str:
 
 
 @dataclass(frozen=True)
-class StoredVerification:
-    """A verification's report, as signed and stored."""
+class TaskLease:
+    """One attempt of one task, as StartTasks returned it."""
 
-    report: Report
+    task_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    """What the tasks service answered for one lease: the request, or why not."""
+
+    lease: TaskLease
+    request: VerificationRequest | None = None
+    error: DomainError | None = None
+
+
+class TaskInputSource(abc.ABC):
+    """Where a batch's inputs come from (the tasks service's GetTaskInputs)."""
+
+    @abc.abstractmethod
+    async def get(self, leases: Sequence[TaskLease]) -> list[TaskInput]:
+        """One TaskInput per lease, in order; never raises for one item's fault."""
+
+
+@dataclass(frozen=True)
+class StoredVerification:
+    """A verification's report, as signed and stored (new, or found stored)."""
+
+    document: dict[str, Any]  # the signed report, parsed
+    task_id: str
+    attempt: int
     bucket: str
     key: str
     filename: str
     report_sha256: str
+    already_stored: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,12 +109,14 @@ class VerificationService:
         signing_key: Ed25519PrivateKey,
         fetcher: EvidenceFetcher | None,
         bucket: str = "",
+        task_inputs: TaskInputSource | None = None,
     ) -> None:
         self.pool = pool
         self.store = store
         self.signing_key = signing_key
         self.fetcher = fetcher
         self.bucket = bucket
+        self.task_inputs = task_inputs
         raw = public_key_bytes(signing_key)
         self.key_info = SigningKeyInfo(
             public_key=raw,
@@ -79,39 +124,155 @@ class VerificationService:
             key_id=key_id(raw),
         )
 
-    async def verify(self, request: VerificationRequest) -> StoredVerification:
+    def sign(self, data: bytes) -> bytes:
+        """Ed25519 signature of `data` with the service's signing key (summaries)."""
+        return self.signing_key.sign(data)
+
+    async def verify(self, request: VerificationRequest, attempt: int = 0) -> StoredVerification:
+        key = self._key_for(request, attempt)
+        request = await self._with_evidence(request)
+        (future,) = await self.pool.verify_many([request])
+        return await self._store_once(await future, key, attempt)
+
+    async def verify_tasks(
+        self, leases: Sequence[TaskLease]
+    ) -> AsyncIterator[tuple[TaskLease, StoredVerification | Exception]]:
+        """Verify started tasks; yields each lease with its result (or its
+        fault) as soon as it is ready, in any order. The inputs are read in
+        one call and the whole batch goes to the pool at once; one task's fault
+        never fails its neighbours."""
+        if not leases:
+            return
+        if self.task_inputs is None:
+            raise Unavailable("the tasks service is not configured (TASKS_ADDR)")
+        inputs = await self.task_inputs.get(leases)
+        prepared = await asyncio.gather(
+            *(self._prepare(item) for item in inputs), return_exceptions=True
+        )
+        ready = [
+            (item.lease, p[0], p[1])
+            for item, p in zip(inputs, prepared, strict=True)
+            if not isinstance(p, BaseException)
+        ]
+        futures = await self.pool.verify_many([request for _, _, request in ready])
+        runs = [
+            asyncio.ensure_future(self._finish(lease, key, future))
+            for (lease, key, _), future in zip(ready, futures, strict=True)
+        ]
+        faults = [
+            (item.lease, p)
+            for item, p in zip(inputs, prepared, strict=True)
+            if isinstance(p, Exception)
+        ]
+        try:
+            for lease, fault in faults:
+                yield lease, self._logged(lease, fault)
+            for done in asyncio.as_completed(runs):
+                yield await done
+        finally:
+            for run in runs:
+                run.cancel()
+
+    async def _prepare(self, item: TaskInput) -> tuple[str, VerificationRequest]:
+        if item.error is not None:
+            raise item.error
+        if item.request is None:
+            raise StaleAttempt("the tasks service returned no inputs for this attempt")
+        if item.lease.attempt < 1:
+            raise EvidenceMalformed("attempt", "a started task's attempt is 1 or more")
+        request = replace(item.request, task_id=item.lease.task_id)
+        key = self._key_for(request, item.lease.attempt)
+        return key, await self._with_evidence(request)
+
+    async def _finish(
+        self, lease: TaskLease, key: str, future: asyncio.Future[Report]
+    ) -> tuple[TaskLease, StoredVerification | Exception]:
+        try:
+            return lease, await self._store_once(await future, key, lease.attempt)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return lease, self._logged(lease, exc)
+
+    @staticmethod
+    def _logged(lease: TaskLease, exc: Exception) -> Exception:
+        if not isinstance(exc, DomainError):
+            log.error(
+                "verify.unexpected_error",
+                task_id=lease.task_id,
+                attempt=lease.attempt,
+                exc_info=exc,
+            )
+        return exc
+
+    def _key_for(self, request: VerificationRequest, attempt: int) -> str:
         if not request.task_id:
             raise EvidenceMalformed("task_id", "is required")
-        began = time.perf_counter()
-        if not request.evidence.quote:
-            if self.fetcher is None:
-                raise EvidenceMalformed("evidence", "no inline evidence and fetching is off")
-            evidence = await self.fetcher.fetch(request)
-            request = replace(request, evidence=evidence)
-        report = await self.pool.verify(request)
-        signed = sign_report(report, self.signing_key)
-        key = report_key(request.task_id)
+        return report_key(request.task_id, attempt)
+
+    async def _with_evidence(self, request: VerificationRequest) -> VerificationRequest:
+        if request.evidence.quote:
+            return request
+        if self.fetcher is None:
+            raise EvidenceMalformed("evidence", "no inline evidence and fetching is off")
+        return replace(request, evidence=await self.fetcher.fetch(request))
+
+    async def _store_once(self, report: Report, key: str, attempt: int) -> StoredVerification:
+        signed = sign_report(report, self.signing_key, attempt)
         try:
             # boto3 is blocking: keep it off the event loop.
-            await asyncio.to_thread(self.store.put, key, signed.body, signed.signature)
+            await asyncio.to_thread(self.store.create, key, signed.body, signed.signature)
+        except ReportExists:
+            # A repeat of this attempt (a redelivered job, a retried call): the
+            # first report stands, and its summary is the answer.
+            log.info("report.already_stored", key=key)
+            existing = await self._read(key)
+            return self._stored(existing.body, json.loads(existing.body), key, attempt, True)
         except Exception as exc:
             raise ReportStoreUnavailable(f"storing the report failed: {_describe(exc)}") from exc
-        metrics.verification_done(
-            [(c.name, c.status.value) for c in report.checks], time.perf_counter() - began
-        )
+        return self._stored(signed.body, signed.document, key, attempt, False)
+
+    def _stored(
+        self, body: bytes, document: dict[str, Any], key: str, attempt: int, found: bool
+    ) -> StoredVerification:
         return StoredVerification(
-            report=report,
+            document=document,
+            task_id=str(document.get("task_id", "")),
+            attempt=attempt,
             bucket=self.bucket,
             key=key,
-            filename=Path(key).name,
-            report_sha256=hashlib.sha256(signed.body).hexdigest(),
+            filename=PurePosixPath(key).name,
+            report_sha256=hashlib.sha256(body).hexdigest(),
+            already_stored=found,
         )
 
-    async def get_report(self, task_id: str) -> StoredReport:
+    async def _read(self, key: str) -> StoredReport:
+        try:
+            return await asyncio.to_thread(self.store.get, key)
+        except ReportNotFound:
+            raise
+        except Exception as exc:
+            raise ReportStoreUnavailable(f"reading the report failed: {_describe(exc)}") from exc
+
+    async def get_report(self, task_id: str, attempt: int = 0) -> StoredReport:
+        """The report of `attempt`, or (0) of the task's latest attempt."""
         if not task_id:
             raise EvidenceMalformed("task_id", "is required")
-        key = report_key(task_id)
-        return await asyncio.to_thread(self.store.get, key)
+        check_task_id(task_id)
+        if attempt < 0:
+            raise EvidenceMalformed("attempt", "must be 0 (the latest) or an attempt number")
+        if attempt:
+            key = report_key(task_id, attempt)
+        else:
+            try:
+                key = await asyncio.to_thread(self.store.latest_key, task_id)
+            except ReportNotFound:
+                raise
+            except Exception as exc:
+                raise ReportStoreUnavailable(
+                    f"listing the task's reports failed: {_describe(exc)}"
+                ) from exc
+        return await self._read(key)
 
     async def close(self) -> None:
         if self.fetcher is not None:

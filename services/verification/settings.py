@@ -32,6 +32,14 @@ class ReportStoreSettings:
     s3_access_key_id: str = field(default="", repr=False)
     s3_secret_access_key: str = field(default="", repr=False)
     s3_create_bucket: bool = False
+    # Server-side encryption asked of S3 on every PUT: "" (the bucket's
+    # default), "AES256" (SSE-S3) or "aws:kms" (SSE-KMS, with s3_sse_kms_key_id
+    # or the store's default key).
+    s3_sse: str = ""
+    s3_sse_kms_key_id: str = ""
+    # The local folder's key-encryption key (32 bytes): when set, each report
+    # file is envelope-encrypted (AES-256-GCM). Empty: files are plain JSON.
+    local_encryption_key: bytes = field(default=b"", repr=False)
 
     @property
     def uses_s3(self) -> bool:

@@ -221,6 +221,9 @@ class S3Server:
     access_key_id: str
     secret_access_key: str
     region: str = "us-east-1"
+    # The throwaway server's data folder (empty for a server from the
+    # environment): tests read the stored bytes to show encryption at rest.
+    data_dir: str = ""
 
 
 def _s3_answers(endpoint: str) -> bool:
@@ -269,11 +272,14 @@ def s3_server() -> Iterator[S3Server]:
         ],
         stdout=open(workdir / "weed.log", "wb"),  # noqa: SIM115 - closed with the process
         stderr=subprocess.STDOUT,
+        # SSE-S3 (S3_SSE=AES256) needs a key-encryption key; without one
+        # SeaweedFS answers such a PUT with InternalError.
+        env={**os.environ, "WEED_S3_SSE_KEK": os.urandom(32).hex()},
     )
     endpoint = f"http://127.0.0.1:{ports[3]}"
     try:
         _wait_for(lambda: _s3_answers(endpoint), "SeaweedFS S3", timeout=60)
-        yield S3Server(endpoint, "test-access-key", "test-secret-key")
+        yield S3Server(endpoint, "test-access-key", "test-secret-key", data_dir=str(workdir))
     finally:
         proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):

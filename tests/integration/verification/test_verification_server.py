@@ -1,25 +1,28 @@
-"""VerificationService over gRPC with its real stores: S3 over HTTP (SeaweedFS)
-and the embedded local folder; signed reports read back and checked offline."""
+"""The verification service over gRPC with its real stores: S3 over HTTP
+(SeaweedFS) and the embedded local folder. Verify (VerificationEngineService)
+writes each report once under its task and attempt; GetReport and
+GetSigningKey (VerificationService) read them back, checked offline."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import json_format
+from verifier.verification.v1 import engine_pb2_grpc, verification_pb2_grpc
 from verifier.verification.v1 import verification_pb2 as pb
-from verifier.verification.v1 import verification_pb2_grpc
 
 from services.verification.main import build_spec
 from services.verification.report import canonical_json, verify_report_signature
 from shared.config import Settings, load_settings
 from shared.grpc_client import create_channel
 from shared.grpc_server import RunningServer, start_server
-from tests.support.servers import S3Server
+from tests.support.servers import S3Server, free_port
 from tests.support.vectors import (
     dstack_app_id,
     dstack_compose_hash,
@@ -66,23 +69,38 @@ def _verify_request(task_id: str, **overrides: object) -> pb.VerifyRequest:
     return json_format.ParseDict(body, pb.VerifyRequest())
 
 
+@dataclass
+class Stubs:
+    """Both faces of one running verification service."""
+
+    public: verification_pb2_grpc.VerificationServiceStub
+    engine: engine_pb2_grpc.VerificationEngineServiceStub
+
+    # The public face's RPCs, so tests read `verification.GetReport(...)`.
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.public, name)
+
+
 @pytest.fixture(params=["s3", "local-folder"])
 async def verification(
     request: pytest.FixtureRequest, tmp_path: Path, s3: S3Server
-) -> AsyncIterator[verification_pb2_grpc.VerificationServiceStub]:
+) -> AsyncIterator[Stubs]:
     settings = _settings(tmp_path, s3 if request.param == "s3" else None)
     running: RunningServer = await start_server(build_spec(settings))
     try:
         async with create_channel(f"127.0.0.1:{running.port}") as channel:
-            yield verification_pb2_grpc.VerificationServiceStub(channel)
+            yield Stubs(
+                verification_pb2_grpc.VerificationServiceStub(channel),
+                engine_pb2_grpc.VerificationEngineServiceStub(channel),
+            )
     finally:
         await running.stop(1.0)
 
 
 async def test_verify_the_dstack_vector_passes_and_the_signed_report_reads_back(
-    verification: verification_pb2_grpc.VerificationServiceStub,
+    verification: Stubs,
 ) -> None:
-    response = await verification.Verify(_verify_request("task-vector-1"))
+    response = await verification.engine.Verify(_verify_request("task-vector-1", attempt=1))
     summary = response.summary
     assert summary.verdict == pb.VERDICT_PASSED, summary
     statuses = {c.check: c.status for c in summary.checks}
@@ -91,7 +109,8 @@ async def test_verify_the_dstack_vector_passes_and_the_signed_report_reads_back(
     assert statuses[pb.CHECK_SOURCE_CODE] == pb.CHECK_STATUS_PASSED
     assert statuses[pb.CHECK_TEE_CONTROLLED_KEY] == pb.CHECK_STATUS_SKIPPED
     assert summary.tcb_status == "UpToDate"
-    assert summary.s3_key == "reports/task-vector-1.json"
+    assert summary.s3_key == "reports/task-vector-1/1.json"
+    assert (summary.task_id, summary.attempt) == ("task-vector-1", 1)
 
     stored = await verification.GetReport(pb.GetReportRequest(task_id="task-vector-1"))
     key = await verification.GetSigningKey(pb.GetSigningKeyRequest())
@@ -125,7 +144,8 @@ async def test_report_names_the_key_that_signed_it_after_a_key_rotation(tmp_path
     try:
         async with create_channel(f"127.0.0.1:{first.port}") as channel:
             stub = verification_pb2_grpc.VerificationServiceStub(channel)
-            await stub.Verify(_verify_request("task-before-rotation"))
+            engine = engine_pb2_grpc.VerificationEngineServiceStub(channel)
+            await engine.Verify(_verify_request("task-before-rotation"))
             old_key = await stub.GetSigningKey(pb.GetSigningKeyRequest())
     finally:
         await first.stop(1.0)
@@ -145,9 +165,9 @@ async def test_report_names_the_key_that_signed_it_after_a_key_rotation(tmp_path
 
 
 async def test_a_wrong_compose_hash_is_a_failed_verdict_not_an_error(
-    verification: verification_pb2_grpc.VerificationServiceStub,
+    verification: Stubs,
 ) -> None:
-    response = await verification.Verify(
+    response = await verification.engine.Verify(
         _verify_request("task-wrong-compose", expectedComposeHash="00" * 32)
     )
     assert response.summary.verdict == pb.VERDICT_FAILED
@@ -165,19 +185,19 @@ async def test_a_wrong_compose_hash_is_a_failed_verdict_not_an_error(
     ],
 )
 async def test_malformed_evidence_is_invalid_argument_naming_the_field(
-    verification: verification_pb2_grpc.VerificationServiceStub,
+    verification: Stubs,
     evidence_change: dict[str, str],
     field: str,
 ) -> None:
     evidence = dstack_evidence_json() | evidence_change
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await verification.Verify(_verify_request("task-bad", evidence=evidence))
+        await verification.engine.Verify(_verify_request("task-bad", evidence=evidence))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in (caught.value.details() or "")
 
 
 async def test_report_of_an_unknown_task_is_not_found(
-    verification: verification_pb2_grpc.VerificationServiceStub,
+    verification: Stubs,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await verification.GetReport(pb.GetReportRequest(task_id="never-verified"))
@@ -185,3 +205,83 @@ async def test_report_of_an_unknown_task_is_not_found(
     with pytest.raises(grpc.aio.AioRpcError) as traversal:
         await verification.GetReport(pb.GetReportRequest(task_id="../../etc/passwd"))
     assert traversal.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_the_summary_is_signed_over_its_bytes_with_the_published_key(
+    verification: Stubs,
+) -> None:
+    response = await verification.engine.Verify(_verify_request("task-signed", attempt=2))
+    signed = response.signed_summary
+    key = await verification.GetSigningKey(pb.GetSigningKeyRequest())
+    assert signed.key_id == key.key_id
+    public = bytes.fromhex(key.public_key)
+    assert verify_report_signature(signed.summary, bytes.fromhex(signed.signature), public)
+    summary = pb.ReportSummary.FromString(signed.summary)
+    assert summary == response.summary
+    assert (summary.task_id, summary.attempt, summary.signing_key_id) == (
+        "task-signed",
+        2,
+        key.key_id,
+    )
+    forged = pb.ReportSummary()
+    forged.CopyFrom(summary)
+    forged.verdict = pb.VERDICT_FAILED
+    assert not verify_report_signature(
+        forged.SerializeToString(deterministic=True), bytes.fromhex(signed.signature), public
+    )
+
+
+async def test_a_second_verify_of_the_same_attempt_returns_the_first_report(
+    verification: Stubs,
+) -> None:
+    first = await verification.engine.Verify(_verify_request("task-twice", attempt=1))
+    # Other evidence for the same task and attempt: the stored report stands.
+    again = await verification.engine.Verify(
+        _verify_request("task-twice", attempt=1, expectedComposeHash="00" * 32)
+    )
+    assert again.summary == first.summary
+    assert again.summary.verdict == pb.VERDICT_PASSED
+    assert again.signed_summary == first.signed_summary
+    stored = await verification.GetReport(pb.GetReportRequest(task_id="task-twice", attempt=1))
+    assert json.loads(stored.canonical_json)["verdict"] == "passed"
+
+
+async def test_get_report_returns_the_latest_attempt_or_the_one_asked_for(
+    verification: Stubs,
+) -> None:
+    await verification.engine.Verify(_verify_request("task-retried", attempt=1))
+    await verification.engine.Verify(
+        _verify_request("task-retried", attempt=2, expectedComposeHash="00" * 32)
+    )
+    latest = await verification.GetReport(pb.GetReportRequest(task_id="task-retried"))
+    assert latest.s3_key == "reports/task-retried/2.json"
+    assert json.loads(latest.canonical_json)["verdict"] == "failed"
+    assert json.loads(latest.canonical_json)["attempt"] == 2
+    first = await verification.GetReport(pb.GetReportRequest(task_id="task-retried", attempt=1))
+    assert json.loads(first.canonical_json)["verdict"] == "passed"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await verification.GetReport(pb.GetReportRequest(task_id="task-retried", attempt=3))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_verify_is_not_on_the_public_service() -> None:
+    assert "Verify" not in pb.DESCRIPTOR.services_by_name["VerificationService"].methods_by_name
+
+
+async def test_store_faults_are_unavailable_for_get_report_and_verify(tmp_path: Path) -> None:
+    down = S3Server(f"http://127.0.0.1:{free_port()}", "test", "test")
+    running = await start_server(build_spec(_settings(tmp_path, down)))
+    try:
+        async with create_channel(f"127.0.0.1:{running.port}") as channel:
+            public = verification_pb2_grpc.VerificationServiceStub(channel)
+            engine = engine_pb2_grpc.VerificationEngineServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as report:
+                await public.GetReport(pb.GetReportRequest(task_id="task-1"))
+            with pytest.raises(grpc.aio.AioRpcError) as verify:
+                await engine.Verify(_verify_request("task-1", attempt=1))
+    finally:
+        await running.stop(1.0)
+    assert report.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "listing the task's reports failed" in (report.value.details() or "")
+    assert verify.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "storing the report failed" in (verify.value.details() or "")

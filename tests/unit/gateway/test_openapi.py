@@ -58,6 +58,8 @@ def test_internal_rpcs_without_http_rules_are_absent(document: dict[str, Any]) -
         "TaskService_StartTask",
         "QueueService_EnqueueTask",
         "VerificationService_Verify",
+        "VerificationEngineService_Verify",
+        "VerificationEngineService_VerifyTasks",
     } & (operation_ids)
 
 

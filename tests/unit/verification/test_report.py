@@ -7,10 +7,7 @@ import json
 import stat
 from pathlib import Path
 
-import pytest
-
 from services.verification.engine import VerificationEngine
-from services.verification.errors import EvidenceMalformed, ReportNotFound
 from services.verification.report import (
     canonical_json,
     key_id,
@@ -20,13 +17,6 @@ from services.verification.report import (
     sign_report,
     verify_report_signature,
 )
-from services.verification.report_store import (
-    LocalReportStore,
-    ReportStore,
-    S3ReportStore,
-    report_key,
-)
-from services.verification.settings import ReportStoreSettings
 
 from .support import quote_report_request
 
@@ -73,52 +63,9 @@ def test_signing_key_is_created_once_private_and_reloaded(tmp_path: Path) -> Non
     assert public_key_bytes(load_or_create_signing_key(path)) == public_key_bytes(first)
 
 
-def test_report_key_layout() -> None:
-    assert report_key("task-1") == "reports/task-1.json"
-    with pytest.raises(EvidenceMalformed):
-        report_key("../x")
-
-
-def _round_trip(store: ReportStore) -> None:
-    key = report_key("task-42")
-    store.put(key, b'{"verdict":"passed"}', b"\x01" * 64)
-    stored = store.get(key)
-    assert (stored.body, stored.signature, stored.content_type) == (
-        b'{"verdict":"passed"}',
-        b"\x01" * 64,
-        "application/json",
-    )
-    with pytest.raises(ReportNotFound):
-        store.get(report_key("task-43"))
-    with pytest.raises(ReportNotFound):
-        store.get("reports/../../etc/passwd")
-
-
-def test_local_store_round_trip_and_layout(tmp_path: Path) -> None:
-    store = LocalReportStore(tmp_path)
-    _round_trip(store)
-    assert (tmp_path / "reports/task-42.json").exists()
-    assert (tmp_path / "reports/task-42.json.sig").read_bytes() == b"\x01" * 64
-
-
-@pytest.mark.integration
-def test_s3_store_round_trip_over_http(s3_settings: ReportStoreSettings) -> None:
-    store = S3ReportStore(s3_settings)  # creates the bucket (s3_create_bucket=True)
-    _round_trip(store)
-    # Same layout as the folder store: the signature object sits beside the report.
-    sig = store.client.get_object(Bucket=s3_settings.s3_bucket, Key="reports/task-42.json.sig")
-    assert sig["Body"].read() == b"\x01" * 64
-
-
-@pytest.mark.integration
-def test_s3_store_with_signed_report(
-    s3_settings: ReportStoreSettings, engine: VerificationEngine, tmp_path: Path
-) -> None:
+def test_the_attempt_is_signed_with_the_report(engine: VerificationEngine, tmp_path: Path) -> None:
     key = load_or_create_signing_key(tmp_path / "k.pem")
-    report = engine.verify(quote_report_request())
-    signed = sign_report(report, key)
-    store = S3ReportStore(s3_settings)
-    object_key = report_key(report.task_id)
-    store.put(object_key, signed.body, signed.signature)
-    again = S3ReportStore(s3_settings).get(object_key)
-    assert verify_report_signature(again.body, again.signature, signed.public_key)
+    signed = sign_report(engine.verify(quote_report_request()), key, attempt=3)
+    assert json.loads(signed.body)["attempt"] == 3 == signed.document["attempt"]
+    replayed = signed.body.replace(b'"attempt":3', b'"attempt":4')
+    assert not verify_report_signature(replayed, signed.signature, signed.public_key)

@@ -1,0 +1,246 @@
+"""VerifyTasks over real sockets against a stand-in TaskWorkerService (the
+tasks service's GetTaskInputs): one streamed result per task, one input read
+per batch, the attempt fenced, each report written once.
+
+The stand-in serves only GetTaskInputs, from a table of leases; the
+integration and end-to-end tests use the real tasks service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from google.rpc import status_pb2
+from verifier.tasks.v1 import worker_pb2, worker_pb2_grpc
+from verifier.verification.v1 import engine_pb2, engine_pb2_grpc, verification_pb2_grpc
+from verifier.verification.v1 import verification_pb2 as pb
+
+from services.verification.main import build_spec
+from services.verification.report import verify_report_signature
+from shared.config import load_settings
+from shared.grpc_client import create_channel
+from shared.grpc_server import RunningServer, start_server
+from tests.support.servers import free_port
+from tests.support.vectors import (
+    DSTACK_EVALUATION_TIME_TEXT,
+    dstack_app_id,
+    dstack_compose_hash,
+    dstack_evidence_json,
+)
+
+OK = grpc.StatusCode.OK.value[0]
+CURRENT = {f"{i:08d}-0000-4000-8000-000000000000": 1 for i in range(1, 6)}
+STALE_TASK = "00000099-0000-4000-8000-000000000000"
+BAD_TASK = "00000098-0000-4000-8000-000000000000"
+
+
+def _request(task_id: str, attempt: int, **evidence: str) -> pb.VerifyRequest:
+    body = {
+        "taskId": task_id,
+        "attempt": attempt,
+        "appId": dstack_app_id(),
+        "appConfigType": "APP_CONFIG_TYPE_PHALA_CLOUD",
+        "flags": {
+            "hardware": True,
+            "os": True,
+            "sourceCode": True,
+            "teeControlledKey": False,
+            "certificateKey": False,
+        },
+        "evidence": dstack_evidence_json() | evidence,
+        "expectedComposeHash": dstack_compose_hash(),
+        "evaluationTime": DSTACK_EVALUATION_TIME_TEXT,
+    }
+    return json_format.ParseDict(body, pb.VerifyRequest(), ignore_unknown_fields=False)
+
+
+@dataclass
+class StandInTaskWorker(worker_pb2_grpc.TaskWorkerServiceServicer):
+    """Answers GetTaskInputs as the tasks service does: OK for a current
+    attempt, FAILED_PRECONDITION for a stale one, NOT_FOUND for no task."""
+
+    current: dict[str, int] = field(default_factory=lambda: dict(CURRENT))
+    calls: list[list[tuple[str, int]]] = field(default_factory=list)
+
+    async def GetTaskInputs(
+        self, request: worker_pb2.GetTaskInputsRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.GetTaskInputsResponse:
+        self.calls.append([(t.task_id, t.attempt) for t in request.tasks])
+        items = []
+        for task in request.tasks:
+            item = worker_pb2.TaskInput(task=task)
+            if task.task_id == BAD_TASK:
+                item.status.code = OK
+                item.request.CopyFrom(_request(task.task_id, task.attempt, quote="abc"))
+            elif task.task_id not in self.current and task.task_id != STALE_TASK:
+                item.status.CopyFrom(status_pb2.Status(code=5, message="no such task"))
+            elif self.current.get(task.task_id) != task.attempt:
+                item.status.CopyFrom(status_pb2.Status(code=9, message="stale attempt"))
+            else:
+                item.status.code = OK
+                item.request.CopyFrom(_request(task.task_id, task.attempt))
+            items.append(item)
+        return worker_pb2.GetTaskInputsResponse(tasks=items)
+
+
+@dataclass
+class Stack:
+    engine: engine_pb2_grpc.VerificationEngineServiceStub
+    public: verification_pb2_grpc.VerificationServiceStub
+    tasks: StandInTaskWorker
+    data_dir: Path
+
+
+@pytest.fixture()
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    stand_in = StandInTaskWorker()
+    tasks_server = grpc.aio.server()
+    worker_pb2_grpc.add_TaskWorkerServiceServicer_to_server(stand_in, tasks_server)
+    tasks_port = tasks_server.add_insecure_port("127.0.0.1:0")
+    await tasks_server.start()
+    settings = load_settings(
+        env={
+            "DATA_DIR": str(tmp_path),
+            "VERIFICATION_LISTEN_ADDR": "127.0.0.1:0",
+            "VERIFICATION_PROCESSES": "1",
+            "TASKS_ADDR": f"127.0.0.1:{tasks_port}",
+            "METRICS_ENABLED": "false",
+        }
+    )
+    running: RunningServer = await start_server(build_spec(settings))
+    try:
+        async with create_channel(f"127.0.0.1:{running.port}") as channel:
+            yield Stack(
+                engine_pb2_grpc.VerificationEngineServiceStub(channel),
+                verification_pb2_grpc.VerificationServiceStub(channel),
+                stand_in,
+                tmp_path,
+            )
+    finally:
+        await running.stop(1.0)
+        await tasks_server.stop(0)
+
+
+async def _verify(
+    stack: Stack, leases: list[tuple[str, int]]
+) -> dict[str, engine_pb2.VerifyTasksResponse]:
+    request = engine_pb2.VerifyTasksRequest(
+        tasks=[engine_pb2.TaskLease(task_id=t, attempt=a) for t, a in leases]
+    )
+    results = [item async for item in stack.engine.VerifyTasks(request)]
+    assert len(results) == len(leases)
+    return {item.task.task_id: item for item in results}
+
+
+def _reports(data_dir: Path) -> list[str]:
+    return sorted(
+        p.relative_to(data_dir).as_posix() for p in (data_dir / "reports").rglob("*.json")
+    )
+
+
+async def test_a_batch_streams_one_signed_result_per_task_from_one_input_read(
+    stack: Stack,
+) -> None:
+    leases = [(task_id, 1) for task_id in CURRENT]
+    results = await _verify(stack, leases)
+    assert stack.tasks.calls == [leases]  # one GetTaskInputs for the whole batch
+    key = await stack.public.GetSigningKey(pb.GetSigningKeyRequest())
+    for task_id, item in results.items():
+        assert item.status.code == OK, item.status
+        signed = item.signed_summary
+        assert signed.key_id == key.key_id
+        assert verify_report_signature(
+            signed.summary, bytes.fromhex(signed.signature), bytes.fromhex(key.public_key)
+        )
+        summary = pb.ReportSummary.FromString(signed.summary)
+        assert (summary.task_id, summary.attempt) == (task_id, 1)
+        assert summary.verdict == pb.VERDICT_PASSED
+        assert summary.s3_key == f"reports/{task_id}/1.json"
+        assert item.finished_at.seconds > 0
+    assert _reports(stack.data_dir) == sorted(f"reports/{t}/1.json" for t in CURRENT)
+
+
+async def test_one_bad_task_never_fails_its_neighbours(stack: Stack) -> None:
+    good = next(iter(CURRENT))
+    leases = [
+        (good, 1),
+        (STALE_TASK, 1),
+        (BAD_TASK, 1),
+        ("00000097-0000-4000-8000-000000000000", 1),
+    ]
+    results = await _verify(stack, leases)
+    assert results[good].status.code == OK
+    stale = results[STALE_TASK].status
+    assert stale.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "stale" in stale.message
+    unknown = results["00000097-0000-4000-8000-000000000000"].status
+    assert unknown.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    bad = results[BAD_TASK].status
+    assert bad.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "quote" in bad.message
+    # Only the good task has a report: a stale attempt never writes one.
+    assert _reports(stack.data_dir) == [f"reports/{good}/1.json"]
+
+
+async def test_a_repeated_batch_returns_the_stored_reports_and_overwrites_nothing(
+    stack: Stack,
+) -> None:
+    leases = [(task_id, 1) for task_id in list(CURRENT)[:2]]
+    first = await _verify(stack, leases)
+    files = {p: p.read_bytes() for p in (stack.data_dir / "reports").rglob("*.json")}
+    again = await _verify(stack, leases)
+    for task_id in first:
+        assert again[task_id].signed_summary == first[task_id].signed_summary
+    assert {p: p.read_bytes() for p in (stack.data_dir / "reports").rglob("*.json")} == files
+
+
+async def test_an_attempt_below_one_is_the_tasks_own_fault(stack: Stack) -> None:
+    task_id = next(iter(CURRENT))
+    stack.tasks.current[task_id] = 0
+    results = await _verify(stack, [(task_id, 0)])
+    status = results[task_id].status
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "attempt" in status.message
+
+
+async def test_too_many_tasks_is_invalid_argument_naming_the_field(stack: Stack) -> None:
+    request = engine_pb2.VerifyTasksRequest(
+        tasks=[engine_pb2.TaskLease(task_id=f"t{i}", attempt=1) for i in range(501)]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in stack.engine.VerifyTasks(request):
+            pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "tasks" in (caught.value.details() or "")
+
+
+async def test_tasks_service_down_makes_every_item_unavailable(tmp_path: Path) -> None:
+    settings = load_settings(
+        env={
+            "DATA_DIR": str(tmp_path),
+            "VERIFICATION_LISTEN_ADDR": "127.0.0.1:0",
+            "VERIFICATION_PROCESSES": "1",
+            "TASKS_ADDR": f"127.0.0.1:{free_port()}",
+            "CALL_TIMEOUT_SECONDS": "2",
+            "METRICS_ENABLED": "false",
+        }
+    )
+    running = await start_server(build_spec(settings))
+    try:
+        async with create_channel(f"127.0.0.1:{running.port}") as channel:
+            engine = engine_pb2_grpc.VerificationEngineServiceStub(channel)
+            request = engine_pb2.VerifyTasksRequest(
+                tasks=[engine_pb2.TaskLease(task_id=t, attempt=1) for t in list(CURRENT)[:3]]
+            )
+            results = [item async for item in engine.VerifyTasks(request)]
+    finally:
+        await running.stop(1.0)
+    assert len(results) == 3
+    for item in results:
+        assert item.status.code == grpc.StatusCode.UNAVAILABLE.value[0]
+        assert "GetTaskInputs" in item.status.message
+    assert not (tmp_path / "reports").exists()
