@@ -202,6 +202,13 @@ class Settings:
     # entry may be lost, e.g. Redis restarted without persistence); the queue's
     # EnqueueTask is idempotent per task, so a live entry is not duplicated.
     requeue_stale_after_seconds: float = field(default=900.0, metadata={"check": _check_positive})
+    # The scheduler: one pass every this many seconds creates the due apps' tasks.
+    scheduler_enabled: bool = True
+    scheduler_interval_seconds: float = field(default=30.0, metadata={"check": _check_positive})
+    scheduler_batch_size: int = field(default=500, metadata={"check": _check_positive})
+    # Phala Cloud app sync (off while the key is empty), every this many seconds.
+    phala_cloud_api_key: str = _secret()
+    app_sync_interval_seconds: float = field(default=3600.0, metadata={"check": _check_positive})
     # Deadline of one QueueService.EnqueueTask call from the tasks service.
     enqueue_timeout_seconds: float = field(default=2.0, metadata={"check": _check_positive})
 

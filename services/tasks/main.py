@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass
 
 import grpc
-from verifier.tasks.v1 import tasks_pb2_grpc
+from verifier.tasks.v1 import apps_pb2_grpc, tasks_pb2_grpc
 
 from shared import metrics
 from shared.config import Settings, add_config_arguments, settings_from_args
@@ -20,12 +20,19 @@ from shared.grpc_server import DependencyProbe, ServiceSpec, serve
 from shared.log import configure_logging, get_logger
 
 from . import migrate
+from .apps_server import SERVICE_NAME as APPS_SERVICE_NAME
+from .apps_server import AppServicer
+from .apps_service import AppsApp
+from .apps_store import AppStore
+from .apps_sync import AppSync, PhalaCloudApps
 from .dispatch import Dispatcher, GrpcQueueClient, QueueClient, Reconciler
 from .feed import ChangeFeed, PostgresListener
 from .model import Task
+from .scheduler import Scheduler
 from .server import SERVICE_NAME, TaskServicer
 from .service import TaskApp
-from .store import TaskStore, open_store
+from .store import TaskStore, async_url, open_store
+from .store_sqlite import SqliteTaskStore
 
 log = get_logger(__name__)
 
@@ -41,6 +48,8 @@ class TasksService:
     dispatcher: Dispatcher
     reconciler: Reconciler
     queue: QueueClient
+    apps: AppsApp
+    scheduler: Scheduler
 
 
 def database_url(settings: Settings) -> str:
@@ -76,16 +85,45 @@ def build_service(settings: Settings, *, queue: QueueClient | None = None) -> Ta
     )
     app = TaskApp(store, dispatcher, feed)
     app.on_finished = _count_finished
+    # SQLite has one writer: the apps share the task store's connection.
+    app_store = (
+        AppStore(store.engine)
+        if isinstance(store, SqliteTaskStore)
+        else AppStore.open(async_url(url), pool_size=4)
+    )
+    scheduler = Scheduler(
+        app_store,
+        app.create_once,
+        store.clock,
+        interval_seconds=settings.scheduler_interval_seconds,
+        batch_size=settings.scheduler_batch_size,
+    )
+    source = (
+        PhalaCloudApps(settings.phala_cloud_api_url, settings.phala_cloud_api_key)
+        if settings.phala_cloud_api_key
+        else None
+    )
+    sync = AppSync(app_store, source, store.clock, settings.app_sync_interval_seconds)
+    apps_app = AppsApp(app_store, store, scheduler, sync, store.clock)
     background = [dispatcher.run, reconciler.run]
+    if settings.scheduler_enabled:
+        background.append(scheduler.run)
+    if source is not None:
+        background.append(sync.run)
     if not is_sqlite:
         background.append(PostgresListener(url, feed).run)
 
+    async def close_apps() -> None:
+        if not isinstance(store, SqliteTaskStore):
+            await app_store.close()
+
     def register(server: grpc.aio.Server) -> None:
         tasks_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(app), server)
+        apps_pb2_grpc.add_AppServiceServicer_to_server(AppServicer(apps_app), server)
 
     spec = ServiceSpec(
         name="tasks",
-        service_names=[SERVICE_NAME],
+        service_names=[SERVICE_NAME, APPS_SERVICE_NAME],
         register=register,
         listen_addr=settings.tasks_listen_addr,
         probes=[
@@ -93,12 +131,14 @@ def build_service(settings: Settings, *, queue: QueueClient | None = None) -> Ta
             DependencyProbe("queue", queue_client.version, required=False),
         ],
         background=background,
-        on_stop=[store.close, queue_client.close],
+        on_stop=[close_apps, store.close, queue_client.close],
         health_probe_interval_seconds=settings.health_probe_interval_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         metrics_listen_addr=settings.tasks_metrics_listen_addr,
     )
-    return TasksService(spec, app, store, feed, dispatcher, reconciler, queue_client)
+    return TasksService(
+        spec, app, store, feed, dispatcher, reconciler, queue_client, apps_app, scheduler
+    )
 
 
 def _count_finished(task: Task) -> None:

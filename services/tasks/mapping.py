@@ -95,6 +95,14 @@ def app_config_type_from_proto(value: int, field: str = "app_config_type") -> Ap
     return kind
 
 
+def app_config_type_to_proto(kind: AppConfigType) -> verification_pb2.AppConfigType.ValueType:
+    return _TYPE_TO_PROTO[kind]
+
+
+def verdict_to_proto(verdict: str) -> verification_pb2.Verdict.ValueType:
+    return _VERDICT_TO_PROTO.get(verdict, verification_pb2.VERDICT_UNSPECIFIED)
+
+
 def view_from_proto(value: int) -> TaskView:
     if value in (tasks_pb2.TASK_VIEW_UNSPECIFIED, tasks_pb2.TASK_VIEW_BASIC):
         return TaskView.BASIC
@@ -264,6 +272,7 @@ def task_to_proto(task: Task, view: TaskView = TaskView.BASIC) -> tasks_pb2.Task
         tcb_status=task.tcb_status,
         expected_compose_hash=task.expected_compose_hash,
         has_evidence=task.has_evidence,
+        created_by=task.created_by,
     )
     dict_to_struct(task.app_metadata, message.app_metadata)
     flags_to_proto(task.verification_flags, message.verification_flags)

@@ -144,6 +144,8 @@ class NewTask:
     evidence: dict[str, str] | None
     expected_compose_hash: str
     evaluation_time: datetime | None
+    # "api" (a client's CreateTask) or "scheduler" (an app's schedule or trigger).
+    created_by: str = "api"
 
     @property
     def job_name(self) -> str:
@@ -184,6 +186,7 @@ class Task:
     has_evidence: bool
     # Only loaded for the FULL view and StartTask.
     evidence: dict[str, str] | None = None
+    created_by: str = "api"
 
 
 @dataclass(frozen=True)

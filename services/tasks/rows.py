@@ -59,6 +59,7 @@ def task_from_row(row: Row, with_evidence: bool = False) -> Task:
         finished_at=utc(row["finished_at"]),
         has_evidence=bool(row["has_evidence"]),
         evidence=(row["evidence"] if with_evidence else None),
+        created_by=row["created_by"],
     )
 
 
@@ -105,6 +106,7 @@ def new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
         "attempts": 0,
         "created_at": now,
         "updated_at": now,
+        "created_by": new.created_by,
     }
 
 

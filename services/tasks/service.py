@@ -41,6 +41,12 @@ class TaskApp:
         self.on_finished: Callable[[Task], None] | None = None
 
     async def create(self, new: NewTask) -> Task:
+        task, _ = await self.create_once(new)
+        return task
+
+    async def create_once(self, new: NewTask) -> tuple[Task, bool]:
+        """Create (or, for a known request_id, find) the task; returns it and
+        whether this call created it."""
         task, created = await self._insert(new)
         bind_task_id(task.id)
         if created:
@@ -50,7 +56,7 @@ class TaskApp:
             self.dispatcher.submit(task.id)
         else:
             log.info("task.create_replayed", request_id_key=new.request_id)
-        return task
+        return task, created
 
     async def get(self, task_id: str, view: TaskView) -> Task:
         task_id = validation.validate_task_id(task_id)

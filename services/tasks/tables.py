@@ -82,6 +82,8 @@ tasks = sa.Table(
     sa.Column("finished_at", UtcDateTime(), nullable=True),
     # When the queue last acknowledged the task (the reconciler's clock).
     sa.Column("enqueued_at", UtcDateTime(), nullable=True),
+    # "api" or "scheduler" (migration 0002_apps).
+    sa.Column("created_by", sa.String(16), nullable=False, server_default="api"),
 )
 
 task_events = sa.Table(
@@ -96,6 +98,45 @@ task_events = sa.Table(
     sa.Column("message", sa.Text(), nullable=False, server_default=""),
     sa.Column("request_id", sa.String(128), nullable=False, server_default=""),
     sa.Column("created_at", UtcDateTime(), nullable=False),
+)
+
+
+# Apps re-verified on a schedule (migration 0002_apps). `id` is the dstack app id.
+apps = sa.Table(
+    "apps",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(256), nullable=False, server_default=""),
+    sa.Column("app_config_type", sa.String(16), nullable=False),
+    sa.Column("contract_address", sa.String(42), nullable=False, server_default=""),
+    sa.Column("model_or_domain", sa.String(253), nullable=False, server_default=""),
+    sa.Column("verification_flags", sa.JSON(), nullable=False),
+    sa.Column("expected_compose_hash", sa.String(64), nullable=False, server_default=""),
+    sa.Column("interval_seconds", sa.Integer(), nullable=True),
+    sa.Column("retry_interval_seconds", sa.Integer(), nullable=True),
+    sa.Column("cron", sa.String(128), nullable=False, server_default=""),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("schedule_paused", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("source", sa.String(16), nullable=False),
+    # The latest task the scheduler (or a trigger) created; its row gives the status.
+    sa.Column("latest_task_id", TaskId, nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+# What retention removed: the audit trail of a task outlives its row (0002_apps).
+retention_audit = sa.Table(
+    "retention_audit",
+    metadata,
+    sa.Column("id", EventId, primary_key=True, autoincrement=True),
+    sa.Column("task_id", TaskId, nullable=False),
+    sa.Column("app_id", sa.String(128), nullable=False, server_default=""),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("s3_key", sa.String(1024), nullable=False, server_default=""),
+    sa.Column("reason", sa.String(256), nullable=False),
+    sa.Column("task_created_at", UtcDateTime(), nullable=False),
+    sa.Column("task_finished_at", UtcDateTime(), nullable=True),
+    sa.Column("removed_at", UtcDateTime(), nullable=False),
 )
 
 

@@ -303,6 +303,11 @@ def stack_env(
             "HEALTH_PROBE_INTERVAL_SECONDS": "0.5",
             "SHUTDOWN_GRACE_SECONDS": "5",
             "VERIFICATION_PROCESSES": "1",
+            # No fixed metrics ports in tests (a test that scrapes sets free ones).
+            "TASKS_METRICS_LISTEN_ADDR": "",
+            "QUEUE_METRICS_LISTEN_ADDR": "",
+            "VERIFICATION_METRICS_LISTEN_ADDR": "",
+            "WORKER_METRICS_LISTEN_ADDR": "",
         }
     )
     if s3 is not None:

@@ -50,6 +50,10 @@ def stack_settings(
         "verification_processes": 1,
         "log_level": "warning",
         "shutdown_grace_seconds": 2.0,
+        # No fixed metrics ports in tests.
+        "tasks_metrics_listen_addr": "",
+        "queue_metrics_listen_addr": "",
+        "verification_metrics_listen_addr": "",
     }
     for name, port in ports.items():
         values[f"{name}_listen_addr"] = f"127.0.0.1:{port}"

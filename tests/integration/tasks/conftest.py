@@ -136,6 +136,7 @@ async def start_harness(
         # The reconciler stays out of the way unless a test asks for it.
         "RECONCILE_AFTER_SECONDS": "3600",
         "RECONCILE_INTERVAL_SECONDS": "3600",
+        "TASKS_METRICS_LISTEN_ADDR": "",
         **overrides,
     }
     # Port 0 (any free port) is for tests only, so it bypasses the config check.
