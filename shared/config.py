@@ -17,6 +17,7 @@ import argparse
 import base64
 import binascii
 import dataclasses
+import ipaddress
 import json
 import os
 import sys
@@ -114,6 +115,24 @@ def key_bytes(text: str) -> bytes:
 def _check_key_text(value: Any) -> None:
     if value:
         key_bytes(str(value))
+
+
+def _check_cidrs(value: Any) -> None:
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"not a CIDR network: {item!r}") from None
+
+
+def _check_hex_list(value: Any) -> None:
+    for item in value:
+        text = str(item).lower().removeprefix("0x")
+        try:
+            if not text or len(bytes.fromhex(text)) > 1024:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"not a hex public key: {item!r}") from None
 
 
 def _check_choice(*choices: str) -> Callable[[Any], None]:
@@ -248,18 +267,37 @@ class Settings:
     )
     doh_url: str = field(default="", metadata={"check": _check_url("http", "https")})
     ct_log_url: str = field(default="", metadata={"check": _check_url("http", "https")})
+    # Bare base URL; the path /api/v1/apps/{app_id}/attestations is added once.
     phala_cloud_api_url: str = field(
-        default="https://cloud-api.phala.network/api/v1",
+        default="https://cloud-api.phala.com",
         metadata={"check": _check_url("http", "https")},
     )
+    # Bare base URL; the path /v1/attestation/report is added once.
     redpill_api_url: str = field(
-        default="https://api.redpill.ai/v1", metadata={"check": _check_url("http", "https")}
+        default="https://api.redpill.ai", metadata={"check": _check_url("http", "https")}
     )
+    # Bearer token for the redpill attestation API.
+    redpill_api_key: str = _secret()
     fetch_timeout_seconds: float = field(default=10.0, metadata={"check": _check_positive})
-    # Host patterns (fnmatch) evidence fetchers may reach.
-    allowed_fetch_hosts: tuple[str, ...] = ("*.phala.network", "*.redpill.ai", "*.dstack.org")
-    # Allow fetching from loopback/private addresses (tests only).
-    allow_private_fetch: bool = False
+    # Host patterns (fnmatch) evidence fetchers may reach; the defaults name the
+    # hosts of the default URLs.
+    allowed_fetch_hosts: tuple[str, ...] = (
+        "cloud-api.phala.com",
+        "cloud-api.phala.network",
+        "*.phala.network",
+        "api.redpill.ai",
+        "cloudflare-dns.com",
+        "dns.google",
+        "crt.sh",
+    )
+    # CIDRs (comma-separated) a fetch may reach although not globally routable,
+    # e.g. a PCCS or an API mirror inside the cluster. Empty: public addresses only.
+    fetch_allow_private_networks: tuple[str, ...] = field(
+        default=(), metadata={"check": _check_cidrs}
+    )
+    # KMS CA public keys (SubjectPublicKeyInfo DER, hex, comma-separated) trusted
+    # as the app's key provider without a quote in the evidence.
+    trusted_kms_ca_pubkeys: tuple[str, ...] = field(default=(), metadata={"check": _check_hex_list})
     # Ed25519 key that signs reports (PEM, PKCS#8). Empty: data_dir/signing_key.pem.
     signing_key_path: str = ""
     # Processes verifying quotes; 0 means one per core.

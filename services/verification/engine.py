@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -34,6 +36,7 @@ from .model import (
     CHECK_ORDER,
     CheckResult,
     CheckStatus,
+    Evidence,
     Report,
     VerificationFlags,
     VerificationRequest,
@@ -61,6 +64,45 @@ _NOT_ENABLED = {
     name: CheckResult(name, CheckStatus.SKIPPED, "not enabled for this task")
     for name in CHECK_ORDER
 }
+
+
+def request_summary(request: VerificationRequest) -> dict[str, Any]:
+    return {
+        "task_id": request.task_id,
+        "app_id": request.app_id,
+        "app_config_type": request.app_config_type,
+        "model_or_domain": request.model_or_domain,
+        "contract_address": request.contract_address,
+        "expected_compose_hash": request.expected_compose_hash,
+        "flags": flags_to_dict(request.flags),
+    }
+
+
+@dataclass
+class PartRun:
+    """One part's verification: its results (all checks, in order) and what they used."""
+
+    part: str
+    results: list[CheckResult]
+    outcomes: dict[str, Outcome]
+    evidence: Evidence
+    parsed: ParsedQuote
+    attested: AttestedQuote | None
+    attestation_problem: str
+    timings: dict[str, float]
+
+    def quote_summary(self) -> dict[str, Any]:
+        # Verified fields when dcap-qvl verified the quote; otherwise the parsed
+        # ones, clearly marked, so a reader can still see what was presented.
+        parsed, attested = self.parsed, self.attested
+        return {
+            "version": parsed.version,
+            "tee_type": "TDX" if parsed.is_tdx else "SGX",
+            "body_type": parsed.body_type,
+            "signed_length": parsed.signed_length,
+            "verified": attested is not None,
+            "fields": dict(attested.fields) if attested else dict(parsed.fields),
+        }
 
 
 def check_flags(flags: VerificationFlags) -> None:
@@ -115,13 +157,15 @@ class VerificationEngine:
             "ct_log": lambda c: check_ct_log(c, self.web_fetcher, s.ct_log_url),
         }
 
-    def _collateral_text(self, request: VerificationRequest) -> tuple[str | None, str]:
+    def _collateral_text(
+        self, quote: bytes, inline: str | None, at: datetime
+    ) -> tuple[str | None, str]:
         """Inline collateral first, then the store; (text, why-missing)."""
-        if request.evidence.collateral:
-            return request.evidence.collateral, ""
+        if inline:
+            return inline, ""
         try:
-            key = QuoteCollateralKey.of_quote(request.evidence.quote)
-            found: CollateralBundle | None = self.collateral_store.find(key, request.evaluated_at)
+            key = QuoteCollateralKey.of_quote(quote)
+            found: CollateralBundle | None = self.collateral_store.find(key, at)
         except CollateralExpired as exc:
             return None, exc.message
         if found is None:
@@ -170,13 +214,73 @@ class VerificationEngine:
         return verify
 
     def verify(self, request: VerificationRequest) -> Report:
-        """Verify one request. Raises EvidenceMalformed for unreadable evidence."""
+        """Verify one request. Raises EvidenceMalformed for unreadable evidence.
+
+        The verdict is decided here and only here: it passes only when every
+        enabled check of every part passed.
+        """
+        check_flags(request.flags)
+        if request.expected_compose_hash:
+            decode_hex(request.expected_compose_hash, "expected_compose_hash", expected_len=32)
+        if request.chain is not None:
+            return self._verify_chain(request)
+        started = time.perf_counter()
+        run = self.verify_part(request, request.flags.enabled())
+        results = run.results
+        enabled = set(request.flags.enabled())
+        verdict_ok = bool(enabled) and all(r.passed for r in results if r.name in enabled)
+        run.timings["total"] = (time.perf_counter() - started) * 1000
+        return Report(
+            task_id=request.task_id,
+            verdict="passed" if verdict_ok else "failed",
+            checks=tuple(results),
+            quote=run.quote_summary(),
+            tcb_status=run.attested.tcb_status if run.attested else "",
+            advisory_ids=run.attested.advisory_ids if run.attested else (),
+            evidence_digests=self._digests(request, run.parsed),
+            timings_ms=run.timings,
+            verifier_version=VERIFIER_VERSION,
+            evaluated_at=request.evaluated_at,
+            request=request_summary(request),
+        )
+
+    def _verify_chain(self, request: VerificationRequest) -> Report:
+        from .chain_verify import aggregate, run_chain
+
+        started = time.perf_counter()
+        run = run_chain(self, request)
+        enabled = request.flags.enabled()
+        # Every enabled check of every part, the links included (chain_verify puts
+        # them on the parts' source_code), and at least one part.
+        verdict_ok = bool(enabled and run.part_results) and all(r.passed for r in run.part_results)
+        first = run.runs[0] if run.runs else None
+        app = next((r for r in run.runs if r.part.startswith("app")), first)
+        timings = dict(run.timings)
+        timings["total"] = (time.perf_counter() - started) * 1000
+        return Report(
+            task_id=request.task_id,
+            verdict="passed" if verdict_ok else "failed",
+            checks=tuple(aggregate(run.part_results, enabled)),
+            quote=app.quote_summary() if app else {},
+            tcb_status=app.attested.tcb_status if app and app.attested else "",
+            advisory_ids=app.attested.advisory_ids if app and app.attested else (),
+            evidence_digests=evidence_digests(app.evidence, app.parsed) if app else {},
+            timings_ms=timings,
+            verifier_version=VERIFIER_VERSION,
+            evaluated_at=request.evaluated_at,
+            request=request_summary(request),
+            part_checks=tuple(run.part_results),
+            parts=tuple(run.parts),
+            chain=run.chain,
+        )
+
+    def verify_part(
+        self, request: VerificationRequest, checks: list[str], part: str = ""
+    ) -> PartRun:
+        """Run `checks` over `request.evidence`; the others are reported not enabled."""
         started = time.perf_counter()
         evidence = request.evidence
         validate_evidence(evidence)
-        if request.expected_compose_hash:
-            decode_hex(request.expected_compose_hash, "expected_compose_hash", expected_len=32)
-        check_flags(request.flags)
         parsed = parse_quote(evidence.quote)
         events: list[Event] | None = (
             parse_event_log(evidence.event_log) if evidence.event_log is not None else None
@@ -186,13 +290,9 @@ class VerificationEngine:
         # Verify the quote once, whether or not the hardware check is enabled:
         # every quote-dependent check needs the verified fields.
         t0 = time.perf_counter()
-        attested: AttestedQuote | None = None
-        bundle: CollateralBundle | None = None
-        collateral_text, problem = self._collateral_text(request)
-        if collateral_text is not None:
-            attested, problem, bundle = attest(
-                evidence.quote, parsed, collateral_text, request.evaluated_at
-            )
+        attested, problem, bundle = self.attest_quote(
+            evidence.quote, parsed, evidence.collateral, request.evaluated_at
+        )
         timings["attestation"] = (time.perf_counter() - t0) * 1000
 
         ctx = CheckContext(
@@ -204,8 +304,9 @@ class VerificationEngine:
             events=events,
             verify_quote=self._quote_verifier(request),
         )
-        enabled = set(request.flags.enabled())
+        enabled = set(checks)
         results: list[CheckResult] = []
+        outcomes: dict[str, Outcome] = {}
         for name in CHECK_ORDER:
             if name not in enabled:
                 results.append(_NOT_ENABLED[name])
@@ -214,56 +315,33 @@ class VerificationEngine:
             outcome = self._checks[name](ctx)
             elapsed = (time.perf_counter() - t0) * 1000
             timings[name] = elapsed
+            outcomes[name] = outcome
             results.append(
-                CheckResult(name, outcome.status, outcome.reason, outcome.details, elapsed)
+                CheckResult(name, outcome.status, outcome.reason, outcome.details, elapsed, part)
             )
-        verdict_ok = bool(enabled) and all(r.passed for r in results if r.name in enabled)
-        timings["total"] = (time.perf_counter() - started) * 1000
-        return Report(
-            task_id=request.task_id,
-            verdict="passed" if verdict_ok else "failed",
-            checks=tuple(results),
-            quote=self._quote_summary(parsed, attested),
-            tcb_status=attested.tcb_status if attested else "",
-            advisory_ids=attested.advisory_ids if attested else (),
-            evidence_digests=self._digests(request, parsed),
-            timings_ms=timings,
-            verifier_version=VERIFIER_VERSION,
-            evaluated_at=request.evaluated_at,
-            request={
-                "task_id": request.task_id,
-                "app_id": request.app_id,
-                "app_config_type": request.app_config_type,
-                "model_or_domain": request.model_or_domain,
-                "contract_address": request.contract_address,
-                "expected_compose_hash": request.expected_compose_hash,
-                "flags": flags_to_dict(request.flags),
-            },
-        )
+        return PartRun(part, results, outcomes, evidence, parsed, attested, problem, timings)
 
-    @staticmethod
-    def _quote_summary(parsed: ParsedQuote, attested: AttestedQuote | None) -> dict[str, Any]:
-        # Verified fields when dcap-qvl verified the quote; otherwise the parsed
-        # ones, clearly marked, so a reader can still see what was presented.
-        summary: dict[str, Any] = {
-            "version": parsed.version,
-            "tee_type": "TDX" if parsed.is_tdx else "SGX",
-            "body_type": parsed.body_type,
-            "signed_length": parsed.signed_length,
-            "verified": attested is not None,
-        }
-        summary["fields"] = dict(attested.fields) if attested else dict(parsed.fields)
-        return summary
+    def attest_quote(
+        self, quote: bytes, parsed: ParsedQuote, inline_collateral: str | None, at: datetime
+    ) -> tuple[AttestedQuote | None, str, CollateralBundle | None]:
+        """dcap-qvl's verdict on `quote` at `at`: (attested, problem, collateral used)."""
+        collateral_text, problem = self._collateral_text(quote, inline_collateral, at)
+        if collateral_text is None:
+            return None, problem, None
+        return attest(quote, parsed, collateral_text, at)
 
     @staticmethod
     def _digests(request: VerificationRequest, parsed: ParsedQuote) -> dict[str, str]:
-        e = request.evidence
-        digests = {
-            "quote_sha256": signed_quote_digest(e.quote, parsed),
-            "event_log_sha256": _sha256(e.event_log),
-            "vm_config_sha256": _sha256(e.vm_config),
-            "app_compose_sha256": _sha256(e.app_compose),
-            "certificate_chain_sha256": _sha256(e.certificate_chain),
-            "collateral_sha256": _collateral_sha256(e.collateral) if e.collateral else None,
-        }
-        return {k: v for k, v in digests.items() if v is not None}
+        return evidence_digests(request.evidence, parsed)
+
+
+def evidence_digests(e: Evidence, parsed: ParsedQuote) -> dict[str, str]:
+    digests = {
+        "quote_sha256": signed_quote_digest(e.quote, parsed),
+        "event_log_sha256": _sha256(e.event_log),
+        "vm_config_sha256": _sha256(e.vm_config),
+        "app_compose_sha256": _sha256(e.app_compose),
+        "certificate_chain_sha256": _sha256(e.certificate_chain),
+        "collateral_sha256": _collateral_sha256(e.collateral) if e.collateral else None,
+    }
+    return {k: v for k, v in digests.items() if v is not None}

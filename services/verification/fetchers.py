@@ -17,7 +17,7 @@ import json
 import re
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,26 +25,38 @@ import httpx
 
 from shared.attestation import PHALA_CLOUD_APP_ID, REDPILL_MODEL
 
+from .chain import ChainEvidence, instance_part
 from .errors import FetchFailed, FetchNotAllowed, FetchRejected
 from .evidence import evidence_from_dict
 from .model import Evidence, VerificationRequest
+from .phala_cloud import attestations_url, maybe_json, parse_system_info
 from .settings import VerificationSettings
 
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
 
-def _forbidden_address(address: str) -> bool:
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# IPv6 prefixes that carry an IPv4 address a router may reach on our behalf:
+# 6to4 (2002::/16, which Python 3.11 counts as global) and NAT64 (64:ff9b::/96).
+_SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _forbidden_address(address: str, allowed: tuple[Network, ...] = ()) -> bool:
+    """True unless the address is globally routable (is_global) or inside an
+    explicitly allowed network. 100.64.0.0/10 (shared space: 100.100.100.200 is
+    a cloud metadata address), private, loopback, link-local, 6to4 ... are refused."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
+    if any(ip in network for network in allowed if network.version == ip.version):
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _SIX_TO_FOUR:
+            return True
+        if ip in _NAT64:
+            return _forbidden_address(str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)), allowed)
+    return not ip.is_global or ip.is_multicast
 
 
 Resolver = Callable[[str], Awaitable[list[str]]]
@@ -79,11 +91,13 @@ class UrlGuard:
     def __init__(
         self,
         patterns: tuple[str, ...],
-        allow_private: bool = False,
+        private_networks: tuple[str, ...] = (),
         resolve: Resolver = _system_resolve,
     ) -> None:
         self.patterns = tuple(p.lower() for p in patterns)
-        self.allow_private = allow_private
+        self.private_networks: tuple[Network, ...] = tuple(
+            ipaddress.ip_network(n, strict=False) for n in private_networks
+        )
         self._resolve = resolve
 
     def _host(self, url: str) -> str:
@@ -98,12 +112,12 @@ class UrlGuard:
         return host
 
     def _check_addresses(self, host: str, addresses: list[str]) -> None:
-        if self.allow_private:
-            return
-        bad = [a for a in addresses if _forbidden_address(a)]
+        bad = [a for a in addresses if _forbidden_address(a, self.private_networks)]
         if bad or not addresses:
             raise FetchNotAllowed(
-                f"host {host} resolves to a loopback/private/link-local address", field="url"
+                f"host {host} resolves to {', '.join(bad) or 'no address'}, which is not "
+                "globally routable (FETCH_ALLOW_PRIVATE_NETWORKS can allow a network)",
+                field="url",
             )
 
     async def check(self, url: str) -> str:
@@ -132,16 +146,6 @@ def _decode_json(body: bytes, url: str) -> Any:
         raise FetchRejected(f"{url} did not answer JSON") from None
 
 
-def _maybe_json(value: Any) -> Any:
-    """Fields the dstack APIs sometimes deliver as JSON text."""
-    if isinstance(value, str) and value[:1] in ("{", "["):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value
-
-
 class EvidenceFetcher:
     """Fetches Evidence for a task by app_config_type (async, httpx)."""
 
@@ -152,7 +156,9 @@ class EvidenceFetcher:
         resolve: Resolver = _system_resolve,
     ) -> None:
         self.settings = settings
-        self.guard = UrlGuard(settings.allowed_fetch_hosts, settings.allow_private_fetch, resolve)
+        self.guard = UrlGuard(
+            settings.allowed_fetch_hosts, settings.fetch_allow_private_networks, resolve
+        )
         # Redirects are not followed: a redirect could lead past the guard.
         self._client = client or httpx.AsyncClient(
             timeout=settings.fetch_timeout_seconds, follow_redirects=False
@@ -189,7 +195,7 @@ class EvidenceFetcher:
             raise FetchFailed(f"{url}: {type(exc).__name__}: {exc}") from None
         return _decode_json(b"".join(chunks), url)
 
-    async def fetch(self, request: VerificationRequest) -> Evidence:
+    async def fetch(self, request: VerificationRequest) -> Evidence | ChainEvidence:
         if request.app_config_type == "phala_cloud":
             return await self.fetch_phala_cloud(request.app_id, request.model_or_domain)
         if request.app_config_type == "redpill":
@@ -199,27 +205,27 @@ class EvidenceFetcher:
             field="app_config_type",
         )
 
-    async def fetch_phala_cloud(self, app_id: str, domain: str = "") -> Evidence:
+    async def fetch_phala_cloud(self, app_id: str, domain: str = "") -> ChainEvidence:
+        """The app's whole chain: its instances, its KMS and its gateway."""
         if not PHALA_CLOUD_APP_ID.match(app_id):
             raise FetchNotAllowed("app_id must be hex", field="app_id")
         app_id = app_id.lower().removeprefix("0x")
-        base = self.settings.phala_cloud_api_url.rstrip("/")
-        doc = await self._get_json(f"{base}/api/v1/apps/{app_id}/attestations")
-        instances = doc.get("instances") if isinstance(doc, dict) else None
-        running = [i for i in instances or [] if isinstance(i, dict) and i.get("quote")]
-        if not running:
-            raise FetchRejected(f"app {app_id} has no running instance with a quote")
-        instance = running[0]
-        tcb_info = _maybe_json(instance.get("tcb_info")) or {}
-        event_log = instance.get("eventlog") or (
-            tcb_info.get("event_log") if isinstance(tcb_info, dict) else None
-        )
-        evidence: dict[str, Any] = {"quote": instance["quote"], "event_log": event_log}
-        if isinstance(tcb_info, dict) and isinstance(tcb_info.get("app_compose"), str):
-            evidence["app_compose"] = tcb_info["app_compose"]
-        if domain:
-            evidence.update(await self._app_info(app_id, domain))
-        return evidence_from_dict(evidence)
+        doc = await self._get_json(attestations_url(self.settings.phala_cloud_api_url, app_id))
+        chain = parse_system_info(doc, app_id)
+        if domain and chain.instances:
+            # The app's own Info endpoint answers for one instance: its certificate
+            # and VM shape go to that instance (by instance id, else the first).
+            info = await self._app_info(app_id, domain)
+            instance_id = str(info.pop("instance_id", ""))
+            instances = list(chain.instances)
+            target = next(
+                (i for i, p in enumerate(instances) if p.part == instance_part(instance_id)), 0
+            )
+            part = instances[target]
+            fields = {k: v for k, v in info.items() if getattr(part.evidence, k) is None}
+            instances[target] = replace(part, evidence=replace(part.evidence, **fields))
+            chain = replace(chain, instances=tuple(instances))
+        return chain
 
     async def _app_info(self, app_id: str, domain: str) -> dict[str, Any]:
         domain = domain.lower().rstrip(".")
@@ -230,7 +236,7 @@ class EvidenceFetcher:
         if not isinstance(info, dict):
             raise FetchRejected(f"{url} did not answer an object")
         out: dict[str, Any] = {}
-        tcb_info = _maybe_json(info.get("tcb_info"))
+        tcb_info = maybe_json(info.get("tcb_info"))
         if isinstance(tcb_info, dict) and isinstance(tcb_info.get("app_compose"), str):
             out["app_compose"] = tcb_info["app_compose"]
         vm_config = info.get("vm_config")
@@ -238,6 +244,8 @@ class EvidenceFetcher:
             out["vm_config"] = vm_config if isinstance(vm_config, str) else json.dumps(vm_config)
         if isinstance(info.get("app_cert"), str) and info["app_cert"]:
             out["certificate_chain"] = info["app_cert"]
+        if isinstance(info.get("instance_id"), str):
+            out["instance_id"] = info["instance_id"]
         return out
 
     async def fetch_redpill(self, model: str) -> Evidence:
@@ -250,10 +258,10 @@ class EvidenceFetcher:
         doc = await self._get_json(f"{base}/v1/attestation/report", {"model": model}, headers)
         if not isinstance(doc, dict) or not isinstance(doc.get("intel_quote"), str):
             raise FetchRejected("redpill attestation report has no intel_quote")
-        info = _maybe_json(doc.get("info")) or {}
+        info = maybe_json(doc.get("info")) or {}
         evidence: dict[str, Any] = {"quote": doc["intel_quote"], "event_log": doc.get("event_log")}
         if isinstance(info, dict):
-            tcb_info = _maybe_json(info.get("tcb_info"))
+            tcb_info = maybe_json(info.get("tcb_info"))
             if isinstance(tcb_info, dict) and isinstance(tcb_info.get("app_compose"), str):
                 evidence["app_compose"] = tcb_info["app_compose"]
             if info.get("vm_config"):

@@ -144,6 +144,16 @@ def _struct(document: dict[str, Any]) -> struct_pb2.Struct:
     return struct
 
 
+def _check_to_proto(check: dict[str, Any]) -> pb.CheckResult:
+    return pb.CheckResult(
+        check=_CHECKS[check["name"]],
+        status=_CHECK_STATUSES[check["status"]],
+        reason=check.get("reason", ""),
+        details=_struct(check.get("details") or {}),
+        part=check.get("part", ""),
+    )
+
+
 def summary_to_proto(stored: StoredVerification) -> pb.ReportSummary:
     """From the signed document itself, so a report found stored and one just
     written give the same summary."""
@@ -152,15 +162,9 @@ def summary_to_proto(stored: StoredVerification) -> pb.ReportSummary:
     evaluated_at.FromJsonString(str(doc["evaluated_at"]))
     return pb.ReportSummary(
         verdict=pb.VERDICT_PASSED if doc.get("verdict") == "passed" else pb.VERDICT_FAILED,
-        checks=[
-            pb.CheckResult(
-                check=_CHECKS[check["name"]],
-                status=_CHECK_STATUSES[check["status"]],
-                reason=check.get("reason", ""),
-                details=_struct(check.get("details") or {}),
-            )
-            for check in doc.get("checks", [])
-        ],
+        checks=[_check_to_proto(check) for check in doc.get("checks", [])],
+        # A trust chain's every part (each naming its part); empty for one quote.
+        part_checks=[_check_to_proto(check) for check in doc.get("part_checks", [])],
         tcb_status=doc.get("tcb_status", ""),
         advisory_ids=list(doc.get("advisory_ids", [])),
         evaluated_at=evaluated_at,

@@ -5,9 +5,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from shared.attestation import CHECK_NAMES
+
+if TYPE_CHECKING:
+    from .chain import ChainEvidence
 
 AppConfigType = Literal["redpill", "phala_cloud", ""]
 
@@ -69,19 +72,25 @@ class CheckResult:
     reason: str
     details: dict[str, Any] = field(default_factory=dict)
     duration_ms: float = 0.0
+    # Which attested part it is about ("app/instance:<id>", "kms", "gateway"); ""
+    # for a single-quote verification, or for a check's result over all parts.
+    part: str = ""
 
     @property
     def passed(self) -> bool:
         return self.status is CheckStatus.PASSED
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "status": self.status.value,
             "reason": self.reason,
             "details": self.details,
             "duration_ms": round(self.duration_ms, 3),
         }
+        if self.part:
+            out["part"] = self.part
+        return out
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,12 @@ class VerificationRequest:
     contract_address: str = ""
     flags: VerificationFlags = field(default_factory=VerificationFlags)
     expected_compose_hash: str = ""
+    # The app's whole trust chain (phala_cloud): when set, every part is verified
+    # and `evidence` is unused.
+    chain: ChainEvidence | None = None
+    # KMS CA public keys (SPKI DER, hex) trusted for this request besides the
+    # configured ones (the CLI's --kms-ca-pubkey).
+    trusted_kms_ca_pubkeys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.evaluated_at.tzinfo is None or self.evaluated_at.utcoffset() is None:
@@ -118,6 +133,12 @@ class Report:
     verifier_version: str
     evaluated_at: datetime
     request: dict[str, Any] = field(default_factory=dict)
+    # A trust chain's every part's results (each with its `part`); `checks` then
+    # holds each check's result over all parts.
+    part_checks: tuple[CheckResult, ...] = ()
+    # A trust chain's parts: each one's verdict, quote summary and digests, and the links.
+    parts: tuple[dict[str, Any], ...] = ()
+    chain: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -142,7 +163,15 @@ class Report:
             "verifier_version": self.verifier_version,
             "evaluated_at": self.evaluated_at.isoformat().replace("+00:00", "Z"),
             "request": self.request,
-        }
+        } | (
+            {
+                "part_checks": [c.to_dict() for c in self.part_checks],
+                "parts": list(self.parts),
+                "chain": self.chain,
+            }
+            if self.parts
+            else {}
+        )
 
 
 def flags_to_dict(flags: VerificationFlags) -> dict[str, bool]:

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from shared.errors import DomainError, FailedPrecondition, Unavailable
 from shared.log import get_logger
 
+from .chain import with_fetched
 from .errors import EvidenceMalformed, ReportNotFound
 from .fetchers import EvidenceFetcher
 from .model import Report, VerificationRequest
@@ -215,7 +216,7 @@ class VerificationService:
             return request
         if self.fetcher is None:
             raise EvidenceMalformed("evidence", "no inline evidence and fetching is off")
-        return replace(request, evidence=await self.fetcher.fetch(request))
+        return with_fetched(request, await self.fetcher.fetch(request))
 
     async def _store_once(self, report: Report, key: str, attempt: int) -> StoredVerification:
         signed = sign_report(report, self.signing_key, attempt)

@@ -21,6 +21,18 @@ MAX_SMALL_FIELD_BYTES = 4 * 1024
 MAX_ACME_INFO_BYTES = 2 * 1024 * 1024
 
 
+# The hosts the default URLs name, and the app endpoints under Phala's domains.
+DEFAULT_ALLOWED_FETCH_HOSTS: tuple[str, ...] = (
+    "cloud-api.phala.com",
+    "cloud-api.phala.network",
+    "*.phala.network",
+    "api.redpill.ai",
+    "cloudflare-dns.com",
+    "dns.google",
+    "crt.sh",
+)
+
+
 @dataclass(frozen=True)
 class ReportStoreSettings:
     """Where signed reports go: a local folder (embedded default) or S3."""
@@ -66,21 +78,19 @@ class VerificationSettings:
     eth_rpc_url: str = ""
     doh_url: str = ""
     ct_log_url: str = ""
+    # Bare bases: the fetchers add /api/v1/apps/{id}/attestations and
+    # /v1/attestation/report once.
     phala_cloud_api_url: str = "https://cloud-api.phala.com"
     phala_app_info_url_template: str = "https://{app_id}-8090.{domain}/prpc/Info"
     redpill_api_url: str = "https://api.redpill.ai"
     redpill_api_key: str = field(default="", repr=False)
     fetch_timeout_seconds: float = 10.0
-    allowed_fetch_hosts: tuple[str, ...] = (
-        "cloud-api.phala.network",
-        "cloud-api.phala.com",
-        "*.phala.network",
-        "api.redpill.ai",
-        "cloudflare-dns.com",
-        "dns.google",
-        "crt.sh",
-    )
-    allow_private_fetch: bool = False
+    allowed_fetch_hosts: tuple[str, ...] = DEFAULT_ALLOWED_FETCH_HOSTS
+    # CIDRs a fetch may reach although not globally routable (a PCCS or an API
+    # mirror inside the cluster); the host must still match allowed_fetch_hosts.
+    fetch_allow_private_networks: tuple[str, ...] = ()
+    # KMS CA public keys (SubjectPublicKeyInfo DER, hex) trusted without a quote.
+    trusted_kms_ca_pubkeys: tuple[str, ...] = ()
     signing_key_path: Path = Path("var/keys/report-signing-ed25519.pem")
     report_store: ReportStoreSettings = field(default_factory=ReportStoreSettings)
     max_response_bytes: int = 4 * 1024 * 1024

@@ -282,7 +282,9 @@ def test_task_json_uses_reference_names_and_rest_enum_values() -> None:
     assert body["status"] == "completed"
     assert body["modelOrDomain"] == "example.com"
     assert body["verificationFlags"] == {"hardware": True, "dnsCAA": False}
-    assert body["checkResults"] == [{"check": "hardware", "status": "passed", "reason": ""}]
+    assert body["checkResults"] == [
+        {"check": "hardware", "status": "passed", "reason": "", "part": ""}
+    ]
     assert body["verdict"] == "passed"
     # Fields without presence are printed, so clients see a stable shape.
     assert body["progress"] == 0 and body["errorMessage"] == ""

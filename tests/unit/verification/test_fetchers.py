@@ -4,11 +4,12 @@ and the SSRF guard."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from services.verification.chain import ChainEvidence, with_fetched
+from services.verification.collateral import CollateralStore
 from services.verification.engine import VerificationEngine
 from services.verification.errors import FetchFailed, FetchNotAllowed, FetchRejected
 from services.verification.fetchers import EvidenceFetcher, UrlGuard
@@ -19,9 +20,9 @@ from .recorded_http import recorded_server
 from .support import (
     APP_ID,
     AT_90C06F,
+    DCAP,
     DSTACK,
     HW_OS_SRC,
-    collateral_90c06f,
     make_chain,
 )
 
@@ -37,7 +38,7 @@ def _settings(base: str, **changes: Any) -> VerificationSettings:
         # recorded server stands in for it.
         "phala_app_info_url_template": base + "/info/{app_id}/{domain}/prpc/Info",
         "allowed_fetch_hosts": ("127.0.0.1",),
-        "allow_private_fetch": True,
+        "fetch_allow_private_networks": ("127.0.0.1/32",),
         "fetch_timeout_seconds": 5.0,
     }
     fields.update(changes)
@@ -77,9 +78,11 @@ async def test_phala_cloud_fetch_builds_evidence() -> None:
     with recorded_server(_phala_routes()) as (base, log):
         fetcher = EvidenceFetcher(_settings(base))
         try:
-            evidence = await fetcher.fetch_phala_cloud(APP_ID, "app.example.com")
+            chain = await fetcher.fetch_phala_cloud(APP_ID, "app.example.com")
         finally:
             await fetcher.aclose()
+    assert [p.part for p in chain.instances] == ["app/instance:1"]  # the stopped one is out
+    evidence = chain.instances[0].evidence
     assert evidence.quote == bytes.fromhex(VECTOR["quote"])
     assert evidence.app_compose == APP_COMPOSE
     assert evidence.vm_config == VECTOR["vm_config"]
@@ -103,12 +106,20 @@ async def test_fetched_evidence_verifies_and_compose_text_is_checked() -> None:
         )
         fetched = await fetcher.fetch(task)
         await fetcher.aclose()
-    request = replace(task, evidence=replace(fetched, collateral=collateral_90c06f()))
-    report = VerificationEngine().verify(request)
-    assert report.check("hardware").status is CheckStatus.PASSED
-    assert report.check("os").status is CheckStatus.PASSED
+    assert isinstance(fetched, ChainEvidence)
+    report = VerificationEngine(collateral_store=CollateralStore(local_dir=DCAP)).verify(
+        with_fetched(task, fetched)
+    )
+    app = {r.name: r for r in report.part_checks if r.part == "app/instance:1"}
+    assert app["hardware"].status is CheckStatus.PASSED
+    assert app["os"].status is CheckStatus.PASSED
     # The recorded compose text is not the deployed one: the hash must not match.
-    assert "differs from sha256 of the app-compose text" in report.check("source_code").reason
+    assert "differs from sha256 of the app-compose text" in app["source_code"].reason
+    # This recorded response has no KMS and no gateway: the chain cannot pass.
+    kms = [r for r in report.part_checks if r.part == "kms"]
+    assert kms and all(r.status is CheckStatus.ERROR for r in kms)
+    assert "no kms_guest_agent_info" in kms[0].reason
+    assert report.verdict == "failed"
 
 
 async def test_redpill_fetch_builds_evidence() -> None:
@@ -157,8 +168,8 @@ async def test_oversized_response_is_refused() -> None:
 
 async def test_loopback_is_refused_without_the_opt_in() -> None:
     with recorded_server(_phala_routes()) as (base, log):
-        fetcher = EvidenceFetcher(_settings(base, allow_private_fetch=False))
-        with pytest.raises(FetchNotAllowed, match="loopback/private/link-local"):
+        fetcher = EvidenceFetcher(_settings(base, fetch_allow_private_networks=()))
+        with pytest.raises(FetchNotAllowed, match="not globally routable"):
             await fetcher.fetch_phala_cloud(APP_ID)
         await fetcher.aclose()
     assert log == []  # refused before any request was sent
@@ -175,16 +186,47 @@ async def test_loopback_is_refused_without_the_opt_in() -> None:
 )
 async def test_guard_refuses_hosts_outside_the_patterns(url: str) -> None:
     with pytest.raises(FetchNotAllowed):
-        await UrlGuard(("127.0.0.1", "*.phala.network"), allow_private=True).check(url)
+        await UrlGuard(("127.0.0.1", "*.phala.network"), ("127.0.0.0/8",)).check(url)
 
 
 @pytest.mark.parametrize(
-    "address", ["10.0.0.1", "169.254.169.254", "192.168.1.1", "::1", "::ffff:127.0.0.1", "0.0.0.0"]
+    "address",
+    [
+        "10.0.0.1",
+        "169.254.169.254",
+        "192.168.1.1",
+        "::1",
+        "::ffff:127.0.0.1",
+        "0.0.0.0",
+        "100.100.100.200",  # 100.64.0.0/10, a cloud metadata address
+        "100.64.0.1",
+        "2002:7f00:1::1",  # 6to4 of 127.0.0.1 (Python counts 2002::/16 as global)
+        "2002:808:808::1",  # 6to4 of a public address: refused all the same
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "198.18.0.1",
+        "fc00::1",
+        "224.0.0.1",
+    ],
 )
-async def test_guard_refuses_private_addresses_after_resolution(address: str) -> None:
+async def test_guard_refuses_every_address_that_is_not_global(address: str) -> None:
     host = f"[{address}]" if ":" in address else address
+    with pytest.raises(FetchNotAllowed, match="not globally routable"):
+        await UrlGuard(("*",)).check(f"http://{host}/")
+
+
+@pytest.mark.parametrize("address", ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"])
+async def test_guard_allows_global_addresses(address: str) -> None:
+    host = f"[{address}]" if ":" in address else address
+    assert await UrlGuard(("*",)).check(f"http://{host}/") == address
+
+
+async def test_an_allowed_private_network_is_reachable_and_only_it() -> None:
+    guard = UrlGuard(("*",), ("10.1.0.0/16",))
+    assert await guard.check("http://10.1.2.3/") == "10.1.2.3"
     with pytest.raises(FetchNotAllowed):
-        await UrlGuard(("*",), allow_private=False).check(f"http://{host}/")
+        await guard.check("http://10.2.0.1/")
+    with pytest.raises(FetchNotAllowed):
+        await UrlGuard(("pccs.internal",), ("10.1.0.0/16",)).check("http://10.1.2.3/")
 
 
 async def test_request_goes_to_the_address_the_guard_checked() -> None:
@@ -205,10 +247,10 @@ async def test_request_goes_to_the_address_the_guard_checked() -> None:
         settings = _settings(named, allowed_fetch_hosts=("api.evidence.test",))
         fetcher = EvidenceFetcher(settings, resolve=rebinding_resolver)
         try:
-            evidence = await fetcher.fetch_phala_cloud(APP_ID)
+            chain = await fetcher.fetch_phala_cloud(APP_ID)
         finally:
             await fetcher.aclose()
-    assert evidence.quote == bytes.fromhex(VECTOR["quote"])
+    assert chain.instances[0].evidence.quote == bytes.fromhex(VECTOR["quote"])
     assert asked == ["api.evidence.test"]  # resolved once, by the guard
     assert [entry["host"] for entry in log] == [f"api.evidence.test:{port}"]
 
@@ -229,7 +271,7 @@ async def test_one_private_address_among_public_ones_is_refused() -> None:
     async def resolve(host: str) -> list[str]:
         return ["93.184.215.14", "10.0.0.7"]
 
-    with pytest.raises(FetchNotAllowed, match="private"):
+    with pytest.raises(FetchNotAllowed, match=r"10\.0\.0\.7"):
         await UrlGuard(("*.phala.network",), resolve=resolve).pin("https://x.phala.network/")
 
 
