@@ -12,8 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import json_format
+from verifier.verification.v1 import engine_pb2_grpc, os_images_pb2_grpc
 from verifier.verification.v1 import os_images_pb2 as pb
-from verifier.verification.v1 import os_images_pb2_grpc, verification_pb2_grpc
 from verifier.verification.v1 import verification_pb2 as vpb
 
 from services.verification.main import build_spec
@@ -90,9 +90,10 @@ async def channel(
 
 
 async def _os_status(channel: grpc.aio.Channel, task_id: str) -> tuple[int, str]:
-    stub = verification_pb2_grpc.VerificationServiceStub(channel)
+    stub = engine_pb2_grpc.VerificationEngineServiceStub(channel)
     body = {
         "taskId": task_id,
+        "attempt": 1,
         "flags": {
             "hardware": True,
             "os": True,
