@@ -22,14 +22,24 @@ import multiprocessing
 import os
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
+
+from shared.errors import Unavailable
+from shared.log import get_logger
 
 from .collateral import CollateralStore
 from .engine import VerificationEngine
 from .model import Report, VerificationRequest
 from .settings import VerificationSettings
 
+log = get_logger(__name__)
+
 _ENGINE: VerificationEngine | None = None
+
+
+class EngineProcessDied(Unavailable):
+    """A pool process died under a batch; the pool was restarted (retry)."""
 
 
 def _init_worker(settings: VerificationSettings) -> None:
@@ -79,12 +89,27 @@ class VerificationPool:
         self._max_in_flight = 2 * self.max_workers
         self._in_flight = 0
         self._waiting: deque[_Waiting] = deque()
-        self._executor = ProcessPoolExecutor(
+        self._start_method = start_method
+        self._executor = self._new_executor()
+        self._generation = 0  # bumped each time a broken executor is replaced
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
             max_workers=self.max_workers,
-            mp_context=multiprocessing.get_context(start_method),
+            mp_context=multiprocessing.get_context(self._start_method),
             initializer=_init_worker,
-            initargs=(settings,),
+            initargs=(self.settings,),
         )
+
+    def _replace_broken(self, generation: int) -> None:
+        """A worker process died (killed, out of memory): the executor is broken
+        for good, so start a new one, once per breakage."""
+        if generation != self._generation:
+            return
+        log.error("pool.worker_died", processes=self.max_workers)
+        broken, self._executor = self._executor, self._new_executor()
+        self._generation += 1
+        broken.shutdown(wait=False, cancel_futures=True)
 
     def warm_up(self) -> None:
         """Start every worker now rather than on the first requests."""
@@ -132,27 +157,43 @@ class VerificationPool:
             batch = [(r, f) for r, f in batch if not f.cancelled()]
             if not batch:
                 continue
+            generation = self._generation
+            try:
+                submitted = self._executor.submit(_verify_batch, [r for r, _ in batch])
+            except BrokenProcessPool:
+                self._replace_broken(generation)
+                generation = self._generation
+                submitted = self._executor.submit(_verify_batch, [r for r, _ in batch])
             self._in_flight += 1
-            submitted = self._executor.submit(_verify_batch, [r for r, _ in batch])
             # Runs in the executor's thread: hand the results to the event loop.
-            submitted.add_done_callback(functools.partial(self._finish_threadsafe, loop, batch))
+            submitted.add_done_callback(
+                functools.partial(self._finish_threadsafe, loop, batch, generation)
+            )
 
     def _finish_threadsafe(
         self,
         loop: asyncio.AbstractEventLoop,
         batch: list[_Waiting],
+        generation: int,
         done: Future[list[Report | Exception]],
     ) -> None:
-        loop.call_soon_threadsafe(self._finish, loop, batch, done)
+        loop.call_soon_threadsafe(self._finish, loop, batch, generation, done)
 
     def _finish(
         self,
         loop: asyncio.AbstractEventLoop,
         batch: list[_Waiting],
+        generation: int,
         done: Future[list[Report | Exception]],
     ) -> None:
         self._in_flight -= 1
-        error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        error: BaseException | None = (
+            done.exception() if not done.cancelled() else asyncio.CancelledError()
+        )
+        if isinstance(error, BrokenProcessPool):
+            # The batch's requests are not the cause for sure: a transient fault.
+            self._replace_broken(generation)
+            error = EngineProcessDied("a verification process died; retry the request")
         results: list[Report | BaseException] = (
             [error] * len(batch) if error is not None else list(done.result())
         )
