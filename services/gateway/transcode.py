@@ -31,6 +31,7 @@ from google.protobuf.message import Message
 
 from services.gateway.catalog import HttpRoute
 from services.gateway.errors import BadRequest, MalformedJson, UnknownField
+from shared.jsonnum import whole_numbers
 
 WELL_KNOWN_PREFIX = "google.protobuf."
 # Well-known types whose JSON form is a string (allowed as query parameters).
@@ -486,12 +487,28 @@ def _single_output(field: FieldDescriptor) -> Transform | None:
         return lambda value: aliases.get(value, value) if isinstance(value, str) else value
     if field.type in INT64_TYPES:
         return _int64_number
+    if _is_json_value(field):
+        return whole_numbers
     if field.type == FieldDescriptor.TYPE_MESSAGE and not is_well_known(message_of(field)):
         message_type = message_of(field)
         if not _needs_output_walk(message_type):
             return None
         return lambda value: rest_output(message_type, value)
     return None
+
+
+# google.protobuf.Struct numbers are doubles: render whole ones as JSON integers
+# (16, not 16.0), so a signed document read back re-canonicalises exactly.
+_JSON_VALUE_TYPES = frozenset(
+    {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+)
+
+
+def _is_json_value(field: FieldDescriptor) -> bool:
+    return (
+        field.type == FieldDescriptor.TYPE_MESSAGE
+        and message_of(field).full_name in _JSON_VALUE_TYPES
+    )
 
 
 def _int64_number(value: Any) -> Any:
@@ -505,6 +522,8 @@ def _needs_output_walk(descriptor: Descriptor, _visiting: frozenset[str] = froze
     visiting = _visiting | {descriptor.full_name}
     for field in descriptor.fields:
         if field.type == FieldDescriptor.TYPE_ENUM or field.type in INT64_TYPES:
+            return True
+        if _is_json_value(field):
             return True
         if (
             field.type == FieldDescriptor.TYPE_MESSAGE

@@ -18,6 +18,7 @@ from shared.retry import Backoff, keep_running
 
 from .collateral import CollateralStore, DcapPccsClient, LocalCollateralCache
 from .fetchers import EvidenceFetcher
+from .key_history import build_key_history
 from .os_image_store import build_os_image_store, load_entry_files
 from .os_images_server import SERVICE_NAME as OS_IMAGE_SERVICE_NAME
 from .os_images_server import OsImageServicer
@@ -148,6 +149,17 @@ def build_spec(settings: Settings) -> ServiceSpec:
     async def warm_up() -> None:
         await asyncio.to_thread(pool.warm_up)
 
+    key_history = build_key_history(store_settings)
+
+    async def record_key() -> None:
+        # The store may come up after us: keep trying until the key is recorded
+        # (JWKS lists it with the earlier keys of this store).
+        await keep_running(
+            "keys.record",
+            lambda: asyncio.to_thread(key_history.record, service.key_info.public_key),
+            backoff=BUCKET_BACKOFF,
+        )
+
     os_images = OsImageCatalogService(
         build_os_image_store(store_settings), load_entry_files(engine_settings.os_allowlist_paths)
     )
@@ -164,7 +176,7 @@ def build_spec(settings: Settings) -> ServiceSpec:
         service.task_inputs = inputs
         closing.append(inputs.aclose)
         verification_pb2_grpc.add_VerificationServiceServicer_to_server(
-            VerificationServicer(service), server
+            VerificationServicer(service, key_history), server
         )
         engine_pb2_grpc.add_VerificationEngineServiceServicer_to_server(
             VerificationEngineServicer(service), server
@@ -179,7 +191,7 @@ def build_spec(settings: Settings) -> ServiceSpec:
         register=register,
         listen_addr=settings.verification_listen_addr,
         probes=[DependencyProbe(store_name, check_store), DependencyProbe("engine", check_pool)],
-        background=[*background, warm_up],
+        background=[*background, warm_up, record_key],
         on_stop=closing,
         health_probe_interval_seconds=settings.health_probe_interval_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,

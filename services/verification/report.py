@@ -19,12 +19,20 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from shared.jsonnum import whole_numbers
+
 from .model import Report
 
 
 def canonical_json(document: Any) -> bytes:
+    # Whole numbers as integers: what a reader gets back from a
+    # protobuf Struct (doubles) then re-canonicalises to the same bytes.
     return json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        whole_numbers(document),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
     ).encode("utf-8")
 
 

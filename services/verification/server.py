@@ -10,28 +10,50 @@ mapping.item_status.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import grpc
 from verifier.verification.v1 import engine_pb2, engine_pb2_grpc, verification_pb2_grpc
 from verifier.verification.v1 import verification_pb2 as pb
 
 from . import mapping
+from .key_history import KeyHistory
 from .service import VerificationService
+from .token import attestation_token, jwk
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VerificationService"].full_name
 ENGINE_SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["VerificationEngineService"].full_name
 
 
 class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
-    def __init__(self, service: VerificationService) -> None:
+    def __init__(
+        self, service: VerificationService, key_history: KeyHistory | None = None
+    ) -> None:
         self.service = service
+        self.key_history = key_history
 
     async def GetReport(
         self, request: pb.GetReportRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetReportResponse:
         stored = await self.service.get_report(request.task_id, request.attempt)
-        return mapping.report_response(stored, self.service.bucket)
+        response = mapping.report_response(stored, self.service.bucket)
+        response.attestation_token = attestation_token(
+            json.loads(stored.body), stored.body, self.service.signing_key, datetime.now(UTC)
+        )
+        return response
+
+    async def GetJwks(
+        self, request: pb.GetJwksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetJwksResponse:
+        current = self.service.key_info.public_key
+        earlier = (
+            await asyncio.to_thread(self.key_history.public_keys) if self.key_history else []
+        )
+        keys = [current, *(k for k in earlier if k != current)]
+        return pb.GetJwksResponse(keys=[pb.JsonWebKey(**jwk(k)) for k in keys])
 
     async def GetSigningKey(
         self, request: pb.GetSigningKeyRequest, context: grpc.aio.ServicerContext

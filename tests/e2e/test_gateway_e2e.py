@@ -20,7 +20,10 @@ from typing import Any
 
 import httpx
 import pytest
+from joserfc import jwt
+from joserfc.jwk import KeySet
 
+from services.verification.report import canonical_json
 from tests.support.servers import S3Server, free_port
 from tests.support.vectors import dstack_app_id, dstack_create_task_json
 
@@ -176,6 +179,15 @@ def test_task_with_inline_evidence_is_followed_to_completed_and_its_report_fetch
     assert json.loads(signed["canonicalJson"]) == signed["report"]
     key = httpx.get(f"{base}/api/v1/verifier/signing-key", timeout=30).json()
     assert key["keyId"] == signed["keyId"]
+    # Whole numbers stay whole over REST: the report re-canonicalises to the signed text.
+    assert canonical_json(signed["report"]) == signed["canonicalJson"].encode()
+    # The attestation-result token checks with a JOSE library against the JWKS.
+    jwks = httpx.get(f"{base}/.well-known/jwks.json", timeout=30).json()
+    decoded = jwt.decode(
+        signed["attestationToken"], KeySet.import_key_set(jwks), algorithms=["EdDSA"]
+    )
+    assert decoded.header["kid"] == key["keyId"]
+    assert decoded.claims["submods"]["dstack"]["x-dstack.verdict"] == "passed"
 
 
 def test_gateway_process_ends_open_streams_and_exits_on_sigterm(
