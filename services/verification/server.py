@@ -29,9 +29,7 @@ ENGINE_SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["VerificationEngine
 
 
 class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
-    def __init__(
-        self, service: VerificationService, key_history: KeyHistory | None = None
-    ) -> None:
+    def __init__(self, service: VerificationService, key_history: KeyHistory | None = None) -> None:
         self.service = service
         self.key_history = key_history
 
@@ -49,9 +47,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
         self, request: pb.GetJwksRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetJwksResponse:
         current = self.service.key_info.public_key
-        earlier = (
-            await asyncio.to_thread(self.key_history.public_keys) if self.key_history else []
-        )
+        earlier = await asyncio.to_thread(self.key_history.public_keys) if self.key_history else []
         keys = [current, *(k for k in earlier if k != current)]
         return pb.GetJwksResponse(keys=[pb.JsonWebKey(**jwk(k)) for k in keys])
 

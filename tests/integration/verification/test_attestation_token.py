@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import pytest
 from google.protobuf import json_format
 from joserfc import jwt
 from joserfc.jwk import KeySet
+from verifier.verification.v1 import engine_pb2_grpc, verification_pb2_grpc
 from verifier.verification.v1 import verification_pb2 as pb
-from verifier.verification.v1 import verification_pb2_grpc
 
 from services.verification.main import build_spec
 from services.verification.report import canonical_json, verify_report_signature
@@ -68,18 +69,27 @@ async def settings(request: pytest.FixtureRequest, tmp_path: Path, s3: S3Server)
     return _settings(tmp_path, s3 if request.param == "s3" else None)
 
 
-async def _serve(
-    settings: Settings,
-) -> AsyncIterator[verification_pb2_grpc.VerificationServiceStub]:
+class _Stubs:
+    """The public VerificationService, and Verify from the internal engine service."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        public = verification_pb2_grpc.VerificationServiceStub(channel)
+        self.Verify = engine_pb2_grpc.VerificationEngineServiceStub(channel).Verify
+        self.GetReport = public.GetReport
+        self.GetJwks = public.GetJwks
+        self.GetSigningKey = public.GetSigningKey
+
+
+async def _serve(settings: Settings) -> AsyncIterator[_Stubs]:
     running: RunningServer = await start_server(build_spec(settings))
     try:
         async with create_channel(f"127.0.0.1:{running.port}") as channel:
-            yield verification_pb2_grpc.VerificationServiceStub(channel)
+            yield _Stubs(channel)
     finally:
         await running.stop(1.0)
 
 
-async def _jwks(stub: verification_pb2_grpc.VerificationServiceStub) -> dict[str, object]:
+async def _jwks(stub: _Stubs) -> dict[str, object]:
     response = await stub.GetJwks(pb.GetJwksRequest())
     return json_format.MessageToDict(response)
 
