@@ -228,6 +228,16 @@ class Settings:
     # Phala Cloud app sync (off while the key is empty), every this many seconds.
     phala_cloud_api_key: str = _secret()
     app_sync_interval_seconds: float = field(default=3600.0, metadata={"check": _check_positive})
+    # Retention of finished tasks, per status: removed after an age (seconds) or
+    # beyond a count (newest kept); 0 keeps them. Defaults: failed after 48 h.
+    retention_failed_max_age_seconds: float = 48 * 3600.0
+    retention_failed_max_count: int = 0
+    retention_completed_max_age_seconds: float = 0.0
+    retention_completed_max_count: int = 0
+    retention_cancelled_max_age_seconds: float = 0.0
+    retention_cancelled_max_count: int = 0
+    retention_interval_seconds: float = field(default=600.0, metadata={"check": _check_positive})
+    retention_batch_size: int = field(default=500, metadata={"check": _check_positive})
     # Deadline of one QueueService.EnqueueTask call from the tasks service.
     enqueue_timeout_seconds: float = field(default=2.0, metadata={"check": _check_positive})
 

@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass
 
 import grpc
-from verifier.tasks.v1 import apps_pb2_grpc, tasks_pb2_grpc
+from verifier.tasks.v1 import apps_pb2_grpc, operations_pb2_grpc, tasks_pb2_grpc
 
 from shared import metrics
 from shared.config import Settings, add_config_arguments, settings_from_args
@@ -27,7 +27,12 @@ from .apps_store import AppStore
 from .apps_sync import AppSync, PhalaCloudApps
 from .dispatch import Dispatcher, GrpcQueueClient, QueueClient, Reconciler
 from .feed import ChangeFeed, PostgresListener
-from .model import Task
+from .model import Task, TaskStatus
+from .operations import RetentionPolicy, StatusRule
+from .operations_server import SERVICE_NAME as OPERATIONS_SERVICE_NAME
+from .operations_server import TaskOperationsServicer
+from .operations_service import TaskOperations
+from .ops_store import OpsStore
 from .scheduler import Scheduler
 from .server import SERVICE_NAME, TaskServicer
 from .service import TaskApp
@@ -50,6 +55,7 @@ class TasksService:
     queue: QueueClient
     apps: AppsApp
     scheduler: Scheduler
+    operations: TaskOperations
 
 
 def database_url(settings: Settings) -> str:
@@ -105,11 +111,22 @@ def build_service(settings: Settings, *, queue: QueueClient | None = None) -> Ta
     )
     sync = AppSync(app_store, source, store.clock, settings.app_sync_interval_seconds)
     apps_app = AppsApp(app_store, store, scheduler, sync, store.clock)
+    operations = TaskOperations(
+        OpsStore(app_store.engine, on_change=feed.publish if is_sqlite else None),
+        store,
+        dispatcher,
+        app_store,
+        retention_policy(settings),
+        store.clock,
+        settings.retention_interval_seconds,
+    )
     background = [dispatcher.run, reconciler.run]
     if settings.scheduler_enabled:
         background.append(scheduler.run)
     if source is not None:
         background.append(sync.run)
+    if operations.policy.active():
+        background.append(operations.run)
     if not is_sqlite:
         background.append(PostgresListener(url, feed).run)
 
@@ -120,10 +137,13 @@ def build_service(settings: Settings, *, queue: QueueClient | None = None) -> Ta
     def register(server: grpc.aio.Server) -> None:
         tasks_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(app), server)
         apps_pb2_grpc.add_AppServiceServicer_to_server(AppServicer(apps_app), server)
+        operations_pb2_grpc.add_TaskOperationsServiceServicer_to_server(
+            TaskOperationsServicer(operations), server
+        )
 
     spec = ServiceSpec(
         name="tasks",
-        service_names=[SERVICE_NAME, APPS_SERVICE_NAME],
+        service_names=[SERVICE_NAME, APPS_SERVICE_NAME, OPERATIONS_SERVICE_NAME],
         register=register,
         listen_addr=settings.tasks_listen_addr,
         probes=[
@@ -137,8 +157,29 @@ def build_service(settings: Settings, *, queue: QueueClient | None = None) -> Ta
         metrics_listen_addr=settings.tasks_metrics_listen_addr,
     )
     return TasksService(
-        spec, app, store, feed, dispatcher, reconciler, queue_client, apps_app, scheduler
+        spec,
+        app,
+        store,
+        feed,
+        dispatcher,
+        reconciler,
+        queue_client,
+        apps_app,
+        scheduler,
+        operations,
     )
+
+
+def retention_policy(settings: Settings) -> RetentionPolicy:
+    rules = tuple(
+        StatusRule(
+            status,
+            getattr(settings, f"retention_{status.value}_max_age_seconds"),
+            getattr(settings, f"retention_{status.value}_max_count"),
+        )
+        for status in (TaskStatus.FAILED, TaskStatus.COMPLETED, TaskStatus.CANCELLED)
+    )
+    return RetentionPolicy(rules, settings.retention_batch_size)
 
 
 def _count_finished(task: Task) -> None:

@@ -56,6 +56,8 @@ class EventType(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # An operator put a failed or cancelled task back to pending (RetryTask).
+    RETRIED = "retried"
 
 
 @dataclass(frozen=True)
