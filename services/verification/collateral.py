@@ -209,8 +209,11 @@ class CollateralStore:
         local_dir: Path | None = None,
         cache: CollateralCache | None = None,
         pccs: PccsClient | None = None,
+        files: tuple[Path, ...] = (),
     ) -> None:
         self.local_dir = local_dir
+        # Single bundles beside the folder (the CLI's --collateral FILE).
+        self.files = files
         self.cache = cache
         self.pccs = pccs
         # Parsed bundles of the local directory, keyed by (path, mtime_ns):
@@ -218,9 +221,10 @@ class CollateralStore:
         self._local_index: dict[tuple[Path, int], CollateralBundle | None] = {}
 
     def _local_bundles(self) -> Iterator[CollateralBundle]:
-        if self.local_dir is None or not self.local_dir.is_dir():
-            return
-        for path in sorted(self.local_dir.glob("*.json")):
+        paths = list(self.files)
+        if self.local_dir is not None and self.local_dir.is_dir():
+            paths += sorted(self.local_dir.glob("*.json"))
+        for path in paths:
             key = (path, path.stat().st_mtime_ns)
             if key not in self._local_index:
                 try:
