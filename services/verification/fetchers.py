@@ -25,7 +25,7 @@ import httpx
 
 from shared.attestation import PHALA_CLOUD_APP_ID, REDPILL_MODEL
 
-from .chain import ChainEvidence, instance_part
+from .chain import ChainEvidence, PartEvidence, instance_part
 from .errors import FetchFailed, FetchNotAllowed, FetchRejected
 from .evidence import evidence_from_dict
 from .model import Evidence, VerificationRequest
@@ -197,7 +197,11 @@ class EvidenceFetcher:
 
     async def fetch(self, request: VerificationRequest) -> Evidence | ChainEvidence:
         if request.app_config_type == "phala_cloud":
-            return await self.fetch_phala_cloud(request.app_id, request.model_or_domain)
+            # The gateway's acme-info carries the quotes the domain checks bind keys with.
+            want_acme = request.flags.dns_caa or request.flags.ct_log
+            return await self.fetch_phala_cloud(
+                request.app_id, request.model_or_domain, acme_info=want_acme
+            )
         if request.app_config_type == "redpill":
             return await self.fetch_redpill(request.model_or_domain)
         raise FetchRejected(
@@ -205,8 +209,12 @@ class EvidenceFetcher:
             field="app_config_type",
         )
 
-    async def fetch_phala_cloud(self, app_id: str, domain: str = "") -> ChainEvidence:
-        """The app's whole chain: its instances, its KMS and its gateway."""
+    async def fetch_phala_cloud(
+        self, app_id: str, domain: str = "", *, acme_info: bool = False
+    ) -> ChainEvidence:
+        """The app's whole chain: its instances, its KMS and its gateway; with
+        `acme_info`, the gateway's /.dstack/acme-info on every part that runs
+        the domain checks (the app's instances) and on the gateway."""
         if not PHALA_CLOUD_APP_ID.match(app_id):
             raise FetchNotAllowed("app_id must be hex", field="app_id")
         app_id = app_id.lower().removeprefix("0x")
@@ -225,7 +233,29 @@ class EvidenceFetcher:
             fields = {k: v for k, v in info.items() if getattr(part.evidence, k) is None}
             instances[target] = replace(part, evidence=replace(part.evidence, **fields))
             chain = replace(chain, instances=tuple(instances))
+        if acme_info:
+            chain = await self._with_acme_info(chain)
         return chain
+
+    async def _with_acme_info(self, chain: ChainEvidence) -> ChainEvidence:
+        """Attach the gateway's acme-info (kms_info.gateway_app_url + /.dstack/acme-info)."""
+        base = str(chain.kms_info.get("gateway_app_url") or "").rstrip("/")
+        if not base.startswith("https://") and not base.startswith("http://"):
+            # Without it the domain checks say there is no attested account or key.
+            return chain
+        doc = await self._get_json(f"{base}/.dstack/acme-info")
+        if not isinstance(doc, dict):
+            raise FetchRejected(f"{base}/.dstack/acme-info did not answer an object")
+        text = json.dumps(doc, separators=(",", ":"))
+
+        def attach(part: PartEvidence) -> PartEvidence:
+            return replace(part, evidence=replace(part.evidence, acme_info=text))
+
+        return replace(
+            chain,
+            instances=tuple(attach(p) for p in chain.instances),
+            gateway=attach(chain.gateway) if chain.gateway else None,
+        )
 
     async def _app_info(self, app_id: str, domain: str) -> dict[str, Any]:
         domain = domain.lower().rstrip(".")

@@ -281,3 +281,29 @@ async def test_app_id_from_task_cannot_shape_the_path(app_id: str) -> None:
     with pytest.raises(FetchNotAllowed):
         await fetcher.fetch_phala_cloud(app_id)
     await fetcher.aclose()
+
+
+async def test_phala_cloud_fetch_attaches_the_gateways_acme_info_when_domain_checks_are_on() -> (
+    None
+):
+    # Recorded stand-in for a gateway's /.dstack/acme-info (no public capture exists).
+    acme = {
+        "account_uri": "https://acme-v02.api.letsencrypt.org/acme/acct/1",
+        "account_quote": json.dumps({"quote": VECTOR["quote"], "event_log": VECTOR["event_log"]}),
+        "quoted_hist_keys": [],
+    }
+    routes = _phala_routes()
+    with recorded_server(routes) as (base, log):
+        _, doc = routes[f"/api/v1/apps/{APP_ID}/attestations"]
+        doc["kms_info"] = {"gateway_app_url": f"{base}/gw"}
+        routes["/gw/.dstack/acme-info"] = (200, acme)
+        fetcher = EvidenceFetcher(_settings(base))
+        try:
+            plain = await fetcher.fetch_phala_cloud(APP_ID)
+            with_acme = await fetcher.fetch_phala_cloud(APP_ID, acme_info=True)
+        finally:
+            await fetcher.aclose()
+    assert plain.instances[0].evidence.acme_info is None
+    attached = with_acme.instances[0].evidence.acme_info
+    assert attached is not None and json.loads(attached) == acme
+    assert [entry["path"] for entry in log].count("/gw/.dstack/acme-info") == 1
