@@ -26,7 +26,7 @@ from shared.grpc_client import create_channel
 from shared.log import get_logger
 
 from . import audit
-from .model import EventType, Task
+from .model import EventType, Task, TaskStatus
 from .store import TaskStore
 
 log = get_logger(__name__)
@@ -95,21 +95,24 @@ class Dispatcher:
         self.store = store
         self.queue = queue
         self.senders = senders
-        # (task id, request id of the call that created it, for the audit trail and logs)
-        self._backlog: asyncio.Queue[tuple[str, str]] = asyncio.Queue(max_backlog)
+        # (task id, request id of the call that created it, for the audit trail
+        # and logs, and whether a queue that does not know it had lost it)
+        self._backlog: asyncio.Queue[tuple[str, str, bool]] = asyncio.Queue(max_backlog)
         # Ids waiting or being sent: a task is never sent twice at once.
         self._in_hand: set[str] = set()
         self._queue_up: bool | None = None
         self.enqueued = 0
         self.failed = 0
 
-    def submit(self, task_id: str) -> bool:
+    def submit(self, task_id: str, *, resend: bool = False) -> bool:
         """Queue a task for enqueueing; False when it is in hand already or the
-        backlog is full (the reconciler picks it up later)."""
+        backlog is full (the reconciler picks it up later). `resend`: the task
+        was past PENDING when it was chosen to be sent again, so a queue that
+        does not know it had lost it."""
         if task_id in self._in_hand:
             return False
         try:
-            self._backlog.put_nowait((task_id, current_request_id()))
+            self._backlog.put_nowait((task_id, current_request_id(), resend))
         except asyncio.QueueFull:
             return False
         self._in_hand.add(task_id)
@@ -126,14 +129,14 @@ class Dispatcher:
 
     async def _sender(self) -> None:
         while True:
-            task_id, request_id = await self._backlog.get()
+            task_id, request_id, resend = await self._backlog.get()
             bind_request_id(request_id or new_request_id())
             try:
-                await self.send(task_id)
+                await self.send(task_id, resend=resend)
             finally:
                 self._in_hand.discard(task_id)
 
-    async def send(self, task_id: str) -> bool:
+    async def send(self, task_id: str, *, resend: bool = True) -> bool:
         """Enqueue one task and record the acknowledgement; False when the queue
         did not take it (the task stays as it is, for the reconciler)."""
         bind_task_id(task_id)
@@ -146,7 +149,7 @@ class Dispatcher:
             return False
         self._queue_state(True)
         try:
-            task = await self.record(task_id, job_id, already)
+            task = await self.record(task_id, job_id, already, resend=resend)
         except Exception:
             # Enqueued but not recorded: the reconciler re-sends it, and the
             # queue answers already_enqueued.
@@ -156,19 +159,23 @@ class Dispatcher:
         log.debug("dispatch.enqueued", job_id=job_id, status=task.status.value, already=already)
         return True
 
-    async def record(self, task_id: str, job_id: str, already_enqueued: bool) -> Task:
-        """Record the queue's acknowledgement: PENDING becomes QUEUED; a QUEUED or
-        ACTIVE task gets the job id and a fresh enqueued_at (and a `requeued` event
-        when the queue had lost it)."""
+    async def record(
+        self, task_id: str, job_id: str, already_enqueued: bool, *, resend: bool
+    ) -> Task:
+        """Record the queue's acknowledgement: PENDING becomes QUEUED; a task past
+        PENDING gets the job id and a fresh enqueued_at, and a `requeued` event
+        only when it was re-sent past PENDING and the queue did not have it (the
+        queue had lost it). A first send acknowledged after a worker started the
+        task is recorded as nothing: the task is past QUEUED, nothing was lost."""
         clock = self.store.clock
         task = await self.store.mark_queued(
             task_id, job_id, audit.entry(clock, EventType.QUEUED, f"job {job_id}")
         )
         if task is not None:
             return task
-        if already_enqueued:
-            # Nothing happened on the queue: refresh the clock without an audit event.
-            task = await self.store.touch_enqueued(task_id)
+        if already_enqueued or not resend:
+            # Nothing was lost: refresh the clock without an audit event.
+            task = await self.store.touch_enqueued(task_id, job_id)
         else:
             message = f"job {job_id} (the queue had lost it)"
             task = await self.store.requeue(
@@ -222,7 +229,11 @@ class Reconciler:
         except Exception as exc:
             log.warning("reconcile.query_failed", error=str(exc))
             raise
-        submitted = sum(1 for task_id in candidates if self.dispatcher.submit(task_id))
+        submitted = sum(
+            1
+            for task_id, status in candidates
+            if self.dispatcher.submit(task_id, resend=status is not TaskStatus.PENDING)
+        )
         if submitted:
             log.info("reconcile.resubmitted", tasks=submitted)
         return submitted

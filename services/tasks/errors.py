@@ -22,6 +22,16 @@ class InvalidTransition(FailedPrecondition):
         self.status = status
 
 
+class StaleAttempt(FailedPrecondition):
+    """A worker-path call for an attempt that is not the task's current one."""
+
+    def __init__(self, task_id: str, attempt: int, current: int) -> None:
+        super().__init__(
+            f"task {task_id} attempt {attempt} is stale (the current attempt is {current})"
+        )
+        self.task_id = task_id
+
+
 class InvalidPageToken(InvalidArgument):
     def __init__(self, message: str) -> None:
         super().__init__("page_token", message)

@@ -3,15 +3,21 @@ which repeated calls are no-ops, and how a report summary decides the outcome.
 Pure: the store turns these rules into guarded UPDATEs.
 
     PENDING --queued--> QUEUED --start--> ACTIVE --complete--> COMPLETED | FAILED
-       |                  |                 |  \\--fail--> FAILED
+       |                  |                 | ^ \\--fail--> FAILED
+       |                  |           defer | | start
+       |                  |                 v |
+       |                  |               WAITING --fail--> FAILED
        +------------------+-----------------+--cancel--> CANCELLED
 
-StartTask also accepts PENDING (the queue may deliver before its ack is
-recorded) and ACTIVE (a redelivered job: a new attempt).
+Start also accepts PENDING (the queue may deliver before its ack is
+recorded) and ACTIVE (a redelivered job: a new attempt). Each start opens a
+new attempt (a lease): the calls of the worker path name their attempt, and
+one that is not the task's current attempt is stale (`lease_outcome`).
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -84,6 +90,14 @@ PROGRESS = Transition(
     event=EventType.PROGRESS,
     hint="only active tasks make progress",
 )
+# A transient fault interrupted an attempt: it waits to be retried.
+DEFER = Transition(
+    "defer",
+    allowed_from=frozenset({TaskStatus.ACTIVE}),
+    noop_from=frozenset({TaskStatus.WAITING}),
+    event=EventType.WAITING,
+    hint="only an active task waits",
+)
 # The queue acknowledged the task: PENDING becomes QUEUED. In any other status
 # the job id is recorded without a status change (the worker may have been faster).
 MARK_QUEUED = Transition(
@@ -93,13 +107,59 @@ MARK_QUEUED = Transition(
     event=EventType.QUEUED,
 )
 
-# The reconciler re-sent a QUEUED or ACTIVE task the queue had lost.
+# The reconciler re-sent a QUEUED, ACTIVE or WAITING task the queue had lost.
 REQUEUE = Transition(
     "requeue",
-    allowed_from=frozenset({TaskStatus.QUEUED, TaskStatus.ACTIVE}),
+    allowed_from=frozenset({TaskStatus.QUEUED, TaskStatus.ACTIVE, TaskStatus.WAITING}),
     noop_from=frozenset(TaskStatus),
     event=EventType.REQUEUED,
 )
+
+
+class Refusal(enum.Enum):
+    """Why a batch item of the worker path was not applied."""
+
+    NOT_FOUND = "not_found"
+    # The call's attempt is not the task's current one (a newer start overtook it).
+    STALE = "stale"
+    # The task's status does not allow it (finished, cancelled, not started).
+    STATUS = "status"
+
+
+def lease_outcome(
+    transition: Transition,
+    attempt: int,
+    found: tuple[TaskStatus, int] | None,
+    *,
+    repeated: bool = False,
+) -> Refusal | None:
+    """For an item the guarded update did not apply: None when it is an
+    idempotent repeat (already applied for this attempt: `repeated`, the caller
+    knowing what the current row shows), else why it was refused. `found` is
+    the task's (status, current attempt), None when there is no such task."""
+    if found is None:
+        return Refusal.NOT_FOUND
+    status, current = found
+    if attempt != current:
+        return Refusal.STALE
+    if repeated and status in transition.noop_from:
+        return None
+    return Refusal.STATUS
+
+
+def outcome_of(summary: ReportSummary) -> tuple[TaskStatus, str]:
+    """The engine's signed verdict as the task's outcome, not recomputed:
+    COMPLETED when PASSED, else FAILED naming the checks that did not pass
+    (those that failed or erred; the others when none did)."""
+    if summary.verdict == "passed":
+        return TaskStatus.COMPLETED, ""
+    named = [r for r in summary.checks if r.status in ("failed", "error")] or [
+        r for r in summary.checks if r.status != "passed"
+    ]
+    reasons = "; ".join(_describe(r.check, r.status, r.reason) for r in named)
+    return TaskStatus.FAILED, truncate(
+        "verification failed: " + (reasons or "the engine's verdict is FAILED")
+    )
 
 
 def decide_outcome(summary: ReportSummary, flags: VerificationFlags) -> tuple[TaskStatus, str]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from dataclasses import dataclass
 
 import grpc
-from verifier.tasks.v1 import apps_pb2_grpc, operations_pb2_grpc, tasks_pb2_grpc
+from verifier.tasks.v1 import apps_pb2_grpc, operations_pb2_grpc, tasks_pb2_grpc, worker_pb2_grpc
 
 from shared import metrics
 from shared.config import Settings, add_config_arguments, settings_from_args
@@ -33,11 +34,21 @@ from .operations_server import SERVICE_NAME as OPERATIONS_SERVICE_NAME
 from .operations_server import TaskOperationsServicer
 from .operations_service import TaskOperations
 from .ops_store import OpsStore
+from .progress import ProgressBoard
 from .scheduler import Scheduler
 from .server import SERVICE_NAME, TaskServicer
 from .service import TaskApp
+from .signing import SigningKeys
 from .store import TaskStore, async_url, open_store
 from .store_sqlite import SqliteTaskStore
+from .verification_client import SigningKeyClient
+from .worker import WorkerApp
+from .worker_server import (
+    QUEUE_STATE_SERVICE_NAME,
+    WORKER_SERVICE_NAME,
+    QueueStateServicer,
+    TaskWorkerServicer,
+)
 
 log = get_logger(__name__)
 
@@ -56,6 +67,7 @@ class TasksService:
     apps: AppsApp
     scheduler: Scheduler
     operations: TaskOperations
+    worker: WorkerApp
 
 
 def database_url(settings: Settings) -> str:
@@ -89,8 +101,18 @@ def build_service(settings: Settings, *, queue: QueueClient | None = None) -> Ta
         stale_after_seconds=settings.requeue_stale_after_seconds,
         interval_seconds=settings.reconcile_interval_seconds,
     )
-    app = TaskApp(store, dispatcher, feed)
+    progress = ProgressBoard(time.monotonic)
+    app = TaskApp(store, dispatcher, feed, progress)
     app.on_finished = _count_finished
+    keys_client = SigningKeyClient(settings.verification_addr)
+    worker = WorkerApp(
+        store,
+        SigningKeys(keys_client.fetch),
+        feed,
+        progress,
+        max_deliveries=settings.job_max_deliveries,
+        on_finished=_count_finished,
+    )
     # SQLite has one writer: the apps share the task store's connection.
     app_store = (
         AppStore(store.engine)
@@ -136,6 +158,8 @@ def build_service(settings: Settings, *, queue: QueueClient | None = None) -> Ta
 
     def register(server: grpc.aio.Server) -> None:
         tasks_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(app), server)
+        worker_pb2_grpc.add_TaskWorkerServiceServicer_to_server(TaskWorkerServicer(worker), server)
+        worker_pb2_grpc.add_QueueStateServiceServicer_to_server(QueueStateServicer(store), server)
         apps_pb2_grpc.add_AppServiceServicer_to_server(AppServicer(apps_app), server)
         operations_pb2_grpc.add_TaskOperationsServiceServicer_to_server(
             TaskOperationsServicer(operations), server
@@ -143,7 +167,13 @@ def build_service(settings: Settings, *, queue: QueueClient | None = None) -> Ta
 
     spec = ServiceSpec(
         name="tasks",
-        service_names=[SERVICE_NAME, APPS_SERVICE_NAME, OPERATIONS_SERVICE_NAME],
+        service_names=[
+            SERVICE_NAME,
+            APPS_SERVICE_NAME,
+            OPERATIONS_SERVICE_NAME,
+            WORKER_SERVICE_NAME,
+            QUEUE_STATE_SERVICE_NAME,
+        ],
         register=register,
         listen_addr=settings.tasks_listen_addr,
         probes=[
@@ -151,7 +181,7 @@ def build_service(settings: Settings, *, queue: QueueClient | None = None) -> Ta
             DependencyProbe("queue", queue_client.version, required=False),
         ],
         background=background,
-        on_stop=[close_apps, store.close, queue_client.close],
+        on_stop=[close_apps, store.close, queue_client.close, keys_client.close],
         health_probe_interval_seconds=settings.health_probe_interval_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         metrics_listen_addr=settings.tasks_metrics_listen_addr,
@@ -167,6 +197,7 @@ def build_service(settings: Settings, *, queue: QueueClient | None = None) -> Ta
         apps_app,
         scheduler,
         operations,
+        worker,
     )
 
 

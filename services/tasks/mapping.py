@@ -37,6 +37,7 @@ _STATUS_TO_PROTO: dict[TaskStatus, tasks_pb2.TaskStatus.ValueType] = {
     TaskStatus.COMPLETED: tasks_pb2.TASK_STATUS_COMPLETED,
     TaskStatus.FAILED: tasks_pb2.TASK_STATUS_FAILED,
     TaskStatus.CANCELLED: tasks_pb2.TASK_STATUS_CANCELLED,
+    TaskStatus.WAITING: tasks_pb2.TASK_STATUS_WAITING,
 }
 _STATUS_FROM_PROTO: dict[int, TaskStatus] = {
     number: status for status, number in _STATUS_TO_PROTO.items()
@@ -273,6 +274,7 @@ def task_to_proto(task: Task, view: TaskView = TaskView.BASIC) -> tasks_pb2.Task
         expected_compose_hash=task.expected_compose_hash,
         has_evidence=task.has_evidence,
         created_by=task.created_by,
+        wait_reason=task.wait_reason,
     )
     dict_to_struct(task.app_metadata, message.app_metadata)
     flags_to_proto(task.verification_flags, message.verification_flags)
@@ -283,6 +285,7 @@ def task_to_proto(task: Task, view: TaskView = TaskView.BASIC) -> tasks_pb2.Task
     time_to_proto(task.started_at, message.started_at)
     time_to_proto(task.finished_at, message.finished_at)
     time_to_proto(task.evaluation_time, message.evaluation_time)
+    time_to_proto(task.next_attempt_at, message.next_attempt_at)
     if view is TaskView.FULL and task.evidence:
         evidence_to_proto(task.evidence, message.evidence)
     return message
@@ -305,6 +308,7 @@ def event_to_proto(event: TaskEvent) -> tasks_pb2.TaskEvent:
 
 def stats_to_proto(stats: TaskStats) -> tasks_pb2.GetTaskStatsResponse:
     counts = {status.value: stats.by_status.get(status, 0) for status in TaskStatus}
+
     return tasks_pb2.GetTaskStatsResponse(
         total=stats.total,
         average_processing_seconds=stats.average_processing_seconds,

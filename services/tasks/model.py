@@ -23,6 +23,8 @@ class TaskStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # A transient fault interrupted it; it is retried later (wait_reason says why).
+    WAITING = "waiting"
 
     @property
     def finished(self) -> bool:
@@ -52,6 +54,7 @@ class EventType(enum.StrEnum):
     QUEUED = "queued"
     REQUEUED = "requeued"
     STARTED = "started"
+    WAITING = "waiting"
     PROGRESS = "progress"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -129,6 +132,10 @@ class ReportSummary:
     s3_bucket: str = ""
     s3_key: str = ""
     s3_filename: str = ""
+    # What the signed summary names (the engine's; empty in an unsigned one).
+    task_id: str = ""
+    attempt: int = 0
+    signing_key_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -189,6 +196,61 @@ class Task:
     # Only loaded for the FULL view and StartTask.
     evidence: dict[str, str] | None = None
     created_by: str = "api"
+    # Why it is WAITING, and when it is expected to run again.
+    wait_reason: str = ""
+    next_attempt_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One verified task to record: the outcome the engine signed."""
+
+    task_id: str
+    attempt: int
+    status: TaskStatus  # COMPLETED or FAILED
+    error_message: str
+    summary: ReportSummary
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One task to fail for a fault of its own."""
+
+    task_id: str
+    attempt: int
+    error_message: str
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """One started task to put into WAITING."""
+
+    task_id: str
+    attempt: int
+    reason: str
+    retry_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ProgressReport:
+    """One task's progress from its worker."""
+
+    task_id: str
+    attempt: int
+    progress: int
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """The durable state of one queue."""
+
+    queue_name: str
+    paused: bool
+    changed_at: datetime | None
+    changed_by: str
+    completed: int
+    failed: int
 
 
 @dataclass(frozen=True)

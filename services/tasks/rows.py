@@ -60,6 +60,8 @@ def task_from_row(row: Row, with_evidence: bool = False) -> Task:
         has_evidence=bool(row["has_evidence"]),
         evidence=(row["evidence"] if with_evidence else None),
         created_by=row["created_by"],
+        wait_reason=row["wait_reason"],
+        next_attempt_at=utc(row["next_attempt_at"]),
     )
 
 
@@ -104,10 +106,39 @@ def new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
         "evaluation_time": new.evaluation_time,
         "evidence": new.evidence,
         "attempts": 0,
+        "wait_reason": "",
         "created_at": now,
         "updated_at": now,
         "created_by": new.created_by,
     }
+
+
+@dataclass(frozen=True)
+class LeaseRow:
+    """One item of a batch change, as the statement found the task: its status
+    and attempt before the change (or now, when it was not applied)."""
+
+    task_id: str
+    found: bool
+    status: TaskStatus | None
+    attempt: int
+    verdict: str
+    applied: bool
+    # The attempt after the change (the new lease of a start).
+    new_attempt: int
+
+
+def lease_row(row: Row) -> LeaseRow:
+    found = row["status"] is not None
+    return LeaseRow(
+        task_id=str(row["id"]),
+        found=found,
+        status=TaskStatus(row["status"]) if found else None,
+        attempt=int(row["attempts"] or 0),
+        verdict=row["verdict"] or "",
+        applied=bool(row["applied"]),
+        new_attempt=int(row["new_attempt"] or 0),
+    )
 
 
 @dataclass(frozen=True)

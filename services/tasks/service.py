@@ -3,6 +3,7 @@ dispatcher and the change feed. No grpc here; server.py maps protos to these."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
@@ -27,16 +28,25 @@ from .model import (
     TaskView,
 )
 from .paging import decode_page_token, encode_page_token
+from .progress import ProgressBoard
 from .store import TaskStore
 
 log = get_logger(__name__)
 
 
 class TaskApp:
-    def __init__(self, store: TaskStore, dispatcher: Dispatcher, feed: ChangeFeed) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        dispatcher: Dispatcher,
+        feed: ChangeFeed,
+        progress: ProgressBoard | None = None,
+    ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.feed = feed
+        # Progress reported to this process and not written yet (worker path).
+        self.progress = progress
         # Called once per task that this process moved to a final status (metrics).
         self.on_finished: Callable[[Task], None] | None = None
 
@@ -53,7 +63,7 @@ class TaskApp:
             log.info("task.created", app_id=task.app_id, type=task.app_config_type.value)
             # Committed first, then handed to the queue: if this process dies now,
             # the reconciler finds the PENDING task.
-            self.dispatcher.submit(task.id)
+            self.dispatcher.submit(task.id, resend=False)
         else:
             log.info("task.create_replayed", request_id_key=new.request_id)
         return task, created
@@ -109,13 +119,24 @@ class TaskApp:
             yield task, None
             if task.status.finished:
                 return
+            sent_progress = task.progress
             while True:
                 await subscription.wait()
                 events = await self.store.list_events(task_id, after_id=last_event_id)
                 if not events:
+                    held = self.progress.progress(task_id) if self.progress else None
+                    if held is not None and held > sent_progress:
+                        # Progress held in memory: the task as it is, with that progress.
+                        sent_progress = held
+                        current = await self.store.get_task(task_id)
+                        yield (
+                            dataclasses.replace(current, progress=max(held, current.progress)),
+                            None,
+                        )
                     continue
                 # Read after the events: at least as new as the last of them.
                 task = await self.store.get_task(task_id)
+                sent_progress = task.progress
                 for event in events:
                     last_event_id = event.id
                     yield task, event

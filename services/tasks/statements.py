@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from . import lifecycle
 from .lifecycle import Transition
 from .model import ListQuery, TaskStatus
-from .tables import BASIC_COLUMNS, TaskId, UtcDateTime, task_events, tasks
+from .tables import BASIC_COLUMNS, TaskId, UtcDateTime, queue_state, task_events, tasks
 
 P = sa.bindparam
 JSON = sa.JSON(none_as_null=True)
@@ -33,7 +33,9 @@ EVENT_COLUMNS = [
     "created_at",
 ]
 TASK_INSERT_COLUMNS = [
-    c.name for c in tasks.c if c.name not in ("started_at", "finished_at", "enqueued_at")
+    c.name
+    for c in tasks.c
+    if c.name not in ("started_at", "finished_at", "enqueued_at", "next_attempt_at")
 ]
 
 
@@ -48,26 +50,32 @@ def status_in(statuses: frozenset[TaskStatus]) -> sa.ColumnElement[bool]:
     return tasks.c.status.in_([const(status.value) for status in sorted(statuses)])
 
 
-def audit_select(source: Any, from_status: Any) -> sa.Select[Any]:
+def audit_select(
+    source: Any, from_status: Any, event_type: Any = None, message: Any = None
+) -> sa.Select[Any]:
     """The values of one task_events row, selected from the changed task row
     (`source`: the UPDATE's or INSERT's RETURNING, or the tasks table itself).
     Status and progress are the task's new ones; the time is its updated_at
     (every change sets it to the change's time). The rest comes from
-    `rows.Audit.params()`."""
+    `rows.Audit.params()`, or per row from the batch's items."""
     return sa.select(
         source.c.id,
-        sa.cast(P("event_type"), sa.String()),
+        sa.cast(P("event_type"), sa.String()) if event_type is None else event_type,
         from_status,
         source.c.status,
         source.c.progress,
-        sa.cast(P("message"), sa.Text()),
+        sa.cast(P("message"), sa.Text()) if message is None else message,
         sa.cast(P("call_request_id"), sa.String()),
         source.c.updated_at,
     )
 
 
-def audit_insert(source: Any, from_status: Any) -> sa.Insert:
-    return sa.insert(task_events).from_select(EVENT_COLUMNS, audit_select(source, from_status))
+def audit_insert(
+    source: Any, from_status: Any, event_type: Any = None, message: Any = None
+) -> sa.Insert:
+    return sa.insert(task_events).from_select(
+        EVENT_COLUMNS, audit_select(source, from_status, event_type, message)
+    )
 
 
 # --- reads ------------------------------------------------------------------------
@@ -201,7 +209,7 @@ def processed(has_after: bool, has_before: bool) -> list[sa.ColumnElement[bool]]
 def reconcile_candidates() -> sa.Select[Any]:
     stale_before = P("stale_before", type_=UtcDateTime())
     return (
-        sa.select(tasks.c.id)
+        sa.select(tasks.c.id, tasks.c.status)
         .where(
             sa.or_(
                 sa.and_(
@@ -209,7 +217,7 @@ def reconcile_candidates() -> sa.Select[Any]:
                     tasks.c.created_at < P("pending_before", type_=UtcDateTime()),
                 ),
                 sa.and_(
-                    status_in(frozenset({TaskStatus.QUEUED, TaskStatus.ACTIVE})),
+                    status_in(lifecycle.REQUEUE.allowed_from),
                     tasks.c.updated_at < stale_before,
                     sa.or_(tasks.c.enqueued_at.is_(None), tasks.c.enqueued_at < stale_before),
                 ),
@@ -221,14 +229,16 @@ def reconcile_candidates() -> sa.Select[Any]:
 
 
 def touch_enqueued() -> sa.Update:
-    """A fresh enqueued_at for a task the queue still holds: no status change, no event."""
+    """The job id and a fresh enqueued_at for a task past PENDING: no status
+    change, no event (the queue still held it, or a worker was faster than
+    the acknowledgement)."""
     return (
         sa.update(tasks)
         .where(
             tasks.c.id == P("task_id", type_=TaskId),
             status_in(lifecycle.REQUEUE.allowed_from),
         )
-        .values(enqueued_at=P("now", type_=UtcDateTime()))
+        .values(queue_job_id=_job_id(), enqueued_at=P("now", type_=UtcDateTime()))
         .returning(*BASIC_COLUMNS)
     )
 
@@ -348,3 +358,145 @@ class Change:
     @property
     def shape(self) -> Shape:
         return SHAPES[self.shape_name]
+
+
+# --- batch changes of the worker path (one statement per batch on PostgreSQL) -----
+
+
+@dataclass(frozen=True)
+class LeaseShape:
+    """A change the worker path makes to many tasks at once. Every item carries
+    the task id, its attempt, its audit entry's type and message, and the
+    values in `columns`; `assignments(src)` reads them from `src.c`."""
+
+    transition: Transition
+    columns: tuple[tuple[str, Any], ...]
+    assignments: Callable[[Any], dict[str, Any]]
+    # Only the task's current attempt may change it.
+    fenced: bool = True
+    # Writes an audit row (a state change); progress does not.
+    audited: bool = True
+    guards: Callable[[Any], list[sa.ColumnElement[bool]]] = lambda src: []
+
+    def where(self, src: Any, current: Any) -> list[sa.ColumnElement[bool]]:
+        """The guard on the task as it is (`current`: its locked row, or tasks)."""
+        clauses = [
+            current.c.status.in_([const(s.value) for s in sorted(self.transition.allowed_from)])
+        ]
+        if self.fenced:
+            clauses.append(current.c.attempts == src.c.attempt)
+        return [*clauses, *self.guards(src)]
+
+
+ITEM_COLUMNS: tuple[tuple[str, Any], ...] = (
+    ("ord", sa.Integer()),
+    ("id", TaskId),
+    ("attempt", sa.Integer()),
+    ("event_type", sa.String()),
+    ("message", sa.Text()),
+)
+
+
+def _finished(src: Any) -> dict[str, Any]:
+    return {"finished_at": _now(), "updated_at": _now()}
+
+
+LEASE_SHAPES: dict[str, LeaseShape] = {
+    "start": LeaseShape(
+        lifecycle.START,
+        (),
+        lambda src: {
+            "status": const(TaskStatus.ACTIVE.value),
+            "attempts": tasks.c.attempts + 1,
+            "wait_reason": "",
+            "next_attempt_at": sa.null(),
+            "started_at": _now(),
+            "updated_at": _now(),
+        },
+        fenced=False,
+    ),
+    "complete": LeaseShape(
+        lifecycle.COMPLETE,
+        (
+            ("to_status", sa.String()),
+            ("error_message", sa.Text()),
+            ("check_results", JSON),
+            ("verdict", sa.String()),
+            ("tcb_status", sa.String()),
+            ("s3_bucket", sa.String()),
+            ("s3_key", sa.String()),
+            ("s3_filename", sa.String()),
+        ),
+        lambda src: {
+            "status": src.c.to_status,
+            "progress": 100,
+            "error_message": src.c.error_message,
+            "check_results": src.c.check_results,
+            "verdict": src.c.verdict,
+            "tcb_status": src.c.tcb_status,
+            "s3_bucket": src.c.s3_bucket,
+            "s3_key": src.c.s3_key,
+            "s3_filename": src.c.s3_filename,
+            "wait_reason": "",
+            "next_attempt_at": sa.null(),
+            **_finished(src),
+        },
+    ),
+    "fail": LeaseShape(
+        lifecycle.FAIL,
+        (("error_message", sa.Text()),),
+        lambda src: {
+            "status": const(TaskStatus.FAILED.value),
+            "error_message": src.c.error_message,
+            "wait_reason": "",
+            "next_attempt_at": sa.null(),
+            **_finished(src),
+        },
+    ),
+    "defer": LeaseShape(
+        lifecycle.DEFER,
+        (("wait_reason", sa.Text()), ("next_attempt_at", UtcDateTime())),
+        lambda src: {
+            "status": const(TaskStatus.WAITING.value),
+            "wait_reason": src.c.wait_reason,
+            "next_attempt_at": src.c.next_attempt_at,
+            "updated_at": _now(),
+        },
+    ),
+    "progress": LeaseShape(
+        lifecycle.PROGRESS,
+        (("progress", sa.SmallInteger()),),
+        lambda src: {"progress": src.c.progress, "updated_at": _now()},
+        audited=False,
+        guards=lambda src: [tasks.c.progress < src.c.progress],
+    ),
+}
+
+
+def select_tasks_in(ids: sa.ColumnElement[bool], full: bool) -> sa.Select[Any]:
+    """Tasks by id (`ids`: the engine's list condition on tasks.id)."""
+    return sa.select(*(FULL_COLUMNS if full else BASIC_COLUMNS)).where(ids)
+
+
+def select_queue_state() -> sa.Select[Any]:
+    return sa.select(queue_state).where(
+        queue_state.c.queue_name == P("queue_name", type_=sa.String())
+    )
+
+
+def upsert_queue_state(insert: Callable[[sa.Table], Any]) -> sa.Executable:
+    """`insert`: the engine's dialect insert (both have on_conflict_do_update)."""
+    statement = insert(queue_state).values(
+        queue_name=P("queue_name", type_=sa.String()),
+        paused=P("paused", type_=sa.Boolean()),
+        changed_at=P("changed_at", type_=UtcDateTime()),
+        changed_by=P("changed_by", type_=sa.String()),
+    )
+    return statement.on_conflict_do_update(
+        index_elements=["queue_name"],
+        set_={
+            "paused": statement.excluded.paused,
+            "changed_at": statement.excluded.changed_at,
+            "changed_by": statement.excluded.changed_by,
+        },
+    )

@@ -19,8 +19,14 @@ from typing import Any
 from . import statements as st
 from .errors import TaskNotFound
 from .model import (
+    Completion,
     Cursor,
+    Deferral,
+    EventType,
+    Failure,
     ListQuery,
+    ProgressReport,
+    QueueState,
     ReportSummary,
     Task,
     TaskEvent,
@@ -29,7 +35,7 @@ from .model import (
     TaskStatus,
     TaskView,
 )
-from .rows import Audit, Row, event_from_row, task_from_row
+from .rows import Audit, LeaseRow, Row, event_from_row, task_from_row, utc
 
 Clock = Callable[[], datetime]
 OnChange = Callable[[str], None]
@@ -78,6 +84,21 @@ class TaskStore(abc.ABC):
     @abc.abstractmethod
     async def _apply(self, change: st.Change) -> Task | None:
         """Run a guarded change with its audit event; None when the guard refused."""
+
+    @abc.abstractmethod
+    async def _apply_leases(
+        self, shape_name: str, items: list[dict[str, Any]], audit: Audit
+    ) -> list[LeaseRow]:
+        """Run a batch change (statements.LEASE_SHAPES) over `items` (id, attempt,
+        event_type, message and the shape's columns); one LeaseRow per item, in order."""
+
+    @abc.abstractmethod
+    async def get_tasks(self, task_ids: list[str], full: bool) -> list[Task]:
+        """The tasks among `task_ids` that exist (any order), one statement."""
+
+    @abc.abstractmethod
+    async def _upsert_queue_state(self, params: dict[str, Any]) -> None:
+        """Insert or update one queue_state row."""
 
     @abc.abstractmethod
     async def _processing_times(
@@ -139,12 +160,97 @@ class TaskStore(abc.ABC):
         """A QUEUED or ACTIVE task was enqueued again: new job id and enqueued_at."""
         return await self._apply(_change("requeue", task_id, audit, job_id=job_id))
 
-    async def touch_enqueued(self, task_id: str) -> Task | None:
-        """A fresh enqueued_at for a QUEUED or ACTIVE task; no status change, no event."""
+    async def touch_enqueued(self, task_id: str, job_id: str) -> Task | None:
+        """The job id and a fresh enqueued_at for a task past PENDING; no status
+        change, no event."""
         row = await self._fetch_one(
-            "touch_enqueued", st.touch_enqueued, {"task_id": task_id, "now": self.clock()}
+            "touch_enqueued",
+            st.touch_enqueued,
+            {"task_id": task_id, "job_id": job_id, "now": self.clock()},
         )
         return task_from_row(row) if row is not None else None
+
+    # --- batch writes of the worker path (one statement per batch) ----------
+
+    async def start_many(self, task_ids: list[str], audit: Audit) -> list[LeaseRow]:
+        """ACTIVE with a new attempt each; a finished task is not started."""
+        items = [_item(task_id, 0, audit.type, audit.message) for task_id in task_ids]
+        return await self._apply_leases("start", items, audit)
+
+    async def complete_many(self, completions: list[Completion], audit: Audit) -> list[LeaseRow]:
+        """Each ACTIVE task whose current attempt it is ends as its completion says."""
+        items = []
+        for c in completions:
+            event = EventType.COMPLETED if c.status is TaskStatus.COMPLETED else EventType.FAILED
+            message = c.error_message or "every enabled check passed"
+            items.append(
+                _item(c.task_id, c.attempt, event, message)
+                | {
+                    "to_status": c.status.value,
+                    "error_message": c.error_message,
+                    "check_results": [r.to_dict() for r in c.summary.checks],
+                    "verdict": c.summary.verdict,
+                    "tcb_status": c.summary.tcb_status,
+                    "s3_bucket": c.summary.s3_bucket,
+                    "s3_key": c.summary.s3_key,
+                    "s3_filename": c.summary.s3_filename,
+                }
+            )
+        return await self._apply_leases("complete", items, audit)
+
+    async def fail_many(self, failures: list[Failure], audit: Audit) -> list[LeaseRow]:
+        items = [
+            _item(f.task_id, f.attempt, EventType.FAILED, f.error_message)
+            | {"error_message": f.error_message}
+            for f in failures
+        ]
+        return await self._apply_leases("fail", items, audit)
+
+    async def defer_many(self, deferrals: list[Deferral], audit: Audit) -> list[LeaseRow]:
+        items = [
+            _item(d.task_id, d.attempt, EventType.WAITING, d.reason)
+            | {"wait_reason": d.reason, "next_attempt_at": d.retry_at}
+            for d in deferrals
+        ]
+        return await self._apply_leases("defer", items, audit)
+
+    async def write_progress(self, reports: list[ProgressReport], audit: Audit) -> list[LeaseRow]:
+        """The progress column only (no audit row: progress is not a state change)."""
+        items = [
+            _item(p.task_id, p.attempt, EventType.PROGRESS, p.message) | {"progress": p.progress}
+            for p in reports
+        ]
+        return await self._apply_leases("progress", items, audit)
+
+    # --- the queue's durable state ---------------------------------------------
+
+    async def get_queue_state(self, queue_name: str) -> QueueState:
+        row = await self._fetch_one(
+            "queue_state", st.select_queue_state, {"queue_name": queue_name}
+        )
+        counts = await self._fetch(
+            ("count_by_status", (False, False)), lambda: st.count_by_status(False, False), {}
+        )
+        by_status = {row_["status"]: int(row_["count"]) for row_ in counts}
+        return QueueState(
+            queue_name=queue_name,
+            paused=bool(row["paused"]) if row else False,
+            changed_at=utc(row["changed_at"]) if row else None,
+            changed_by=row["changed_by"] if row else "",
+            completed=by_status.get(TaskStatus.COMPLETED.value, 0),
+            failed=by_status.get(TaskStatus.FAILED.value, 0),
+        )
+
+    async def set_queue_paused(self, queue_name: str, paused: bool, changed_by: str) -> QueueState:
+        await self._upsert_queue_state(
+            {
+                "queue_name": queue_name,
+                "paused": paused,
+                "changed_at": self.clock(),
+                "changed_by": changed_by,
+            }
+        )
+        return await self.get_queue_state(queue_name)
 
     # --- reads ---------------------------------------------------------------
 
@@ -210,16 +316,21 @@ class TaskStore(abc.ABC):
 
     async def reconcile_candidates(
         self, pending_before: datetime, stale_before: datetime, limit: int
-    ) -> list[str]:
-        """Tasks the queue may not hold: PENDING ones never acknowledged in time,
-        and QUEUED or ACTIVE ones untouched for the stale timeout (their queue
-        entry may be lost, for example by a Redis restart without persistence)."""
+    ) -> list[tuple[str, TaskStatus]]:
+        """Tasks the queue may not hold, with their status: PENDING ones never
+        acknowledged in time, and QUEUED, ACTIVE or WAITING ones untouched for the
+        stale timeout (their queue entry may be lost, for example by a Redis
+        restart without persistence)."""
         rows = await self._fetch(
             "reconcile",
             st.reconcile_candidates,
             {"pending_before": pending_before, "stale_before": stale_before, "limit": limit},
         )
-        return [str(row["id"]) for row in rows]
+        return [(str(row["id"]), TaskStatus(row["status"])) for row in rows]
+
+
+def _item(task_id: str, attempt: int, event: EventType, message: str) -> dict[str, Any]:
+    return {"id": task_id, "attempt": attempt, "event_type": event.value, "message": message}
 
 
 def _change(shape: str, task_id: str, audit: Audit, **params: Any) -> st.Change:

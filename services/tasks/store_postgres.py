@@ -20,13 +20,14 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Json, set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
 from shared.errors import Unavailable
 
 from . import statements as st
 from .model import Task
-from .rows import Audit, Row, task_from_row
+from .rows import Audit, LeaseRow, Row, lease_row, task_from_row
 from .store import Builder, Clock, TaskStore, libpq_url
 from .tables import BASIC_COLUMNS, TaskId, task_events, tasks
 
@@ -68,6 +69,61 @@ def _insert() -> sa.Select[Any]:
         st.audit_insert(inserted, from_status=sa.null()).returning(task_events.c.id).cte("audit")
     )
     return sa.select(inserted, audit.c.id.label("event_id")).join_from(inserted, audit, sa.true())
+
+
+def _lease(shape: st.LeaseShape) -> sa.Select[Any]:
+    """A batch change in ONE statement: the items (a JSON array) as a table,
+    the tasks locked, the guarded UPDATE, its audit rows, and per item what
+    was found and whether it was applied, in item order."""
+    columns = [sa.column(name, type_) for name, type_ in (*st.ITEM_COLUMNS, *shape.columns)]
+    items = (
+        sa.func.jsonb_to_recordset(sa.cast(st.P("items"), JSONB))
+        .table_valued(*columns)
+        .render_derived(name="r", with_types=True)
+    )
+    req = sa.select(items).cte("req")
+    old = (
+        sa.select(tasks.c.id, tasks.c.status, tasks.c.attempts, tasks.c.verdict)
+        .where(tasks.c.id.in_(sa.select(req.c.id)))
+        .with_for_update()
+        .cte("old")
+    )
+    updated = (
+        sa.update(tasks)
+        .where(tasks.c.id == req.c.id, old.c.id == req.c.id, *shape.where(req, old))
+        .values(shape.assignments(req))
+        .returning(
+            tasks.c.id,
+            tasks.c.status,
+            tasks.c.progress,
+            tasks.c.attempts,
+            tasks.c.updated_at,
+            old.c.status.label("old_status"),
+            req.c.event_type,
+            req.c.message,
+        )
+        .cte("updated")
+    )
+    result = (
+        sa.select(
+            req.c.id,
+            old.c.status,
+            old.c.attempts,
+            old.c.verdict,
+            updated.c.id.is_not(None).label("applied"),
+            updated.c.attempts.label("new_attempt"),
+        )
+        .select_from(
+            req.outerjoin(old, old.c.id == req.c.id).outerjoin(updated, updated.c.id == req.c.id)
+        )
+        .order_by(req.c.ord)
+    )
+    if shape.audited:
+        audit = st.audit_insert(
+            updated, updated.c.old_status, updated.c.event_type, updated.c.message
+        ).cte("audit")
+        result = result.add_cte(audit)
+    return result
 
 
 def _processing_times(has_after: bool, has_before: bool) -> sa.Select[Any]:
@@ -156,6 +212,32 @@ class PostgresTaskStore(TaskStore):
             ("change", change.shape_name), lambda: _change(shape), change.params
         )
         return task_from_row(row, with_evidence=shape.with_evidence) if row else None
+
+    async def _apply_leases(
+        self, shape_name: str, items: list[dict[str, Any]], audit: Audit
+    ) -> list[LeaseRow]:
+        shape = st.LEASE_SHAPES[shape_name]
+        ordered = [{**item, "ord": index} for index, item in enumerate(items)]
+        rows = await self._fetch(
+            ("lease", shape_name),
+            lambda: _lease(shape),
+            {"items": Json(ordered), **audit.params()},
+        )
+        return [lease_row(row) for row in rows]
+
+    async def _upsert_queue_state(self, params: dict[str, Any]) -> None:
+        await self._fetch("upsert_queue_state", lambda: st.upsert_queue_state(pg.insert), params)
+
+    async def get_tasks(self, task_ids: list[str], full: bool) -> list[Task]:
+        rows = await self._fetch(
+            ("tasks_in", full),
+            lambda: st.select_tasks_in(
+                tasks.c.id == sa.any_(sa.cast(st.P("ids"), pg.ARRAY(pg.UUID))), full
+            ),
+            # An array literal: a list parameter would be taken for JSON (_params).
+            {"ids": "{" + ",".join(task_ids) + "}"},
+        )
+        return [task_from_row(row, with_evidence=full) for row in rows]
 
     async def _processing_times(
         self, after: datetime | None, before: datetime | None

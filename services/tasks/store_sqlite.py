@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,7 +21,7 @@ from . import lifecycle
 from . import statements as st
 from .errors import TaskNotFound
 from .model import Task
-from .rows import Audit, Row, task_from_row
+from .rows import Audit, LeaseRow, Row, lease_row, task_from_row
 from .store import Builder, Clock, OnChange, TaskStore
 from .tables import BASIC_COLUMNS, TaskId, tasks
 
@@ -37,6 +38,42 @@ def _audit(from_status: Any) -> sa.Insert:
     """The audit row of the task `task_id`, selected from its row as just written."""
     source = sa.select(tasks).where(tasks.c.id == st.P("task_id", type_=TaskId)).subquery("t")
     return st.audit_insert(source, from_status=from_status)
+
+
+class _Binds:
+    """Bind parameters standing in for a batch item's columns (`src.c.<name>`),
+    prefixed: a bind named like a column is reserved in an UPDATE."""
+
+    def __init__(self, columns: tuple[tuple[str, Any], ...]) -> None:
+        self.c = SimpleNamespace(
+            **{name: st.P(f"item_{name}", type_=type_) for name, type_ in columns}
+        )
+
+
+def _lease_update(shape: st.LeaseShape) -> sa.Update:
+    src = _Binds((*st.ITEM_COLUMNS, *shape.columns))
+    return (
+        sa.update(tasks)
+        .where(tasks.c.id == src.c.id, *shape.where(src, tasks))
+        .values(shape.assignments(src))
+        .returning(tasks.c.attempts)
+    )
+
+
+def _lease_audit() -> sa.Insert:
+    src = sa.select(tasks).where(tasks.c.id == st.P("item_id", type_=TaskId)).subquery("t")
+    return st.audit_insert(
+        src,
+        sa.cast(st.P("old_status"), sa.String()),
+        sa.cast(st.P("item_event_type"), sa.String()),
+        sa.cast(st.P("item_message"), sa.Text()),
+    )
+
+
+def _lease_old() -> sa.Select[Any]:
+    return sa.select(tasks.c.status, tasks.c.attempts, tasks.c.verdict).where(
+        tasks.c.id == st.P("item_id", type_=TaskId)
+    )
 
 
 class SqliteTaskStore(TaskStore):
@@ -113,6 +150,65 @@ class SqliteTaskStore(TaskStore):
             await self._write_audit(conn, task.id, old, change.params)
         self._changed(task.id)
         return task
+
+    async def _apply_leases(
+        self, shape_name: str, items: list[dict[str, Any]], audit: Audit
+    ) -> list[LeaseRow]:
+        """Item by item in one transaction: SQLite has no data-modifying CTEs, and
+        its one connection makes the statements cheap."""
+        shape = st.LEASE_SHAPES[shape_name]
+        old_statement = self._statement("lease_old", _lease_old)
+        update = self._statement(("lease", shape_name), lambda: _lease_update(shape))
+        audit_statement = self._statement("lease_audit", _lease_audit)
+        common = audit.params()
+        results: list[LeaseRow] = []
+        changed: list[str] = []
+        async with self.engine.begin() as conn:
+            for item in items:
+                params = {**common, **{f"item_{k}": v for k, v in item.items()}}
+                old = (await conn.execute(old_statement, params)).mappings().first()
+                new_attempt = None
+                if old is not None:
+                    new_attempt = (await conn.execute(update, params)).scalar()
+                applied = new_attempt is not None
+                if applied and shape.audited:
+                    await conn.execute(
+                        audit_statement,
+                        {
+                            **params,
+                            "old_status": old["status"] if old else None,
+                        },
+                    )
+                if applied:
+                    changed.append(item["id"])
+                results.append(
+                    lease_row(
+                        {
+                            "id": item["id"],
+                            "status": old["status"] if old else None,
+                            "attempts": old["attempts"] if old else 0,
+                            "verdict": old["verdict"] if old else "",
+                            "applied": applied,
+                            "new_attempt": new_attempt,
+                        }
+                    )
+                )
+        for task_id in changed:
+            self._changed(task_id)
+        return results
+
+    async def _upsert_queue_state(self, params: dict[str, Any]) -> None:
+        await self._fetch(
+            "upsert_queue_state", lambda: st.upsert_queue_state(sqlite.insert), params
+        )
+
+    async def get_tasks(self, task_ids: list[str], full: bool) -> list[Task]:
+        rows = await self._fetch(
+            ("tasks_in", full),
+            lambda: st.select_tasks_in(tasks.c.id.in_(st.P("ids", expanding=True)), full),
+            {"ids": task_ids},
+        )
+        return [task_from_row(row, with_evidence=full) for row in rows]
 
     async def _processing_times(
         self, after: datetime | None, before: datetime | None

@@ -84,6 +84,19 @@ tasks = sa.Table(
     sa.Column("enqueued_at", UtcDateTime(), nullable=True),
     # "api" or "scheduler" (migration 0002_apps).
     sa.Column("created_by", sa.String(16), nullable=False, server_default="api"),
+    # Why a WAITING task waits (the transient fault), and when it runs again.
+    sa.Column("wait_reason", sa.Text(), nullable=False, server_default=""),
+    sa.Column("next_attempt_at", UtcDateTime(), nullable=True),
+)
+
+# The queue's durable state (QueueStateService): it survives a Redis flush.
+queue_state = sa.Table(
+    "queue_state",
+    metadata,
+    sa.Column("queue_name", sa.String(128), primary_key=True),
+    sa.Column("paused", sa.Boolean(), nullable=False),
+    sa.Column("changed_at", UtcDateTime(), nullable=False),
+    sa.Column("changed_by", sa.String(256), nullable=False, server_default=""),
 )
 
 task_events = sa.Table(

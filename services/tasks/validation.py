@@ -269,6 +269,15 @@ def validate_reason(value: str) -> str:
     return _bounded_text("reason", value, MAX_REASON)
 
 
+def validate_attempt(value: int, field: str = "attempt") -> int:
+    """An attempt number StartTasks handed out (1 for the first start)."""
+    if value < 1:
+        raise InvalidArgument(
+            field, f"must be an attempt StartTasks returned (1 or more), got {value}"
+        )
+    return value
+
+
 def validate_worker_id(value: str) -> str:
     return _bounded_text("worker_id", value, MAX_WORKER_ID)
 

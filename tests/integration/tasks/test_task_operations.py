@@ -14,6 +14,7 @@ import grpc
 import psycopg
 import pytest
 import sqlalchemy as sa
+from alembic.script import ScriptDirectory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from verifier.ops.v1 import diagnostics_pb2, diagnostics_pb2_grpc
 from verifier.tasks.v1 import tasks_pb2
@@ -205,8 +206,6 @@ async def test_migrations_create_every_column_the_store_uses(fresh: tuple[str, s
         } <= indexes
     finally:
         engine.dispose()
-    from alembic.script import ScriptDirectory
-
     head = ScriptDirectory.from_config(migrate.alembic_config(url)).get_current_head()
     assert await asyncio.to_thread(migrate.current_revision, url) == head
 

@@ -148,12 +148,35 @@ def test_no_transition_leaves_a_finished_status() -> None:
         assert not transition.allowed_from & lifecycle.FINISHED_STATUSES, transition.operation
 
 
-def test_start_accepts_pending_queued_and_active() -> None:
+def test_start_accepts_pending_queued_active_and_waiting() -> None:
     assert lifecycle.START.allowed_from == {
         TaskStatus.PENDING,
         TaskStatus.QUEUED,
         TaskStatus.ACTIVE,
+        TaskStatus.WAITING,
     }
+
+
+def test_only_an_active_task_is_deferred_and_a_repeat_is_a_noop() -> None:
+    assert lifecycle.DEFER.allowed_from == {TaskStatus.ACTIVE}
+    assert lifecycle.DEFER.noop_from == {TaskStatus.WAITING}
+
+
+def test_an_item_for_another_attempt_is_stale_whatever_the_status() -> None:
+    found = (TaskStatus.ACTIVE, 3)
+    assert lifecycle.lease_outcome(lifecycle.COMPLETE, 2, found) is lifecycle.Refusal.STALE
+    assert lifecycle.lease_outcome(lifecycle.COMPLETE, 2, None) is lifecycle.Refusal.NOT_FOUND
+
+
+def test_a_repeat_for_the_current_attempt_is_accepted_only_when_it_says_so() -> None:
+    done = (TaskStatus.COMPLETED, 2)
+    assert lifecycle.lease_outcome(lifecycle.COMPLETE, 2, done, repeated=True) is None
+    assert lifecycle.lease_outcome(lifecycle.COMPLETE, 2, done) is lifecycle.Refusal.STATUS
+    cancelled = (TaskStatus.CANCELLED, 2)
+    assert (
+        lifecycle.lease_outcome(lifecycle.DEFER, 2, cancelled, repeated=True)
+        is lifecycle.Refusal.STATUS
+    )
 
 
 def test_complete_before_start_is_refused() -> None:
