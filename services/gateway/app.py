@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
 import shared
-from services.gateway import catalog
+from services.gateway import catalog, dashboard
 from services.gateway.catalog import HttpRoute, RouteTable
 from services.gateway.comments import load_comments
 from services.gateway.docs import render_docs
@@ -58,6 +58,7 @@ _QUIET_PATHS = frozenset({"/health", "/health/detailed", "/metrics"})
 # Served by Starlette; every other path is the generic endpoint's.
 FIXED_PATHS = frozenset(
     {"/health", "/health/detailed", "/openapi", "/openapi.json", "/docs", "/metrics"}
+    | dashboard.PATHS
 )
 _READ_HEADERS = frozenset({b"content-length", b"x-timeout", b"grpc-timeout"})
 
@@ -451,6 +452,8 @@ def create_app(
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/docs", docs, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route("/dashboard", dashboard.page, methods=["GET"]),
+            Route("/dashboard.js", dashboard.script, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

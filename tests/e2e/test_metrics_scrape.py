@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fault.stack import PipelineStack, Process, pipeline_stack, stack_env
 from tests.support import servers
+from tests.support.gateway_process import start_gateway
 from tests.support.vectors import dstack_create_task_json
 
 pytestmark = pytest.mark.e2e
@@ -31,20 +32,6 @@ class MetricsStack:
     gateway: str
     endpoints: dict[str, str]
     queue_name: str
-
-
-def _wait_http(url: str, process: Process, within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not process.running:
-            raise RuntimeError(f"{process.name} exited:\n{process.tail()}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} never answered:\n{process.tail()}")
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +57,9 @@ def mstack(
             },
         )
         with pipeline_stack(env, workers=1) as stack:
-            gateway = Process(
-                "gateway",
-                ["-m", "services.gateway"],
-                {**stack.env, "HOST": "127.0.0.1", "PORT": str(ports["gateway"])},
-                workdir / "gateway.log",
-            ).start()
+            gateway = start_gateway(stack.env, ports["gateway"], workdir / "gateway.log")
             base = f"http://127.0.0.1:{ports['gateway']}"
             try:
-                _wait_http(f"{base}/health", gateway)
                 endpoints = {
                     name: f"http://127.0.0.1:{ports[name]}/metrics"
                     for name in ("tasks", "queue", "verification", "worker")
