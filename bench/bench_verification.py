@@ -4,6 +4,9 @@ Measures, in one run, for the dstack quote-report.json vector with the
 hardware, os and source_code checks on:
   - raw dcap_qvl.verify calls per second (collateral parsed once),
   - engine verifications per second in one process,
+  - a three-part trust chain (app instance + KMS + gateway, each part the
+    vector's real quote: no public KMS/gateway quote has collateral) per
+    second in one process, and its cost in single quotes (target <= 3.3x),
   - engine verifications per second through VerificationPool on every core.
 Prints the figures and the engine's overhead over raw dcap-qvl.
 
@@ -27,6 +30,13 @@ import dcap_qvl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from services.verification.chain import (  # noqa: E402
+    PART_GATEWAY,
+    PART_KMS,
+    ChainEvidence,
+    PartEvidence,
+    instance_part,
+)
 from services.verification.engine import VerificationEngine  # noqa: E402
 from services.verification.evidence import parse_evidence_json  # noqa: E402
 from services.verification.model import VerificationFlags, VerificationRequest  # noqa: E402
@@ -36,6 +46,7 @@ from services.verification.settings import VerificationSettings  # noqa: E402
 VECTORS = ROOT.parent / "shared" / "vectors"
 AT = datetime(2026, 3, 5, 10, 50, 3, tzinfo=UTC)
 COMPOSE_HASH = "3763bc34552cf3a27ff71ad5f7a90471562a1a2df552dfc1998cba2d60da27e7"
+APP_ID = COMPOSE_HASH[:40]
 
 
 def build_request() -> VerificationRequest:
@@ -48,6 +59,37 @@ def build_request() -> VerificationRequest:
         flags=VerificationFlags.only(["hardware", "os", "source_code"]),
         expected_compose_hash=COMPOSE_HASH,
     )
+
+
+def build_chain_request(single: VerificationRequest) -> VerificationRequest:
+    """App + KMS + gateway, each the vector's quote with its collateral inline."""
+    evidence = single.evidence
+    chain = ChainEvidence(
+        app_id=APP_ID,
+        instances=(PartEvidence(instance_part("0"), evidence),),
+        kms=PartEvidence(PART_KMS, evidence),
+        gateway=PartEvidence(PART_GATEWAY, evidence, expected_app_id=APP_ID),
+    )
+    return replace(single, app_id=APP_ID, app_config_type="phala_cloud", chain=chain)
+
+
+def interleaved_rates(calls: list[Callable[[], object]], seconds: float) -> list[float]:
+    """Calls/s of each of `calls`, timed call by call in alternation (see paired_rates)."""
+    for _ in range(50):
+        for call in calls:
+            call()
+    spent = [0.0] * len(calls)
+    rounds = 0
+    clock = time.perf_counter
+    deadline = clock() + seconds
+    while clock() < deadline:
+        for _ in range(20):
+            for i, call in enumerate(calls):
+                t0 = clock()
+                call()
+                spent[i] += clock() - t0
+        rounds += 20
+    return [rounds / t for t in spent]
 
 
 def paired_rates(
@@ -120,9 +162,17 @@ def main() -> None:
     collateral = dcap_qvl.QuoteCollateralV3.from_json(request.evidence.collateral or "")
     now = int(AT.timestamp())
 
-    raw, one = paired_rates(
-        lambda: dcap_qvl.verify(quote, collateral, now),
-        lambda: engine.verify(request),
+    chain_request = build_chain_request(request)
+    chain_report = engine.verify(chain_request)
+    hardware = [r for r in chain_report.part_checks if r.name == "hardware"]
+    if len(hardware) != 3 or not all(r.passed for r in hardware):
+        raise SystemExit(f"the chain's quotes did not verify: {[r.reason for r in hardware]}")
+    raw, one, chained = interleaved_rates(
+        [
+            lambda: dcap_qvl.verify(quote, collateral, now),
+            lambda: engine.verify(request),
+            lambda: engine.verify(chain_request),
+        ],
         3 * args.seconds,
     )
     cores = os.cpu_count() or 1
@@ -132,6 +182,10 @@ def main() -> None:
     overhead = raw / one - 1
     print(f"raw dcap_qvl.verify            : {raw:8.0f} calls/s ({1000 / raw:.3f} ms)")
     print(f"engine, one process            : {one:8.0f} verifications/s ({1000 / one:.3f} ms)")
+    print(
+        f"three-part chain, one process  : {chained:8.0f} chains/s ({1000 / chained:.3f} ms); "
+        f"{one / chained:.2f}x one quote (target <= 3.3x), {raw / chained:.2f}x raw dcap-qvl"
+    )
     print(
         f"engine, pool of {cores} processes    : {pooled:8.0f} verifications/s "
         f"({args.concurrency} outstanding)"

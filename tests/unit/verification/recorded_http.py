@@ -37,6 +37,7 @@ def recorded_server(
                     "query": parts.query,
                     "body": body,
                     "host": self.headers.get("host", ""),
+                    "authorization": self.headers.get("authorization", ""),
                 }
             )
             route = routes.get(parts.path, (404, {"error": "not found"}))

@@ -144,6 +144,8 @@ async def test_redpill_fetch_builds_evidence() -> None:
     assert evidence.quote == bytes.fromhex(VECTOR["quote"])
     assert evidence.app_compose == APP_COMPOSE
     assert log[0]["query"] == "model=phala%2Fdeepseek-chat-v3-0324"
+    assert log[0]["path"] == "/v1/attestation/report"  # the bare base plus the path, once
+    assert log[0]["authorization"] == "Bearer secret-key"
 
 
 async def test_server_error_is_transient_and_not_found_is_not() -> None:
