@@ -1,19 +1,20 @@
 """Handing tasks to the queue, off the request path, without ever losing one.
 
 CreateTask commits the task as PENDING (the outbox is the tasks table itself)
-and submits its id to the `Dispatcher`, which calls QueueService.EnqueueTask
-and records the acknowledgement (PENDING -> QUEUED, queue_job_id). When the
-queue is down, or the process dies first, the task stays PENDING and the
-`Reconciler` submits it again once it is older than reconcile_after_seconds.
-The reconciler also re-sends QUEUED or ACTIVE tasks untouched for
-requeue_stale_after_seconds, whose queue entry may have been lost. EnqueueTask
+and submits its id to the `Dispatcher`, which hands batches to the queue
+(QueueIntakeService.EnqueueTasks) and records the acknowledgements in one
+statement (PENDING -> QUEUED, queue_job_id). When the queue is down, or the
+process dies first, the task stays PENDING and the `Reconciler` submits it
+again once it is older than reconcile_after_seconds. The reconciler also
+re-sends QUEUED, ACTIVE or WAITING tasks untouched for
+requeue_stale_after_seconds, whose queue entry may have been lost. Enqueueing
 is idempotent per task id, so a re-send of a live entry changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
 
@@ -24,17 +25,30 @@ from shared.context import bind_request_id, bind_task_id, current_request_id, ne
 from shared.errors import Unavailable
 from shared.grpc_client import create_channel
 from shared.log import get_logger
+from shared.retry import Backoff, keep_running
 
 from . import audit
-from .model import EventType, Task, TaskStatus
+from .model import EnqueueAck, EventType, TaskStatus
 from .store import TaskStore
 
 log = get_logger(__name__)
 
 
+@dataclass(frozen=True)
+class Enqueued:
+    """The queue's answer for one task of a batch."""
+
+    task_id: str
+    job_id: str = ""
+    already_enqueued: bool = False
+    # Why the queue did not take it ("" when it did).
+    error: str = ""
+
+
 class QueueClient(Protocol):
-    async def enqueue(self, task_id: str) -> tuple[str, bool]:
-        """Enqueue; returns the job id and whether the queue already had the task."""
+    async def enqueue_many(self, task_ids: list[str]) -> list[Enqueued]:
+        """Enqueue a batch; one answer per task, in order. Raises when the
+        queue cannot be reached at all."""
         ...
 
     async def version(self) -> str:
@@ -45,31 +59,61 @@ class QueueClient(Protocol):
 
 
 class GrpcQueueClient:
-    """QueueService over gRPC. The channel is created lazily, inside the running loop."""
+    """The queue over gRPC: QueueIntakeService.EnqueueTasks, one call per batch
+    (QueueService.EnqueueTask per task against a queue that does not serve the
+    batch RPC yet). The channel is created lazily, inside the running loop."""
 
     def __init__(self, target: str, timeout_seconds: float) -> None:
         self.target = target
         self.timeout_seconds = timeout_seconds
         self._channel: grpc.aio.Channel | None = None
-        self._stub: queue_pb2_grpc.QueueServiceStub | None = None
+        self._batch_rpc = True
 
-    def _queue(self) -> queue_pb2_grpc.QueueServiceStub:
-        if self._stub is None:
+    def _open(self) -> grpc.aio.Channel:
+        if self._channel is None:
             self._channel = create_channel(self.target)
-            self._stub = queue_pb2_grpc.QueueServiceStub(self._channel)
-        return self._stub
+        return self._channel
 
-    async def enqueue(self, task_id: str) -> tuple[str, bool]:
+    def _unavailable(self, exc: grpc.aio.AioRpcError) -> Unavailable:
+        return Unavailable(f"queue {self.target}: {exc.code().name} {exc.details()}")
+
+    async def enqueue_many(self, task_ids: list[str]) -> list[Enqueued]:
+        if self._batch_rpc:
+            stub = queue_pb2_grpc.QueueIntakeServiceStub(self._open())
+            try:
+                response = await stub.EnqueueTasks(
+                    queue_pb2.EnqueueTasksRequest(task_ids=task_ids), timeout=self.timeout_seconds
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise self._unavailable(exc) from None
+                log.info("dispatch.batch_rpc_unimplemented", queue=self.target)
+                self._batch_rpc = False
+            else:
+                return [
+                    Enqueued(
+                        t.task_id,
+                        t.job_id,
+                        t.already_enqueued,
+                        "" if t.status.code == 0 else t.status.message or str(t.status.code),
+                    )
+                    for t in response.tasks
+                ]
+        return list(await asyncio.gather(*(self._enqueue_one(task_id) for task_id in task_ids)))
+
+    async def _enqueue_one(self, task_id: str) -> Enqueued:
+        stub = queue_pb2_grpc.QueueServiceStub(self._open())
         try:
-            response = await self._queue().EnqueueTask(
+            response = await stub.EnqueueTask(
                 queue_pb2.EnqueueTaskRequest(task_id=task_id), timeout=self.timeout_seconds
             )
         except grpc.aio.AioRpcError as exc:
-            raise Unavailable(f"queue {self.target}: {exc.code().name} {exc.details()}") from None
-        return response.job_id, response.already_enqueued
+            return Enqueued(task_id, error=str(self._unavailable(exc)))
+        return Enqueued(task_id, response.job_id, response.already_enqueued)
 
     async def version(self) -> str:
-        response = await self._queue().GetQueueStatus(
+        stub = queue_pb2_grpc.QueueServiceStub(self._open())
+        response = await stub.GetQueueStatus(
             queue_pb2.GetQueueStatusRequest(), timeout=self.timeout_seconds
         )
         return f"{response.status.backend} queue {response.status.queue_name}"
@@ -78,23 +122,26 @@ class GrpcQueueClient:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
-            self._stub = None
 
 
 class Dispatcher:
-    """Enqueues submitted tasks with a few concurrent senders; a background job."""
+    """Enqueues submitted tasks in batches with a few concurrent senders; a
+    background job. A batch is one EnqueueTasks call and one statement that
+    records its acknowledgements."""
 
     def __init__(
         self,
         store: TaskStore,
         queue: QueueClient,
         *,
-        senders: int = 8,
+        senders: int = 4,
+        batch_size: int = 200,
         max_backlog: int = 100_000,
     ) -> None:
         self.store = store
         self.queue = queue
         self.senders = senders
+        self.batch_size = batch_size
         # (task id, request id of the call that created it, for the audit trail
         # and logs, and whether a queue that does not know it had lost it)
         self._backlog: asyncio.Queue[tuple[str, str, bool]] = asyncio.Queue(max_backlog)
@@ -129,59 +176,66 @@ class Dispatcher:
 
     async def _sender(self) -> None:
         while True:
-            task_id, request_id, resend = await self._backlog.get()
-            bind_request_id(request_id or new_request_id())
+            batch = [await self._backlog.get()]
+            while len(batch) < self.batch_size and not self._backlog.empty():
+                batch.append(self._backlog.get_nowait())
+            # One request id per batch in the logs: the first task's creator's.
+            bind_request_id(batch[0][1] or new_request_id())
             try:
-                await self.send(task_id, resend=resend)
+                await self.send_many([(task_id, resend) for task_id, _, resend in batch])
             finally:
-                self._in_hand.discard(task_id)
+                for task_id, _, _ in batch:
+                    self._in_hand.discard(task_id)
 
     async def send(self, task_id: str, *, resend: bool = True) -> bool:
-        """Enqueue one task and record the acknowledgement; False when the queue
-        did not take it (the task stays as it is, for the reconciler)."""
+        """Enqueue one task now (a batch of one); see send_many."""
         bind_task_id(task_id)
-        try:
-            job_id, already = await self.queue.enqueue(task_id)
-        except Exception as exc:
-            self.failed += 1
-            self._queue_state(False, str(exc))
-            log.debug("dispatch.enqueue_failed", error=str(exc))
-            return False
-        self._queue_state(True)
-        try:
-            task = await self.record(task_id, job_id, already, resend=resend)
-        except Exception:
-            # Enqueued but not recorded: the reconciler re-sends it, and the
-            # queue answers already_enqueued.
-            log.exception("dispatch.record_failed", job_id=job_id)
-            return False
-        self.enqueued += 1
-        log.debug("dispatch.enqueued", job_id=job_id, status=task.status.value, already=already)
-        return True
+        return await self.send_many([(task_id, resend)]) == 1
 
-    async def record(
-        self, task_id: str, job_id: str, already_enqueued: bool, *, resend: bool
-    ) -> Task:
-        """Record the queue's acknowledgement: PENDING becomes QUEUED; a task past
-        PENDING gets the job id and a fresh enqueued_at, and a `requeued` event
-        only when it was re-sent past PENDING and the queue did not have it (the
-        queue had lost it). A first send acknowledged after a worker started the
-        task is recorded as nothing: the task is past QUEUED, nothing was lost."""
-        clock = self.store.clock
-        task = await self.store.mark_queued(
-            task_id, job_id, audit.entry(clock, EventType.QUEUED, f"job {job_id}")
-        )
-        if task is not None:
-            return task
-        if already_enqueued or not resend:
-            # Nothing was lost: refresh the clock without an audit event.
-            task = await self.store.touch_enqueued(task_id, job_id)
-        else:
-            message = f"job {job_id} (the queue had lost it)"
-            task = await self.store.requeue(
-                task_id, job_id, audit.entry(clock, EventType.REQUEUED, message)
+    async def send_many(self, items: list[tuple[str, bool]]) -> int:
+        """Enqueue a batch and record the acknowledgements in one statement;
+        returns how many the queue took and were recorded. A task the queue did
+        not take stays as it is, for the reconciler."""
+        task_ids = [task_id for task_id, _ in items]
+        try:
+            answers = await self.queue.enqueue_many(task_ids)
+        except Exception as exc:
+            self.failed += len(items)
+            self._queue_state(False, str(exc))
+            log.debug("dispatch.enqueue_failed", tasks=len(items), error=str(exc))
+            return 0
+        self._queue_state(True)
+        resend = dict(items)
+        acks = [
+            EnqueueAck(
+                a.task_id,
+                a.job_id,
+                # Decided here: a re-send of a task past PENDING that the queue
+                # did not hold was lost by it. A first send acknowledged after a
+                # worker started the task is no loss (the worker was faster).
+                requeue=resend.get(a.task_id, False) and not a.already_enqueued,
             )
-        return task if task is not None else await self.store.get_task(task_id)
+            for a in answers
+            if not a.error
+        ]
+        refused = [a for a in answers if a.error]
+        if refused:
+            self.failed += len(refused)
+            log.warning("dispatch.refused", tasks=len(refused), error=refused[0].error)
+        if not acks:
+            return 0
+        try:
+            rows = await self.store.mark_enqueued_many(
+                acks, audit.entry(self.store.clock, EventType.QUEUED, "")
+            )
+        except Exception:
+            # Enqueued but not recorded: the reconciler re-sends them, and the
+            # queue answers already_enqueued.
+            log.exception("dispatch.record_failed", tasks=len(acks))
+            return 0
+        self.enqueued += len(acks)
+        log.debug("dispatch.enqueued", tasks=len(acks), recorded=sum(r.applied for r in rows))
+        return len(acks)
 
     def _queue_state(self, up: bool, error: str = "") -> None:
         # One log line per change of the queue's reachability, not one per task.
@@ -214,21 +268,24 @@ class Reconciler:
         self.batch = batch
 
     async def run(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                await self.reconcile_once()
-            await asyncio.sleep(self.interval_seconds)
+        async def once() -> None:
+            await self.reconcile_once()
+
+        # A failing pass (the database down) is logged once per outage, and
+        # retried with the backoff; then every interval again.
+        await keep_running(
+            "reconciler",
+            once,
+            backoff=Backoff(base_seconds=1.0, cap_seconds=max(1.0, self.interval_seconds)),
+            every=self.interval_seconds,
+        )
 
     async def reconcile_once(self) -> int:
         """Submit every candidate; returns how many were submitted."""
         now = self.store.clock()
-        try:
-            candidates = await self.store.reconcile_candidates(
-                now - self.pending_after, now - self.stale_after, self.batch
-            )
-        except Exception as exc:
-            log.warning("reconcile.query_failed", error=str(exc))
-            raise
+        candidates = await self.store.reconcile_candidates(
+            now - self.pending_after, now - self.stale_after, self.batch
+        )
         submitted = sum(
             1
             for task_id, status in candidates

@@ -22,8 +22,10 @@ from collections.abc import AsyncIterator
 import psycopg
 
 from shared.log import get_logger
+from shared.retry import Backoff, Outage, keep_running
 
 from .errors import ChangeFeedUnavailable
+from .store import libpq_url
 from .tables import NOTIFY_CHANNEL
 
 log = get_logger(__name__)
@@ -101,23 +103,23 @@ class PostgresListener:
     """The one LISTEN connection of the process; a background job of the server."""
 
     def __init__(self, url: str, feed: ChangeFeed, retry_seconds: float = 1.0) -> None:
-        self.url = _libpq_url(url)
+        self.url = libpq_url(url)
         self.feed = feed
-        self.retry_seconds = retry_seconds
+        self.backoff = Backoff(base_seconds=retry_seconds, cap_seconds=max(retry_seconds, 10.0))
         self.connected = False
+        self._outage = Outage("feed.listener", event="feed.listener")
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self._listen()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if self.connected:
-                    log.warning("feed.listener_lost", error=str(exc))
-                self.connected = False
-                self.feed.set_ready(False)
-            await asyncio.sleep(self.retry_seconds)
+        await keep_running(
+            "feed.listener", self._listen_once, backoff=self.backoff, outage=self._outage
+        )
+
+    async def _listen_once(self) -> None:
+        try:
+            await self._listen()
+        finally:
+            self.connected = False
+            self.feed.set_ready(False)
 
     async def _listen(self) -> None:
         conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
@@ -125,15 +127,11 @@ class PostgresListener:
             await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
             self.connected = True
             self.feed.set_ready(True)
+            self._outage.succeeded()
             # Changes may have been missed while disconnected: every watcher re-reads.
             self.feed.publish_all()
             log.info("feed.listening", channel=NOTIFY_CHANNEL)
             async for notify in conn.notifies():
                 self.feed.publish(notify.payload)
-
-
-def _libpq_url(url: str) -> str:
-    for prefix in ("postgresql+psycopg://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql://" + url[len(prefix) :]
-    return url
+        # The server ended the stream (a restart): listen again.
+        raise ConnectionError("the LISTEN connection closed")

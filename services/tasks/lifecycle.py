@@ -98,11 +98,12 @@ DEFER = Transition(
     event=EventType.WAITING,
     hint="only an active task waits",
 )
-# The queue acknowledged the task: PENDING becomes QUEUED. In any other status
-# the job id is recorded without a status change (the worker may have been faster).
-MARK_QUEUED = Transition(
-    "mark queued",
-    allowed_from=frozenset({TaskStatus.PENDING}),
+# The queue acknowledged a batch (the dispatcher): PENDING becomes QUEUED; a
+# task past PENDING records the job id, with a `requeued` event only when the
+# queue had lost it (see dispatch.py). A finished task records nothing.
+ENQUEUE = Transition(
+    "enqueue",
+    allowed_from=frozenset(UNFINISHED_STATUSES),
     noop_from=frozenset(TaskStatus),
     event=EventType.QUEUED,
 )

@@ -202,6 +202,16 @@ class Task:
 
 
 @dataclass(frozen=True)
+class EnqueueAck:
+    """The queue took a task: its job id, and whether the queue had lost it
+    (a re-send of a task past PENDING that the queue did not hold)."""
+
+    task_id: str
+    job_id: str
+    requeue: bool
+
+
+@dataclass(frozen=True)
 class Completion:
     """One verified task to record: the outcome the engine signed."""
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from . import lifecycle
 from .lifecycle import Transition
-from .model import ListQuery, TaskStatus
+from .model import EventType, ListQuery, TaskStatus
 from .tables import BASIC_COLUMNS, TaskId, UtcDateTime, queue_state, task_events, tasks
 
 P = sa.bindparam
@@ -73,9 +73,11 @@ def audit_select(
 def audit_insert(
     source: Any, from_status: Any, event_type: Any = None, message: Any = None
 ) -> sa.Insert:
-    return sa.insert(task_events).from_select(
-        EVENT_COLUMNS, audit_select(source, from_status, event_type, message)
-    )
+    select = audit_select(source, from_status, event_type, message)
+    if event_type is not None:
+        # A batch item whose change is no state change gets no audit row.
+        select = select.where(event_type.is_not(None))
+    return sa.insert(task_events).from_select(EVENT_COLUMNS, select)
 
 
 # --- reads ------------------------------------------------------------------------
@@ -228,21 +230,6 @@ def reconcile_candidates() -> sa.Select[Any]:
     )
 
 
-def touch_enqueued() -> sa.Update:
-    """The job id and a fresh enqueued_at for a task past PENDING: no status
-    change, no event (the queue still held it, or a worker was faster than
-    the acknowledgement)."""
-    return (
-        sa.update(tasks)
-        .where(
-            tasks.c.id == P("task_id", type_=TaskId),
-            status_in(lifecycle.REQUEUE.allowed_from),
-        )
-        .values(queue_job_id=_job_id(), enqueued_at=P("now", type_=UtcDateTime()))
-        .returning(*BASIC_COLUMNS)
-    )
-
-
 # --- guarded changes --------------------------------------------------------------
 
 
@@ -331,19 +318,6 @@ SHAPES: dict[str, Shape] = {
             "updated_at": _now(),
         },
     ),
-    "mark_queued": Shape(
-        lifecycle.MARK_QUEUED,
-        lambda: {
-            "status": const(TaskStatus.QUEUED.value),
-            "queue_job_id": _job_id(),
-            "enqueued_at": _now(),
-            "updated_at": _now(),
-        },
-    ),
-    "requeue": Shape(
-        lifecycle.REQUEUE,
-        lambda: {"queue_job_id": _job_id(), "enqueued_at": _now(), "updated_at": _now()},
-    ),
 }
 
 
@@ -377,6 +351,14 @@ class LeaseShape:
     # Writes an audit row (a state change); progress does not.
     audited: bool = True
     guards: Callable[[Any], list[sa.ColumnElement[bool]]] = lambda src: []
+    # (type, message) of the audit row from the old status and the item; None
+    # for no row. Default: the item's event_type and message.
+    event: Callable[[Any, Any], tuple[Any, Any]] | None = None
+
+    def audit_of(self, old_status: Any, src: Any) -> tuple[Any, Any]:
+        if self.event is not None:
+            return self.event(old_status, src)
+        return src.c.event_type, src.c.message
 
     def where(self, src: Any, current: Any) -> list[sa.ColumnElement[bool]]:
         """The guard on the task as it is (`current`: its locked row, or tasks)."""
@@ -471,6 +453,43 @@ LEASE_SHAPES: dict[str, LeaseShape] = {
         guards=lambda src: [tasks.c.progress < src.c.progress],
     ),
 }
+
+
+def _enqueue_event(old_status: Any, src: Any) -> tuple[Any, Any]:
+    """The acknowledgement's audit row: `queued` when it moved PENDING to QUEUED;
+    `requeued` when the service layer found the queue had lost the task
+    (src.requeue); else none (a worker was faster, or the queue still held it)."""
+    job = sa.literal_column("'job '", sa.String()) + src.c.job_id
+    event_type = sa.case(
+        (old_status == const(TaskStatus.PENDING.value), const(EventType.QUEUED.value)),
+        (src.c.requeue, const(EventType.REQUEUED.value)),
+        else_=sa.null(),
+    )
+    message = sa.case(
+        (
+            src.c.requeue & (old_status != const(TaskStatus.PENDING.value)),
+            job + sa.literal_column("' (the queue had lost it)'", sa.String()),
+        ),
+        else_=job,
+    )
+    return event_type, message
+
+
+LEASE_SHAPES["enqueue"] = LeaseShape(
+    lifecycle.ENQUEUE,
+    (("job_id", sa.String()), ("requeue", sa.Boolean())),
+    lambda src: {
+        "status": sa.case(
+            (tasks.c.status == const(TaskStatus.PENDING.value), const(TaskStatus.QUEUED.value)),
+            else_=tasks.c.status,
+        ),
+        "queue_job_id": sa.func.coalesce(sa.func.nullif(src.c.job_id, ""), tasks.c.queue_job_id),
+        "enqueued_at": _now(),
+        "updated_at": _now(),
+    },
+    fenced=False,
+    event=_enqueue_event,
+)
 
 
 def select_tasks_in(ids: sa.ColumnElement[bool], full: bool) -> sa.Select[Any]:

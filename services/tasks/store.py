@@ -22,6 +22,7 @@ from .model import (
     Completion,
     Cursor,
     Deferral,
+    EnqueueAck,
     EventType,
     Failure,
     ListQuery,
@@ -152,24 +153,6 @@ class TaskStore(abc.ABC):
     async def cancel(self, task_id: str, message: str, audit: Audit) -> Task | None:
         return await self._apply(_change("cancel", task_id, audit, error_message=message))
 
-    async def mark_queued(self, task_id: str, job_id: str, audit: Audit) -> Task | None:
-        """PENDING becomes QUEUED with the queue's job id."""
-        return await self._apply(_change("mark_queued", task_id, audit, job_id=job_id))
-
-    async def requeue(self, task_id: str, job_id: str, audit: Audit) -> Task | None:
-        """A QUEUED or ACTIVE task was enqueued again: new job id and enqueued_at."""
-        return await self._apply(_change("requeue", task_id, audit, job_id=job_id))
-
-    async def touch_enqueued(self, task_id: str, job_id: str) -> Task | None:
-        """The job id and a fresh enqueued_at for a task past PENDING; no status
-        change, no event."""
-        row = await self._fetch_one(
-            "touch_enqueued",
-            st.touch_enqueued,
-            {"task_id": task_id, "job_id": job_id, "now": self.clock()},
-        )
-        return task_from_row(row) if row is not None else None
-
     # --- batch writes of the worker path (one statement per batch) ----------
 
     async def start_many(self, task_ids: list[str], audit: Audit) -> list[LeaseRow]:
@@ -221,6 +204,14 @@ class TaskStore(abc.ABC):
             for p in reports
         ]
         return await self._apply_leases("progress", items, audit)
+
+    async def mark_enqueued_many(self, acks: list[EnqueueAck], audit: Audit) -> list[LeaseRow]:
+        """Record the queue's acknowledgements (statements.LEASE_SHAPES["enqueue"])."""
+        items = [
+            _item(a.task_id, 0, EventType.QUEUED, "") | {"job_id": a.job_id, "requeue": a.requeue}
+            for a in acks
+        ]
+        return await self._apply_leases("enqueue", items, audit)
 
     # --- the queue's durable state ---------------------------------------------
 

@@ -99,8 +99,12 @@ def _lease(shape: st.LeaseShape) -> sa.Select[Any]:
             tasks.c.attempts,
             tasks.c.updated_at,
             old.c.status.label("old_status"),
-            req.c.event_type,
-            req.c.message,
+            *(
+                expr.label(name)
+                for expr, name in zip(
+                    shape.audit_of(old.c.status, req), ("event_type", "message"), strict=True
+                )
+            ),
         )
         .cte("updated")
     )
@@ -122,6 +126,7 @@ def _lease(shape: st.LeaseShape) -> sa.Select[Any]:
         audit = st.audit_insert(
             updated, updated.c.old_status, updated.c.event_type, updated.c.message
         ).cte("audit")
+        # (audit_insert skips the rows whose event_type is NULL.)
         result = result.add_cte(audit)
     return result
 

@@ -60,13 +60,14 @@ def _lease_update(shape: st.LeaseShape) -> sa.Update:
     )
 
 
-def _lease_audit() -> sa.Insert:
+def _lease_audit(shape: st.LeaseShape) -> sa.Insert:
     src = sa.select(tasks).where(tasks.c.id == st.P("item_id", type_=TaskId)).subquery("t")
+    old_status = sa.cast(st.P("old_status"), sa.String())
+    binds = _Binds((*st.ITEM_COLUMNS, *shape.columns))
+    event_type, message = shape.audit_of(old_status, binds)
+    # The event's expressions read the task's columns from the updated row.
     return st.audit_insert(
-        src,
-        sa.cast(st.P("old_status"), sa.String()),
-        sa.cast(st.P("item_event_type"), sa.String()),
-        sa.cast(st.P("item_message"), sa.Text()),
+        src, old_status, sa.cast(event_type, sa.String()), sa.cast(message, sa.Text())
     )
 
 
@@ -159,7 +160,7 @@ class SqliteTaskStore(TaskStore):
         shape = st.LEASE_SHAPES[shape_name]
         old_statement = self._statement("lease_old", _lease_old)
         update = self._statement(("lease", shape_name), lambda: _lease_update(shape))
-        audit_statement = self._statement("lease_audit", _lease_audit)
+        audit_statement = self._statement(("lease_audit", shape_name), lambda: _lease_audit(shape))
         common = audit.params()
         results: list[LeaseRow] = []
         changed: list[str] = []

@@ -35,11 +35,14 @@ BACKENDS = ["postgresql", "sqlite"]
 
 
 class StandInQueue(queue_pb2_grpc.QueueServiceServicer):
-    """QueueService.EnqueueTask as its contract says: idempotent per task id."""
+    """QueueService.EnqueueTask and QueueIntakeService.EnqueueTasks as their
+    contract says: idempotent per task id."""
 
     def __init__(self) -> None:
         self.enqueued: dict[str, str] = {}
         self.calls: list[str] = []
+        # The size of each EnqueueTasks batch.
+        self.batches: list[int] = []
         self.available = True
         self._called = asyncio.Event()
 
@@ -62,6 +65,24 @@ class StandInQueue(queue_pb2_grpc.QueueServiceServicer):
         job_id = f"job-{len(self.enqueued) + 1}"
         self.enqueued[request.task_id] = job_id
         return queue_pb2.EnqueueTaskResponse(job_id=job_id)
+
+    async def EnqueueTasks(
+        self, request: queue_pb2.EnqueueTasksRequest, context: grpc.aio.ServicerContext
+    ) -> queue_pb2.EnqueueTasksResponse:
+        self.batches.append(len(request.task_ids))
+        response = queue_pb2.EnqueueTasksResponse()
+        for task_id in request.task_ids:
+            self.calls.append(task_id)
+            self._called.set()
+            if not self.available:
+                raise errors.Unavailable("the queue is down (stand-in)")
+            already = task_id in self.enqueued
+            if not already:
+                self.enqueued[task_id] = f"job-{len(self.enqueued) + 1}"
+            response.tasks.add(
+                task_id=task_id, job_id=self.enqueued[task_id], already_enqueued=already
+            )
+        return response
 
     def forget(self, task_id: str) -> None:
         """Lose a job, as a Redis restarted without persistence would."""
@@ -97,15 +118,28 @@ class Harness:
             await cleanup()
 
 
+class _Intake(queue_pb2_grpc.QueueIntakeServiceServicer):
+    def __init__(self, queue: StandInQueue) -> None:
+        self.queue = queue
+
+    async def EnqueueTasks(
+        self, request: queue_pb2.EnqueueTasksRequest, context: grpc.aio.ServicerContext
+    ) -> queue_pb2.EnqueueTasksResponse:
+        return await self.queue.EnqueueTasks(request, context)
+
+
+def _register_standin(servicer: StandInQueue, server: grpc.aio.Server) -> None:
+    queue_pb2_grpc.add_QueueServiceServicer_to_server(servicer, server)
+    queue_pb2_grpc.add_QueueIntakeServiceServicer_to_server(_Intake(servicer), server)
+
+
 async def start_queue_standin() -> tuple[StandInQueue, RunningServer]:
     servicer = StandInQueue()
     running = await start_server(
         ServiceSpec(
             name="queue-standin",
-            service_names=[QUEUE_SERVICE],
-            register=lambda server: queue_pb2_grpc.add_QueueServiceServicer_to_server(
-                servicer, server
-            ),
+            service_names=[QUEUE_SERVICE, "verifier.queue.v1.QueueIntakeService"],
+            register=lambda server: _register_standin(servicer, server),
             listen_addr="127.0.0.1:0",
             health_probe_interval_seconds=60,
             shutdown_grace_seconds=0.5,

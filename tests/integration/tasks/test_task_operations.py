@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from verifier.ops.v1 import diagnostics_pb2, diagnostics_pb2_grpc
-from verifier.tasks.v1 import tasks_pb2
+from verifier.tasks.v1 import tasks_pb2, worker_pb2, worker_pb2_grpc
 
 from services.tasks import migrate
 from services.tasks.tables import metadata
@@ -272,3 +272,52 @@ async def _listener_connections(url: str) -> int:
         row = await cursor.fetchone()
     assert row is not None
     return int(row[0])
+
+
+async def test_an_acknowledgement_after_the_start_adds_no_audit_line(
+    fresh: tuple[str, str],
+) -> None:
+    backend, url = fresh
+    h = await start_harness(backend, url)
+    try:
+        h.queue.available = False
+        task = (await h.stub.CreateTask(create_request())).task
+        await asyncio.wait_for(h.queue.wait_for_calls(1), 10)
+        # The worker starts the task before the queue's acknowledgement is recorded.
+        worker = worker_pb2_grpc.TaskWorkerServiceStub(h.channel)
+        started = await worker.StartTasks(
+            worker_pb2.StartTasksRequest(worker_id="w1", task_ids=[task.id])
+        )
+        assert started.tasks[0].attempt == 1
+        h.queue.available = True
+        # A first send (not a re-send): the queue did not know it, and lost nothing.
+        assert await h.service.dispatcher.send_many([(task.id, False)]) == 1
+        events = (await h.stub.ListTaskEvents(tasks_pb2.ListTaskEventsRequest(id=task.id))).events
+        assert [e.type for e in events] == ["created", "started"]
+        current = (await h.stub.GetTask(tasks_pb2.GetTaskRequest(id=task.id))).task
+        assert current.status == tasks_pb2.TASK_STATUS_ACTIVE
+        assert current.queue_job_id == h.queue.enqueued[task.id]
+    finally:
+        await h.close()
+
+
+async def test_the_dispatcher_enqueues_in_batches(fresh: tuple[str, str]) -> None:
+    backend, url = fresh
+    h = await start_harness(backend, url)
+    try:
+        h.queue.available = False
+        created = await asyncio.gather(*(h.stub.CreateTask(create_request()) for _ in range(60)))
+        await asyncio.wait_for(h.queue.wait_for_calls(1), 10)
+        h.queue.available = True
+        ids = [c.task.id for c in created]
+        h.queue.batches.clear()
+        assert await h.service.dispatcher.send_many([(i, False) for i in ids]) == 60
+        # One EnqueueTasks call for the 60 (the background senders may still be
+        # retrying some of them meanwhile, in batches of their own).
+        assert 60 in h.queue.batches
+        for task_id in ids:
+            task = (await h.stub.GetTask(tasks_pb2.GetTaskRequest(id=task_id))).task
+            assert task.status == tasks_pb2.TASK_STATUS_QUEUED
+            assert task.queue_job_id == h.queue.enqueued[task_id]
+    finally:
+        await h.close()

@@ -142,7 +142,8 @@ def test_no_transition_leaves_a_finished_status() -> None:
         lifecycle.COMPLETE,
         lifecycle.FAIL,
         lifecycle.PROGRESS,
-        lifecycle.MARK_QUEUED,
+        lifecycle.DEFER,
+        lifecycle.ENQUEUE,
         lifecycle.REQUEUE,
     ):
         assert not transition.allowed_from & lifecycle.FINISHED_STATUSES, transition.operation
