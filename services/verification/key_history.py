@@ -84,14 +84,20 @@ class S3KeyHistory(KeyHistory):
     def public_keys(self) -> list[bytes]:
         keys: list[bytes] = []
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=PREFIX):
-            for item in page.get("Contents", []):
-                if not _NAME.match(item["Key"][len(PREFIX) :]):
-                    continue
-                body = self.client.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
-                parsed = _parse(body)
-                if parsed is not None:
-                    keys.append(parsed)
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=PREFIX):
+                for item in page.get("Contents", []):
+                    if not _NAME.match(item["Key"][len(PREFIX) :]):
+                        continue
+                    obj = self.client.get_object(Bucket=self.bucket, Key=item["Key"])
+                    parsed = _parse(obj["Body"].read())
+                    if parsed is not None:
+                        keys.append(parsed)
+        except Exception as exc:
+            # No bucket yet (created in the background at start): no earlier keys.
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") == "NoSuchBucket":
+                return []
+            raise
         return keys
 
 

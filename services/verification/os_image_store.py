@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from shared.errors import AlreadyExists, FailedPrecondition, NotFound
+from shared.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 
 from .errors import EvidenceMalformed
 from .os_images import OsImageEntry, entry_from_dict, image_hash, shape_of
@@ -37,6 +37,10 @@ class OsImageExists(AlreadyExists):
 
 class OsImageReadOnly(FailedPrecondition):
     """A shipped or file-configured entry cannot be deleted through the API."""
+
+
+class OsImageStoreUnavailable(Unavailable):
+    """The bucket is not there yet (the service creates it at start); retry."""
 
 
 class OsImageFileError(ValueError):
@@ -118,9 +122,13 @@ class LocalOsImageStore(OsImageStore):
             raise OsImageNotFound(f"osImages/{os_image_hash} not found") from None
 
 
+def _code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
 def _missing(exc: Exception) -> bool:
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-    return code in ("NoSuchKey", "404", "NotFound")
+    # No bucket yet (the service creates it in the background) holds no entries either.
+    return _code(exc) in ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
 
 
 class S3OsImageStore(OsImageStore):
@@ -152,12 +160,17 @@ class S3OsImageStore(OsImageStore):
     def list(self) -> list[OsImageEntry]:
         entries: list[OsImageEntry] = []
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=PREFIX):
-            for item in page.get("Contents", []):
-                if item["Key"].endswith(".json"):
-                    found = self.get(item["Key"][len(PREFIX) : -len(".json")])
-                    if found is not None:
-                        entries.append(found)
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=PREFIX):
+                for item in page.get("Contents", []):
+                    if item["Key"].endswith(".json"):
+                        found = self.get(item["Key"][len(PREFIX) : -len(".json")])
+                        if found is not None:
+                            entries.append(found)
+        except Exception as exc:
+            if _code(exc) == "NoSuchBucket":
+                return []
+            raise
         return entries
 
     def create(self, entry: OsImageEntry) -> None:
@@ -172,8 +185,10 @@ class S3OsImageStore(OsImageStore):
                 IfNoneMatch="*",
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+            if _code(exc) in ("PreconditionFailed", "412"):
                 raise OsImageExists(f"{entry.name} exists already") from None
+            if _code(exc) == "NoSuchBucket":
+                raise OsImageStoreUnavailable("the bucket does not exist yet") from None
             raise
 
     def replace(self, entry: OsImageEntry) -> None:
