@@ -513,3 +513,24 @@ async def test_watch_of_unknown_task_is_not_found(h: Harness) -> None:
         async for _ in call:
             pass
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        verification_pb2.VerificationFlags(hardware=False),
+        verification_pb2.VerificationFlags(hardware=False, os=False),
+        verification_pb2.VerificationFlags(hardware=False, source_code=False),
+    ],
+    ids=["os_and_source_code", "source_code", "os"],
+)
+async def test_os_or_source_code_without_hardware_is_refused_naming_verification_flags(
+    h: Harness, flags: verification_pb2.VerificationFlags
+) -> None:
+    # Measurements read from a quote nobody verified prove nothing (issue 11).
+    field = await _invalid_field(h.stub.CreateTask(create_request("a1", verification_flags=flags)))
+    assert field in ("verification_flags", "verificationFlags")
+    error = await _error(h.stub.CreateTask(create_request("a1", verification_flags=flags)))
+    assert "verificationFlags" in (error.details() or "") and "need hardware" in (
+        error.details() or ""
+    )
