@@ -14,6 +14,7 @@ import abc
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
@@ -21,6 +22,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from shared import metrics
 from shared.errors import DomainError, FailedPrecondition, Unavailable
 from shared.log import get_logger
 
@@ -130,10 +132,13 @@ class VerificationService:
         return self.signing_key.sign(data)
 
     async def verify(self, request: VerificationRequest, attempt: int = 0) -> StoredVerification:
+        began = time.perf_counter()
         key = self._key_for(request, attempt)
         request = await self._with_evidence(request)
         (future,) = await self.pool.verify_many([request])
-        return await self._store_once(await future, key, attempt)
+        report = await future
+        _count(report, began)
+        return await self._store_once(report, key, attempt)
 
     async def verify_tasks(
         self, leases: Sequence[TaskLease]
@@ -144,6 +149,7 @@ class VerificationService:
         never fails its neighbours."""
         if not leases:
             return
+        began = time.perf_counter()
         if self.task_inputs is None:
             raise Unavailable("the tasks service is not configured (TASKS_ADDR)")
         inputs = await self.task_inputs.get(leases)
@@ -157,7 +163,7 @@ class VerificationService:
         ]
         futures = await self.pool.verify_many([request for _, _, request in ready])
         runs = [
-            asyncio.ensure_future(self._finish(lease, key, future))
+            asyncio.ensure_future(self._finish(lease, key, future, began))
             for (lease, key, _), future in zip(ready, futures, strict=True)
         ]
         faults = [
@@ -186,10 +192,12 @@ class VerificationService:
         return key, await self._with_evidence(request)
 
     async def _finish(
-        self, lease: TaskLease, key: str, future: asyncio.Future[Report]
+        self, lease: TaskLease, key: str, future: asyncio.Future[Report], began: float
     ) -> tuple[TaskLease, StoredVerification | Exception]:
         try:
-            return lease, await self._store_once(await future, key, lease.attempt)
+            report = await future
+            _count(report, began)
+            return lease, await self._store_once(report, key, lease.attempt)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -279,3 +287,10 @@ class VerificationService:
         if self.fetcher is not None:
             await self.fetcher.aclose()
         await asyncio.to_thread(self.pool.shutdown)
+
+
+def _count(report: Report, began: float) -> None:
+    """The verifier_verifications_total / _duration_seconds metrics of one verification."""
+    metrics.verification_done(
+        [(c.name, c.status.value) for c in report.checks], time.perf_counter() - began
+    )
