@@ -179,10 +179,14 @@ class VerificationEngine:
         at = request.evaluated_at
         allowed = self.settings.allowed_tcb_statuses
 
+        main_key: list[QuoteCollateralKey] = []
+
         def collateral_for(quote: bytes) -> str:
             key = QuoteCollateralKey.of_quote(quote)
             inline = request.evidence.collateral
-            if inline and key == QuoteCollateralKey.of_quote(request.evidence.quote):
+            if inline and not main_key:
+                main_key.append(QuoteCollateralKey.of_quote(request.evidence.quote))
+            if inline and key == main_key[0]:
                 return inline
             try:
                 found = self.collateral_store.find(key, at)

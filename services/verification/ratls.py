@@ -23,6 +23,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -63,11 +64,17 @@ def describe(cert: x509.Certificate) -> str:
 
 def load_chain(pem: str, field: str = "certificate_chain") -> list[x509.Certificate]:
     """Leaf first, as TLS presents it; raises EvidenceMalformed naming the field."""
+    return list(_load_chain(pem, field))
+
+
+@lru_cache(maxsize=64)
+def _load_chain(pem: str, field: str) -> tuple[x509.Certificate, ...]:
+    # An app presents the same chain for months: parse it once per process.
     try:
         chain = x509.load_pem_x509_certificates(pem.encode("utf-8"))
     except ValueError as exc:
         raise EvidenceMalformed(field, f"not a PEM certificate chain ({exc})") from None
-    return chain
+    return tuple(chain)
 
 
 def _octets(raw: bytes) -> bytes:
@@ -99,6 +106,7 @@ class EmbeddedAttestation:
     app_id: str  # hex, from the app-id extension (informational)
 
 
+@lru_cache(maxsize=64)
 def embedded_attestation(cert: x509.Certificate) -> EmbeddedAttestation | None:
     quote = _extension(cert, RATLS_QUOTE_OID)
     if quote is None:

@@ -48,6 +48,8 @@ class CheckContext:
     collateral: CollateralBundle | None
     events: list[Event] | None
     verify_quote: QuoteVerifier | None = None
+    # Results several checks of one verification share (a certificate's binding).
+    memo: dict[Any, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from ..acme import ACME_ACCOUNT_TAG, ZT_CERT_TAG, AcmeInfo, parse_acme_info
 from ..eventlog import parse_event_log
@@ -116,7 +117,16 @@ def _acme_info(ctx: CheckContext) -> AcmeInfo | None:
 
 
 def certificate_binding(ctx: CheckContext, cert: x509.Certificate) -> Binding:
-    """Is this certificate's key bound by a verified quote of the task's app?"""
+    """Is this certificate's key bound by a verified quote of the task's app?
+    (Worked out once per verification: both key checks ask.)"""
+    key = ("certificate_binding", cert.fingerprint(hashes.SHA256()))
+    if key not in ctx.memo:
+        ctx.memo[key] = _certificate_binding(ctx, cert)
+    found: Binding = ctx.memo[key]
+    return found
+
+
+def _certificate_binding(ctx: CheckContext, cert: x509.Certificate) -> Binding:
     assert ctx.attested is not None
     spki = spki_of(cert)
     what = f"certificate {describe(cert)}"
