@@ -15,6 +15,9 @@ Prints one line per mode, then
 `verify_tasks_per_s=<x> verify_one_at_a_time_per_s=<y> ratio=<x/y> ...`.
 
     .venv/bin/python bench/bench_verify_tasks.py [--tasks 640] [--batch 32] [--processes 2]
+    .venv/bin/python bench/bench_verify_tasks.py --real-tasks
+        the same with the real tasks service behind GetTaskInputs (PostgreSQL,
+        Redis, S3, every service a process)
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "shared" / "gen")]
 import boto3  # noqa: E402
 import grpc  # noqa: E402
 from google.protobuf import json_format  # noqa: E402
-from verifier.tasks.v1 import worker_pb2, worker_pb2_grpc  # noqa: E402
+from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc, worker_pb2, worker_pb2_grpc  # noqa: E402
 from verifier.verification.v1 import engine_pb2, engine_pb2_grpc  # noqa: E402
 from verifier.verification.v1 import verification_pb2 as pb  # noqa: E402
 
@@ -45,11 +48,13 @@ from shared.config import load_settings  # noqa: E402
 from shared.grpc_client import create_channel  # noqa: E402
 from shared.grpc_server import start_server  # noqa: E402
 from shared.log import configure_logging  # noqa: E402
+from tests.fault.stack import PipelineStack, pipeline_stack, stack_env  # noqa: E402
 from tests.support import servers  # noqa: E402
 from tests.support.vectors import (  # noqa: E402
     DSTACK_EVALUATION_TIME_TEXT,
     dstack_app_id,
     dstack_compose_hash,
+    dstack_create_task_json,
     dstack_evidence_json,
 )
 
@@ -256,16 +261,109 @@ async def bench(args: argparse.Namespace, s3: servers.S3Server) -> None:
     )
 
 
+async def bench_real_tasks(args: argparse.Namespace, stack: PipelineStack) -> None:
+    """The same two ways in, with the real tasks service (PostgreSQL) behind
+    GetTaskInputs and every service a process of its own."""
+    template = json_format.ParseDict(dstack_create_task_json(), tasks_pb2.CreateTaskRequest())
+
+    async def leases(count: int) -> list[tuple[str, int]]:
+        async with stack.channel("tasks") as channel:
+            tasks = tasks_pb2_grpc.TaskServiceStub(channel)
+            worker = worker_pb2_grpc.TaskWorkerServiceStub(channel)
+            ids: list[str] = []
+            for _ in range(count):
+                request = tasks_pb2.CreateTaskRequest()
+                request.CopyFrom(template)
+                request.request_id = uuid.uuid4().hex
+                ids.append((await tasks.CreateTask(request, timeout=60)).task.id)
+            out: list[tuple[str, int]] = []
+            for start in range(0, count, 500):
+                started = await worker.StartTasks(
+                    worker_pb2.StartTasksRequest(
+                        worker_id="bench", task_ids=ids[start : start + 500]
+                    ),
+                    timeout=60,
+                )
+                out.extend((t.task_id, t.attempt) for t in started.tasks if t.status.code == OK)
+            return out
+
+    async with stack.channel("verification") as channel:
+        stub = engine_pb2_grpc.VerificationEngineServiceStub(channel)
+        await _verify_leases(stub, await leases(args.batch), args.batch)  # warm up
+        chunk = args.tasks // args.rounds
+        batch_rates, single_rates = [], []
+        for round_ in range(args.rounds):
+            todo = await leases(2 * chunk)
+            started = time.perf_counter()
+            await _verify_leases(stub, todo[:chunk], args.batch)
+            batch_rates.append(chunk / (time.perf_counter() - started))
+            started = time.perf_counter()
+            await _verify_one_at_a_time(stub, [t for t, _ in todo[chunk:]])
+            single_rates.append(chunk / (time.perf_counter() - started))
+            print(
+                f"round={round_ + 1} real_tasks verify_tasks_batch{args.batch}="
+                f"{batch_rates[-1]:.1f}/s verify_one_at_a_time={single_rates[-1]:.1f}/s",
+                flush=True,
+            )
+    batch = sum(batch_rates) / len(batch_rates)
+    single = sum(single_rates) / len(single_rates)
+    print(f"load={os.getloadavg()[0]:.2f} processes={args.processes} tasks_service=real")
+    print(
+        f"verify_tasks_per_s={batch:.1f} verify_one_at_a_time_per_s={single:.1f} "
+        f"ratio={batch / single:.2f}"
+    )
+
+
+async def _verify_leases(
+    stub: engine_pb2_grpc.VerificationEngineServiceStub,
+    leases: list[tuple[str, int]],
+    batch: int,
+) -> None:
+    for start in range(0, len(leases), batch):
+        request = engine_pb2.VerifyTasksRequest(
+            tasks=[
+                engine_pb2.TaskLease(task_id=t, attempt=a) for t, a in leases[start : start + batch]
+            ]
+        )
+        async for item in stub.VerifyTasks(request):
+            if item.status.code != OK:
+                raise RuntimeError(f"VerifyTasks item failed: {item.status}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=640, help="tasks per mode, over all rounds")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--real-tasks",
+        action="store_true",
+        help="GetTaskInputs from the real tasks service (PostgreSQL, Redis, S3; "
+        "services as processes) instead of the in-memory stand-in",
+    )
     args = parser.parse_args()
     configure_logging("bench", "warning", "console")
     with servers.s3_server() as s3:
-        asyncio.run(bench(args, s3))
+        if not args.real_tasks:
+            asyncio.run(bench(args, s3))
+            return
+        with (
+            servers.postgres_server() as pg,
+            servers.postgres_database(pg, prefix="bench_vtasks") as database,
+            servers.redis_server() as redis_url,
+        ):
+            env = stack_env(
+                database_url=database,
+                redis_url=redis_url,
+                s3=s3,
+                workdir=Path(tempfile.mkdtemp(prefix="bench-vtasks-")),
+                queue_name=f"bench-vtasks-{uuid.uuid4().hex[:8]}",
+                verification_processes=str(args.processes),
+                log_level="warning",
+            )
+            with pipeline_stack(env, workers=0) as stack:
+                asyncio.run(bench_real_tasks(args, stack))
 
 
 if __name__ == "__main__":
