@@ -205,12 +205,13 @@ def _bench_taskiq(url: str, count: int) -> float:
 
 
 def _queue_noop_worker(url: str, queue: str, count: int) -> None:
-    """A RedisWorker process whose handler does nothing: the queue's own cost."""
+    """A worker process whose handler does nothing: the queue's own cost."""
     import dataclasses
     import logging
+    from collections.abc import Sequence
 
     from services.queue.model import Job, JobResult, Outcome
-    from services.queue.redis_worker import RedisWorker
+    from services.queue.worker import redis_worker
     from shared.config import load_settings
 
     logging.getLogger().setLevel(logging.WARNING)
@@ -227,19 +228,20 @@ def _queue_noop_worker(url: str, queue: str, count: int) -> None:
         done = 0
 
         class Noop:
-            async def process(self, job: Job) -> JobResult:
+            async def process_batch(self, jobs: Sequence[Job]) -> list[JobResult]:
                 nonlocal done
-                done += 1
+                done += len(jobs)
                 if done >= count:
                     redis.Redis.from_url(url).set(f"{queue}:done", repr(time.time()))
                     stop.set()
-                return JobResult(Outcome.COMPLETED)
+                return [JobResult(Outcome.COMPLETED) for _ in jobs]
 
-        worker = RedisWorker(settings)
+        worker = redis_worker(settings)
         runner = asyncio.create_task(worker.run(Noop(), stop))
         await worker.ready.wait()
         redis.Redis.from_url(url).set(f"{queue}:ready", "1")
         await runner
+        await worker.backend.close()
 
     asyncio.run(run())
 
@@ -254,13 +256,14 @@ async def _enqueue_all(url: str, queue: str, count: int) -> float:
     backend = RedisQueue(settings)
     await backend.start()
     started = time.time()
-    sem = asyncio.Semaphore(64)
+    sem = asyncio.Semaphore(8)
 
-    async def send(n: int) -> None:
+    async def send(first: int) -> None:
+        # As the dispatcher does: EnqueueTasks batches.
         async with sem:
-            await backend.enqueue(f"noop-{n}")
+            await backend.enqueue_many([f"noop-{n}" for n in range(first, min(first + 100, count))])
 
-    await asyncio.gather(*(send(n) for n in range(count)))
+    await asyncio.gather(*(send(n) for n in range(0, count, 100)))
     await backend.close()
     return started
 

@@ -242,8 +242,11 @@ class Settings:
     enqueue_timeout_seconds: float = field(default=2.0, metadata={"check": _check_positive})
 
     # --- queue and workers ---
-    retry_attempts: int = field(default=3, metadata={"check": _check_positive})
-    retry_base_seconds: float = field(default=5.0, metadata={"check": _check_positive})
+    # A job that meets transient faults (a dependency down) is retried with a
+    # capped, jittered backoff from retry_base_seconds for this long, counted
+    # from its first fault, and only then fails its task.
+    retry_budget_seconds: float = field(default=600.0, metadata={"check": _check_positive})
+    retry_base_seconds: float = field(default=1.0, metadata={"check": _check_positive})
     worker_heartbeat_seconds: float = field(default=2.0, metadata={"check": _check_positive})
     worker_offline_after_seconds: float = field(default=15.0, metadata={"check": _check_positive})
     # A job not acknowledged for this long is delivered to another worker. A

@@ -3,18 +3,31 @@ configuration: `redis_backend.RedisQueue` (REDIS_URL set) and
 `embedded.EmbeddedQueue` (REDIS_URL empty, the reference system's "sync
 fallback").
 
-The service side (EnqueueTask, status, pause/resume, workers) and the worker
-side (admitting a delivered job, settling its result) live on the same object,
-so both modes share the job runner and the pipeline.
+Both modes have the same shape: a backend (this interface), a worker
+(`consumer.BatchWorker`, which takes up to its free slots of jobs at once and
+runs them through the pipeline) and background jobs (heartbeat, pause watch,
+maintenance). The only difference is where the worker runs: in its own process
+on Redis, inside the queue service in the embedded mode (`in_process_workers`).
+
+Task ids reach a backend already validated (server.py checks them once).
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .model import Admission, EnqueueResult, Job, JobResult, QueueStatusView, WorkerInfo
+from .model import (
+    Admission,
+    EnqueueResult,
+    Job,
+    JobResult,
+    QueueStatusView,
+    WorkerInfo,
+    WorkerRecord,
+)
 
 
 @dataclass(frozen=True)
@@ -26,10 +39,24 @@ class Delivery:
     ref: str = ""
 
 
+@dataclass(frozen=True)
+class Settlement:
+    """One run's result, to record on the backend. `holder` is the run's own
+    duplicate-guard token (see `admit`)."""
+
+    delivery: Delivery
+    result: JobResult
+    holder: str
+
+
 class QueueBackend(abc.ABC):
     """A queue of verification jobs with pause/resume, counts and a worker registry."""
 
     kind: ClassVar[str]
+    # The name of the dependency probe (health, /health/detailed).
+    probe_name: ClassVar[str]
+    # True when the queue service itself runs the workers (the jobs live in its memory).
+    in_process_workers: ClassVar[bool]
 
     @property
     @abc.abstractmethod
@@ -37,7 +64,7 @@ class QueueBackend(abc.ABC):
 
     @abc.abstractmethod
     async def start(self) -> None:
-        """Prepare the store (create the consumer group, load the paused flag)."""
+        """Prepare the store (create the consumer group)."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -49,30 +76,69 @@ class QueueBackend(abc.ABC):
     # --- service side -------------------------------------------------------
 
     @abc.abstractmethod
-    async def enqueue(self, task_id: str) -> EnqueueResult:
-        """Queue a job for the task unless one is waiting, delayed or in hand."""
+    async def enqueue_many(self, task_ids: Sequence[str]) -> list[EnqueueResult]:
+        """Queue a job for each task unless one is waiting, delayed or in hand;
+        one result per task, in order. A full queue is that item's `full`."""
 
     @abc.abstractmethod
     async def status(self) -> QueueStatusView: ...
 
     @abc.abstractmethod
-    async def pause(self) -> QueueStatusView:
-        """Stop every worker from taking new jobs; the flag outlives restarts."""
-
-    @abc.abstractmethod
-    async def resume(self) -> QueueStatusView: ...
+    async def set_paused(self, paused: bool) -> None:
+        """Set the flag every worker follows (the durable copy is the tasks
+        database's; this one is what the workers watch)."""
 
     @abc.abstractmethod
     async def list_workers(self) -> list[WorkerInfo]: ...
 
+    @abc.abstractmethod
+    async def claim_epoch(self) -> bool:
+        """True when the queue's data was lost since the last call (a Redis
+        flush or restart without persistence, or a fresh embedded queue): the
+        caller then enqueues every unfinished task again."""
+
+    @abc.abstractmethod
+    async def drop_epoch(self) -> None:
+        """Undo `claim_epoch` (the requeue it called for did not finish)."""
+
     # --- worker side --------------------------------------------------------
 
     @abc.abstractmethod
-    async def admit(self, delivery: Delivery, holder: str) -> Admission:
-        """Decide whether a delivered job may run (the duplicate guard); when it
-        may, `holder` (unique to this run) holds the task until settled."""
+    async def take(self, count: int, block_seconds: float) -> list[Delivery]:
+        """Up to `count` jobs for this backend's worker, waiting at most
+        `block_seconds` for the first one."""
 
     @abc.abstractmethod
-    async def settle(self, delivery: Delivery, result: JobResult, holder: str) -> None:
-        """Record a run's result atomically: acknowledge the delivery, schedule
-        the retry or clear the job, count it."""
+    async def give_back(self, deliveries: Sequence[Delivery]) -> None:
+        """Return jobs taken but not run (the queue was paused meanwhile)."""
+
+    @abc.abstractmethod
+    async def admit_many(
+        self, deliveries: Sequence[Delivery], holders: Sequence[str]
+    ) -> list[Admission]:
+        """Decide for each delivered job whether it may run (the duplicate
+        guard); when it may, its holder (unique to the run) holds the task
+        until settled."""
+
+    @abc.abstractmethod
+    async def settle_many(self, settlements: Sequence[Settlement]) -> None:
+        """Record the runs' results: acknowledge each delivery, schedule the
+        retry or clear the job."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, record: WorkerRecord) -> None:
+        """Publish the worker's record and keep its jobs in hand claimed."""
+
+    @abc.abstractmethod
+    async def leave(self, record: WorkerRecord) -> int:
+        """At a clean exit: give back what the worker still holds, drop its
+        record. Returns how many jobs went back."""
+
+    @abc.abstractmethod
+    async def watch_pause(self, on_change: Callable[[bool], None]) -> None:
+        """Follow the paused flag, calling `on_change` at least once a second."""
+
+    @abc.abstractmethod
+    async def maintain(self) -> None:
+        """One maintenance tick: due retries back on the queue, and the store's
+        housekeeping now and then."""

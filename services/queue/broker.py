@@ -1,14 +1,15 @@
 """The Redis side of the queue: key names, the atomic Lua scripts, and a taskiq
 stream broker that workers read through.
 
-taskiq-redis's RedisStreamBroker gives XADD / XREADGROUP / XACK with the ack
-after execution. What it lacks, and this subclass's `listen` adds:
-- pause: a paused broker stops reading the stream (jobs in hand finish);
-- capacity: it reads only as many entries as the worker has free slots, so one
-  worker never hoards jobs that idle workers could run;
+taskiq-redis's RedisStreamBroker gives the stream, the consumer group and the
+connection pool; the worker reads through `fetch` rather than taskiq's Receiver,
+because it takes jobs in batches (up to its free slots in one XREADGROUP).
+What this subclass adds:
+- capacity: a read asks for exactly the worker's free slots, so one worker
+  never hoards jobs that idle workers could run;
 - reclaim: it runs XAUTOCLAIM on a timer, not only when new work arrives, so a
   dead worker's jobs come back on an idle queue too;
-- give-back: entries read after a pause, or still buffered at shutdown, are put
+- give-back: entries read after a pause, or still held at shutdown, are put
   back on the stream instead of waiting for the idle timeout.
 
 A job in hand is never reclaimed while its worker lives: the worker's heartbeat
@@ -21,16 +22,16 @@ and the attempt number.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
-from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from taskiq import AckableMessage
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq.message import TaskiqMessage
 from taskiq_redis import RedisStreamBroker
 
@@ -46,11 +47,8 @@ GROUP = "verifier-workers"
 # finishes. The TTL only bounds the damage of a key whose job was lost with
 # Redis data (the reconciler can enqueue the task again after it).
 JOB_KEY_TTL_SECONDS = 24 * 3600
-STREAM_ID_LABEL = "stream_id"
 # The id of the request that enqueued the job (see Job.request_id).
 REQUEST_ID_LABEL = "request_id"
-# How many times the stream has handed out this entry (see Job.deliveries).
-DELIVERIES_LABEL = "deliveries"
 
 
 class QueueKeys:
@@ -63,6 +61,7 @@ class QueueKeys:
         self.stream = f"{prefix}:stream"
         self.delayed = f"{prefix}:delayed"
         self.paused = f"{prefix}:paused"
+        self.epoch = f"{prefix}:epoch"
         self.control = f"{prefix}:control"
         self.completed = f"{prefix}:completed"
         self.failed = f"{prefix}:failed"
@@ -186,7 +185,11 @@ def encode_job(job: Job) -> bytes:
         task_name=TASK_NAME,
         labels={"ack_type": "when_executed", REQUEST_ID_LABEL: job.request_id},
         args=[],
-        kwargs={"task_id": job.task_id, "attempt": job.attempt},
+        kwargs={
+            "task_id": job.task_id,
+            "attempt": job.attempt,
+            "first_fault_at": job.first_fault_at,
+        },
     )
     return message.model_dump_json().encode()
 
@@ -198,28 +201,17 @@ def decode_job(data: bytes) -> Job:
         task_id=str(message.kwargs["task_id"]),
         attempt=int(message.kwargs.get("attempt", 1)),
         request_id=str(message.labels.get(REQUEST_ID_LABEL, "")),
+        first_fault_at=float(message.kwargs.get("first_fault_at", 0.0)),
     )
 
 
-def _with_delivery(data: bytes, entry_id: str, deliveries: int) -> bytes:
-    """The message with its stream entry id and delivery count as labels, so the
-    task function settles exactly that entry and knows a redelivery."""
-    try:
-        message = json.loads(data)
-        labels = message.setdefault("labels", {})
-        labels[STREAM_ID_LABEL] = entry_id
-        labels[DELIVERIES_LABEL] = deliveries
-        return json.dumps(message, separators=(",", ":")).encode()
-    except (ValueError, AttributeError, TypeError):
-        return data  # not ours: taskiq logs it and the ack callback drops it
-
-
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
+    """A Redis reply value as text (replies are bytes unless decoded)."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class VerifierStreamBroker(RedisStreamBroker):
-    """RedisStreamBroker with pause, capacity-bounded reads, timed reclaim and give-back."""
+    """RedisStreamBroker with batched capacity-bounded reads, timed reclaim and give-back."""
 
     def __init__(
         self,
@@ -249,7 +241,11 @@ class VerifierStreamBroker(RedisStreamBroker):
             max_connection_pool_size=64,
             socket_connect_timeout=3,
             socket_timeout=10,
-            health_check_interval=30,
+            # A connection the server closed (a Redis restart) is retried on a
+            # fresh one instead of failing the call; idle ones are pinged first.
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            health_check_interval=10,
         )
         self.concurrency = concurrency
         self.idle_timeout_ms = int(idle_timeout_seconds * 1000)
@@ -262,12 +258,9 @@ class VerifierStreamBroker(RedisStreamBroker):
         self.give_back_script = self.redis.register_script(GIVE_BACK_LUA)
         self.release_script = self.redis.register_script(RELEASE_CONSUMER_LUA)
         # Worker-side state: stream entries read and not yet settled (for the
-        # keep-alive and the capacity), and those whose task function started.
+        # keep-alive and the give-back).
         self.in_hand: dict[str, bytes] = {}
-        self.started: set[str] = set()
         self._empty: list[str] = []
-        self._running = asyncio.Event()
-        self._running.set()
         self._reclaim_cursor = "0-0"
         self._next_reclaim = 0.0
         # Delivery counts of reclaimed entries, until they are handed out.
@@ -290,68 +283,34 @@ class VerifierStreamBroker(RedisStreamBroker):
         await super().shutdown()
         await self.redis.aclose(close_connection_pool=False)
 
-    # --- pause --------------------------------------------------------------------
-
-    @property
-    def paused(self) -> bool:
-        return not self._running.is_set()
-
-    def set_paused(self, paused: bool) -> None:
-        if paused:
-            self._running.clear()
-        else:
-            self._running.set()
-
     # --- reading --------------------------------------------------------------------
 
-    async def listen(self) -> AsyncGenerator[AckableMessage, None]:
-        buffer: deque[tuple[str, bytes]] = deque()
-        failures = 0
-        try:
-            while True:
-                while not buffer:
-                    await self._running.wait()
-                    try:
-                        fetched = await self._fetch()
-                        failures = 0
-                    except RedisError as exc:
-                        failures += 1
-                        if "NOGROUP" in str(exc):
-                            # The stream was deleted under us: recreate the group.
-                            await self._safe(self.declare_group())
-                        log.warning("queue.read_failed", error=str(exc), failures=failures)
-                        await asyncio.sleep(min(0.1 * 2**failures, 2.0))
-                        continue
-                    if fetched and self.paused:
-                        await self.give_back(fetched)
-                        continue
-                    buffer.extend(fetched)
-                entry_id, data = buffer.popleft()
-                deliveries = self._deliveries.pop(entry_id, 1)
-                yield AckableMessage(
-                    data=_with_delivery(data, entry_id, deliveries),
-                    ack=self._ack_callback(entry_id),
-                )
-        finally:
-            if buffer:
-                await self.give_back(list(buffer))
-
-    async def _fetch(self) -> list[tuple[str, bytes]]:
-        count = max(1, self.concurrency - len(self.in_hand))
+    async def fetch(self, count: int, block_ms: int) -> list[tuple[str, bytes, int]]:
+        """Up to `count` entries for this consumer: first those a dead worker
+        left idle past the idle timeout (checked every reclaim interval, so an
+        idle queue gets them back too), else new ones, waiting at most
+        `block_ms`. Each comes with how many times it was handed out."""
         now = time.monotonic()
         if now >= self._next_reclaim:
             self._next_reclaim = now + self.reclaim_interval_seconds
             claimed = await self._reclaim(count)
             if claimed:
-                return claimed
-        reply: Any = await self.redis.xreadgroup(
-            GROUP, self.consumer_name, {self.keys.stream: ">"}, count=count, block=self.block
-        )
+                return [(key, data, self._deliveries.pop(key, 2)) for key, data in claimed]
+        try:
+            reply: Any = await self.redis.xreadgroup(
+                GROUP, self.consumer_name, {self.keys.stream: ">"}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                # The stream was deleted under us (a flush): recreate the group.
+                # The queue service notices the lost epoch and requeues the tasks.
+                await self._safe(self.declare_group())
+            raise
         out: list[tuple[str, bytes]] = []
         for _stream, entries in reply or ():
             out.extend(self._take(entries))
         await self._drop_empty()
-        return out
+        return [(key, data, 1) for key, data in out]
 
     async def _reclaim(self, count: int) -> list[tuple[str, bytes]]:
         """XAUTOCLAIM entries idle longer than the idle timeout (their worker died)."""
@@ -364,11 +323,11 @@ class VerifierStreamBroker(RedisStreamBroker):
             count=count,
         )
         cursor, entries, deleted = reply
-        self._reclaim_cursor = _text(cursor)
+        self._reclaim_cursor = text(cursor)
         if self._reclaim_cursor != "0-0":
             self._next_reclaim = 0.0  # more to scan: continue on the next read
         if deleted:
-            log.error("queue.reclaimed_entries_missing", entries=[_text(d) for d in deleted])
+            log.error("queue.reclaimed_entries_missing", entries=[text(d) for d in deleted])
         claimed = self._take(entries)
         await self._drop_empty()
         if claimed:
@@ -391,7 +350,7 @@ class VerifierStreamBroker(RedisStreamBroker):
         out: list[tuple[str, bytes]] = []
         for entry_id, fields in entries or ():
             data = (fields or {}).get(b"data")
-            key = _text(entry_id)
+            key = text(entry_id)
             if data is None:
                 self._empty.append(key)  # not a job: acknowledged, or it would come back
                 continue
@@ -405,28 +364,18 @@ class VerifierStreamBroker(RedisStreamBroker):
             log.warning("queue.dropped_entries_without_data", entries=empty)
             await self.redis.xack(self.keys.stream, GROUP, *empty)
 
-    def _ack_callback(self, entry_id: str) -> Callable[[], Awaitable[None]]:
-        async def ack() -> None:
-            if entry_id in self.started:
-                # The task function settled the entry (or left it for reclaim).
-                self.started.discard(entry_id)
-                return
-            if self.in_hand.pop(entry_id, None) is not None:
-                # Never reached the task function (unparseable, unknown task):
-                # acknowledged so it does not come back forever.
-                log.warning("queue.dropped_unreadable_message", entry=entry_id)
-                await self.redis.xack(self.keys.stream, GROUP, entry_id)
-
-        return ack
-
-    async def give_back(self, entries: list[tuple[str, bytes]]) -> None:
-        """Return entries this worker holds but will not run to the stream."""
-        for entry_id, _ in entries:
+    def settled(self, entry_ids: list[str]) -> None:
+        """Forget entries once their results are recorded."""
+        for entry_id in entry_ids:
             self.in_hand.pop(entry_id, None)
-            self._deliveries.pop(entry_id, None)
+
+    async def give_back(self, entry_ids: list[str]) -> None:
+        """Return entries this worker holds but will not run to the stream."""
         args: list[Any] = [GROUP, self.consumer_name, self.maxlen or 0]
-        for entry_id, data in entries:
-            args.extend((entry_id, data))
+        for entry_id in entry_ids:
+            data = self.in_hand.pop(entry_id, None)
+            if data is not None:
+                args.extend((entry_id, data))
         # If this fails the entries stay pending and are reclaimed after the idle timeout.
         await self._safe(self.give_back_script(keys=[self.keys.stream], args=args))
 

@@ -1,12 +1,11 @@
-"""The embedded queue (REDIS_URL empty): the same API in the queue service's own
-process, with in-process workers (asyncio tasks) running QUEUE_CONCURRENCY jobs
-at once. The reference system's "sync fallback": `make run` needs no Redis.
+"""The embedded queue (REDIS_URL empty): the same backend in the queue service's
+own process, read by an in-process BatchWorker (the reference system's "sync
+fallback"): `make run` needs no Redis.
 
-The paused flag is kept in a file under data_dir so it survives a restart like
-the Redis flag does. Jobs live in memory: at start the service enqueues again
-every QUEUED or ACTIVE task the tasks service knows (pipeline.requeue_unfinished),
-so the jobs a stopped process held come back at once (enqueue is idempotent, so
-re-enqueueing every unfinished task is always safe).
+Jobs live in memory. A fresh embedded queue has no epoch, so the queue service
+enqueues again every unfinished task the tasks service knows at start (as it
+does after a Redis flush): the jobs a stopped process held come back at once.
+The paused flag is kept in a file under data_dir so it survives a restart.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import heapq
 import itertools
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -25,45 +25,44 @@ from shared.context import current_request_id
 from shared.log import get_logger
 
 from . import policy
-from .backend import Delivery, QueueBackend
-from .errors import QueueFull
+from .backend import Delivery, QueueBackend, Settlement
 from .model import (
     Admission,
     EnqueueResult,
     Job,
-    JobResult,
     Outcome,
     QueueStatusView,
     WorkerInfo,
     WorkerRecord,
     WorkerState,
     new_job_id,
-    validate_task_id,
 )
-from .pipeline import JobHandler
-from .runner import JobRunner
 
 log = get_logger(__name__)
+
+# How often watch_pause calls back without a change (as the Redis re-read does).
+PAUSE_REREAD_SECONDS = 1.0
 
 
 class EmbeddedQueue(QueueBackend):
     kind: ClassVar[str] = "embedded"
+    probe_name: ClassVar[str] = "embedded-queue"
+    in_process_workers: ClassVar[bool] = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.record = WorkerRecord.create(
-            settings.queue_concurrency, started_at=time.time(), suffix="embedded"
-        )
         self._waiting: deque[Delivery] = deque()
         self._delayed: list[tuple[float, int, Job]] = []  # (due, seq, job), a heap
         self._seq = itertools.count()
         self._jobs: dict[str, str] = {}  # task id -> its current job id
-        self._locks: dict[str, str] = {}  # task id -> worker running it
-        self._running: set[asyncio.Task[None]] = set()
+        self._locks: dict[str, str] = {}  # task id -> the run holding it
+        self._in_hand = 0
         self._completed = 0
         self._failed = 0
-        self._workers_started = False
+        self._epoch = False
+        self._workers: dict[str, tuple[float, WorkerRecord]] = {}  # id -> (heartbeat, record)
         self._wake = asyncio.Event()
+        self._pause_changed = asyncio.Event()
         self._pause_file = Path(settings.data_dir) / f"queue-{settings.queue_name}.paused"
         self._paused = self._pause_file.exists()
 
@@ -75,59 +74,51 @@ class EmbeddedQueue(QueueBackend):
         """Nothing to prepare: the paused flag was read at construction."""
 
     async def close(self) -> None:
-        await self.drain()
-
-    async def drain(self) -> None:
-        """Let the jobs in hand finish (within the shutdown grace), cancel the rest."""
-        if self._running:
-            await asyncio.wait(set(self._running), timeout=self.settings.shutdown_grace_seconds)
-        for task in list(self._running):
-            task.cancel()
+        """Nothing to release: the jobs die with the process (and come back at start)."""
 
     async def probe(self) -> str:
         return "in-process"
 
     # --- service side -----------------------------------------------------------
 
-    async def enqueue(self, task_id: str) -> EnqueueResult:
-        validate_task_id(task_id)
-        existing = self._jobs.get(task_id)
-        if existing is not None:
-            return EnqueueResult(existing, already_enqueued=True)
-        if self._size() >= self.settings.queue_max_length:
-            raise QueueFull(f"the queue holds {self.settings.queue_max_length} jobs")
-        job = Job(new_job_id(), task_id, request_id=current_request_id())
-        self._jobs[task_id] = job.job_id
-        self._waiting.append(Delivery(job))
+    async def enqueue_many(self, task_ids: Sequence[str]) -> list[EnqueueResult]:
+        request_id = current_request_id()
+        results: list[EnqueueResult] = []
+        for task_id in task_ids:
+            existing = self._jobs.get(task_id)
+            if existing is not None:
+                results.append(EnqueueResult(existing, already_enqueued=True))
+                continue
+            if self._size() >= self.settings.queue_max_length:
+                results.append(EnqueueResult("", already_enqueued=False, full=True))
+                continue
+            job = Job(new_job_id(), task_id, request_id=request_id)
+            self._jobs[task_id] = job.job_id
+            self._waiting.append(Delivery(job))
+            results.append(EnqueueResult(job.job_id, already_enqueued=False))
         self._wake.set()
-        return EnqueueResult(job.job_id, already_enqueued=False)
+        return results
 
     def _size(self) -> int:
-        return len(self._waiting) + len(self._delayed) + len(self._running)
+        return len(self._waiting) + len(self._delayed) + self._in_hand
 
     async def status(self) -> QueueStatusView:
+        workers = await self.list_workers()
         return QueueStatusView(
             queue_name=self.queue_name,
             paused=self._paused,
             waiting=len(self._waiting),
-            active=len(self._running),
+            active=self._in_hand,
             delayed=len(self._delayed),
             completed=self._completed,
             failed=self._failed,
-            workers_online=1 if self._workers_started else 0,
+            workers_online=sum(w.state is WorkerState.ONLINE for w in workers),
             concurrency=self.settings.queue_concurrency,
             backend=self.kind,
+            idle_reasons=policy.idle_reasons(workers),
         )
 
-    async def pause(self) -> QueueStatusView:
-        self._set_paused(True)
-        return await self.status()
-
-    async def resume(self) -> QueueStatusView:
-        self._set_paused(False)
-        return await self.status()
-
-    def _set_paused(self, paused: bool) -> None:
+    async def set_paused(self, paused: bool) -> None:
         if paused == self._paused:
             return
         self._paused = paused
@@ -139,31 +130,56 @@ class EmbeddedQueue(QueueBackend):
                 self._pause_file.unlink(missing_ok=True)
         except OSError as exc:  # the flag still holds for this process
             log.warning("queue.pause_flag_not_saved", path=str(self._pause_file), error=str(exc))
-        log.info("queue.paused" if paused else "queue.resumed", queue=self.queue_name)
-        self._wake.set()
+        self._pause_changed.set()
 
     async def list_workers(self) -> list[WorkerInfo]:
-        if not self._workers_started:
-            return []
-        record = self.record
         now = time.time()
-        return [
-            WorkerInfo(
-                id=record.id,
-                host=record.host,
-                pid=record.pid,
-                started_at=record.started_at,
-                last_heartbeat_at=now,  # in-process: alive while the service answers
-                state=WorkerState.ONLINE,
-                jobs_in_hand=tuple(sorted(record.jobs_in_hand)),
-                concurrency=record.concurrency,
-                processed=record.processed,
-            )
+        offline_after = self.settings.worker_offline_after_seconds
+        workers = [
+            record.info(seen, policy.worker_state(seen, now, offline_after))
+            for seen, record in self._workers.values()
         ]
+        return policy.sort_workers(workers)
+
+    async def claim_epoch(self) -> bool:
+        lost, self._epoch = not self._epoch, True
+        return lost
+
+    async def drop_epoch(self) -> None:
+        self._epoch = False
 
     # --- worker side ------------------------------------------------------------
 
-    async def admit(self, delivery: Delivery, holder: str) -> Admission:
+    async def take(self, count: int, block_seconds: float) -> list[Delivery]:
+        deadline = time.monotonic() + block_seconds
+        while True:
+            self._move_due()
+            if self._waiting:
+                taken = [self._waiting.popleft() for _ in range(min(count, len(self._waiting)))]
+                self._in_hand += len(taken)
+                return taken
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            if self._delayed:
+                remaining = min(remaining, max(0.0, self._delayed[0][0] - time.monotonic()))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), remaining)
+
+    async def give_back(self, deliveries: Sequence[Delivery]) -> None:
+        self._in_hand -= len(deliveries)
+        self._waiting.extendleft(reversed(deliveries))
+
+    async def admit_many(
+        self, deliveries: Sequence[Delivery], holders: Sequence[str]
+    ) -> list[Admission]:
+        return [
+            self._admit(delivery, holder)
+            for delivery, holder in zip(deliveries, holders, strict=True)
+        ]
+
+    def _admit(self, delivery: Delivery, holder: str) -> Admission:
         job = delivery.job
         current = self._jobs.get(job.task_id)
         if current is not None and current != job.job_id:
@@ -174,16 +190,20 @@ class EmbeddedQueue(QueueBackend):
         self._locks[job.task_id] = holder
         return Admission.RUN
 
-    async def settle(self, delivery: Delivery, result: JobResult, holder: str) -> None:
-        job = delivery.job
-        if self._locks.get(job.task_id) == holder:
+    async def settle_many(self, settlements: Sequence[Settlement]) -> None:
+        for item in settlements:
+            self._settle(item)
+        self._wake.set()
+
+    def _settle(self, item: Settlement) -> None:
+        job, result = item.delivery.job, item.result
+        self._in_hand -= 1
+        if self._locks.get(job.task_id) == item.holder:
             del self._locks[job.task_id]
         if result.outcome is Outcome.RETRY:
-            next_job = job if result.same_attempt else job.next_attempt()
             due = time.monotonic() + result.delay_seconds
-            heapq.heappush(self._delayed, (due, next(self._seq), next_job))
+            heapq.heappush(self._delayed, (due, next(self._seq), job.retried(result)))
             self._jobs.setdefault(job.task_id, job.job_id)
-            self._wake.set()
             return
         if self._jobs.get(job.task_id) == job.job_id:
             del self._jobs[job.task_id]
@@ -192,62 +212,23 @@ class EmbeddedQueue(QueueBackend):
         elif result.outcome is Outcome.FAILED:
             self._failed += 1
 
-    # --- the in-process workers -------------------------------------------------
+    async def heartbeat(self, record: WorkerRecord) -> None:
+        self._workers[record.id] = (time.time(), record)
 
-    async def run_workers(self, handler: JobHandler) -> None:
-        """Take jobs while not paused, QUEUE_CONCURRENCY at a time (a background job)."""
-        runner = JobRunner(
-            self,
-            handler,
-            self.record,
-            busy_retry_seconds=policy.backoff_delay(1, self.settings.retry_base_seconds),
-        )
-        slots = asyncio.Semaphore(self.settings.queue_concurrency)
-        self._workers_started = True
-        log.info("worker.started", worker_id=self.record.id, mode=self.kind)
-        try:
-            while True:
-                await slots.acquire()
-                try:
-                    delivery = await self._next_delivery()
-                except BaseException:
-                    slots.release()
-                    raise
-                task = asyncio.create_task(self._run_one(runner, delivery, slots))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
-        finally:
-            self._workers_started = False
+    async def leave(self, record: WorkerRecord) -> int:
+        self._workers.pop(record.id, None)
+        return 0
 
-    async def _run_one(
-        self, runner: JobRunner, delivery: Delivery, slots: asyncio.Semaphore
-    ) -> None:
-        try:
-            await runner.run(delivery)
-        except Exception:
-            # The runner settles every result; reaching here is a bug. Put the
-            # job back so the task is not lost.
-            log.exception("job.runner_crashed")
-            self._locks.pop(delivery.job.task_id, None)
-            await self.settle(
-                delivery,
-                JobResult(Outcome.RETRY, "runner crashed", delay_seconds=1.0, same_attempt=True),
-                self.record.id,
-            )
-        finally:
-            slots.release()
-
-    async def _next_delivery(self) -> Delivery:
+    async def watch_pause(self, on_change: Callable[[bool], None]) -> None:
         while True:
-            self._move_due()
-            if not self._paused and self._waiting:
-                return self._waiting.popleft()
-            self._wake.clear()
-            timeout = None
-            if self._delayed:
-                timeout = max(0.0, self._delayed[0][0] - time.monotonic())
+            self._pause_changed.clear()
+            on_change(self._paused)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                await asyncio.wait_for(self._pause_changed.wait(), PAUSE_REREAD_SECONDS)
+
+    async def maintain(self) -> None:
+        """Due retries are moved as the worker reads (`take`); nothing else to keep."""
+        self._move_due()
 
     def _move_due(self) -> None:
         now = time.monotonic()

@@ -1,32 +1,43 @@
-"""`python -m services.queue`: QueueService on settings.queue_listen_addr.
+"""`python -m services.queue`: QueueService and QueueIntakeService on
+settings.queue_listen_addr.
 
-With REDIS_URL set the queue lives in Redis and the workers are separate
-processes (`python -m services.queue.worker`); with REDIS_URL empty this
-process holds the embedded queue and runs its workers itself.
+Both modes have one shape: the backend, the service's background job (start
+the store, then every tick: recover a queue that lost its data, maintenance),
+and the workers with their own background jobs (consumer.BatchWorker). With
+REDIS_URL set the workers are separate processes (`python -m
+services.queue.worker`); with REDIS_URL empty the backend's jobs live in this
+process's memory and it runs one worker itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Awaitable, Callable
+import functools
+import time
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
-from redis.exceptions import RedisError
 from verifier.queue.v1 import queue_pb2_grpc
+from verifier.tasks.v1 import tasks_pb2_grpc
 
 from shared import metrics
 from shared.config import Settings, add_config_arguments, settings_from_args
+from shared.grpc_client import create_channel
 from shared.grpc_server import DependencyProbe, ServiceSpec, serve
 from shared.log import configure_logging, get_logger
+from shared.retry import keep_running
 
 from . import gauges
 from .backend import QueueBackend
+from .consumer import MAINTENANCE_TICK_SECONDS, BatchHandler, BatchWorker
 from .embedded import EmbeddedQueue
 from .errors import QueueUnavailable
-from .pipeline import JobHandler, PipelineConnection, requeue_unfinished
+from .model import EnqueueResult, WorkerRecord
+from .pipeline import PipelineConnection, requeue_unfinished
 from .redis_backend import RedisQueue
-from .server import SERVICE_NAME, QueueServicer
+from .server import INTAKE_SERVICE_NAME, SERVICE_NAME, QueueIntakeServicer, QueueServicer
+from .service import QueueControl
 
 log = get_logger(__name__)
 
@@ -38,41 +49,59 @@ def create_backend(settings: Settings) -> QueueBackend:
     return EmbeddedQueue(settings)
 
 
-async def _start_redis_queue(queue: RedisQueue) -> None:
-    """Create the consumer group, waiting for Redis if it is down at start
-    (the service answers UNAVAILABLE meanwhile), then run the maintenance."""
-    while True:
-        try:
-            await queue.start()
-            break
-        except (QueueUnavailable, RedisError, OSError) as exc:
-            log.warning("queue.redis_unavailable", error=str(exc))
-            await asyncio.sleep(1.0)
-    await queue.maintain()
+def create_worker(settings: Settings, backend: QueueBackend, record: WorkerRecord) -> BatchWorker:
+    return BatchWorker(
+        backend,
+        record=record,
+        concurrency=settings.queue_concurrency,
+        heartbeat_seconds=settings.worker_heartbeat_seconds,
+        busy_base_seconds=settings.retry_base_seconds,
+        shutdown_grace_seconds=settings.shutdown_grace_seconds,
+    )
 
 
-async def _run_embedded_workers(
-    settings: Settings, queue: EmbeddedQueue, handler: JobHandler | None
-) -> None:
-    await queue.start()
-    if handler is not None:
-        await queue.run_workers(handler)
-        return
-    connection = PipelineConnection(settings, queue.record.id)
-    # The queue starts empty; the tasks it held before a restart come back.
-    requeue = asyncio.create_task(
-        requeue_unfinished(
-            connection.pipeline.tasks,
-            queue.enqueue,
+async def _run_service_jobs(control: QueueControl) -> None:
+    """Start the store (the service answers UNAVAILABLE until it is up), then
+    every tick: recovery of lost data, and maintenance."""
+    await keep_running("queue start", control.backend.start, retry_on=(QueueUnavailable, OSError))
+
+    async def tick() -> None:
+        await control.recover()
+        await control.backend.maintain()
+
+    await keep_running("queue service tick", tick, every=MAINTENANCE_TICK_SECONDS)
+
+
+async def _requeue_over(
+    settings: Settings, enqueue_many: Callable[[Sequence[str]], Awaitable[list[EnqueueResult]]]
+) -> int:
+    channel = create_channel(settings.tasks_addr)
+    try:
+        return await requeue_unfinished(
+            tasks_pb2_grpc.TaskServiceStub(channel),
+            enqueue_many,
             call_timeout_seconds=settings.call_timeout_seconds,
         )
-    )
-    try:
-        await queue.run_workers(connection.pipeline)
     finally:
-        requeue.cancel()
-        # Jobs in hand still need the channels: let them finish first.
-        await queue.drain()
+        await channel.close()
+
+
+async def _run_in_process_worker(
+    settings: Settings, backend: QueueBackend, handler: BatchHandler | None
+) -> None:
+    record = WorkerRecord.create(
+        settings.queue_concurrency, started_at=time.time(), suffix="embedded"
+    )
+    worker = create_worker(settings, backend, record)
+    stop = asyncio.Event()  # never set: the service's shutdown cancels this job
+    if handler is not None:
+        await worker.run(handler, stop)
+        return
+    connection = PipelineConnection(settings, worker.id)
+    try:
+        await worker.run(connection.pipeline, stop, connection.gates)
+    finally:
+        # Jobs in hand still needed the channels: the worker let them finish first.
         await connection.close()
 
 
@@ -80,34 +109,26 @@ def build_spec(
     settings: Settings,
     backend: QueueBackend | None = None,
     *,
-    embedded_handler: JobHandler | None = None,
+    handler: BatchHandler | None = None,
 ) -> ServiceSpec:
     """The service's ServiceSpec (tests start it with start_server on port 0).
-    `embedded_handler` replaces the pipeline of the embedded workers (tests of
-    the queue's own mechanics)."""
+    `handler` replaces the pipeline of the in-process workers, and turns off
+    the requeue over the tasks service (tests of the queue's own mechanics)."""
     queue = backend or create_backend(settings)
+    requeue = None if handler is not None else functools.partial(_requeue_over, settings)
+    control = QueueControl(queue, requeue)
 
     def register(server: grpc.aio.Server) -> None:
-        queue_pb2_grpc.add_QueueServiceServicer_to_server(QueueServicer(queue), server)
+        queue_pb2_grpc.add_QueueServiceServicer_to_server(QueueServicer(control), server)
+        queue_pb2_grpc.add_QueueIntakeServiceServicer_to_server(
+            QueueIntakeServicer(control), server
+        )
 
-    background: list[Callable[[], Awaitable[None]]] = []
-    if isinstance(queue, RedisQueue):
-        redis_queue = queue
-
-        async def maintain() -> None:
-            await _start_redis_queue(redis_queue)
-
-        background.append(maintain)
-        probe = DependencyProbe("redis", queue.probe, required=True)
-    else:
-        assert isinstance(queue, EmbeddedQueue)
-        embedded = queue
-
-        async def workers() -> None:
-            await _run_embedded_workers(settings, embedded, embedded_handler)
-
-        background.append(workers)
-        probe = DependencyProbe("embedded-queue", queue.probe, required=True)
+    background: list[Callable[[], Awaitable[None]]] = [
+        functools.partial(_run_service_jobs, control)
+    ]
+    if queue.in_process_workers:
+        background.append(functools.partial(_run_in_process_worker, settings, queue, handler))
 
     if settings.metrics_enabled:
 
@@ -118,10 +139,10 @@ def build_spec(
 
     return ServiceSpec(
         name="queue",
-        service_names=[SERVICE_NAME],
+        service_names=[SERVICE_NAME, INTAKE_SERVICE_NAME],
         register=register,
         listen_addr=settings.queue_listen_addr,
-        probes=[probe],
+        probes=[DependencyProbe(queue.probe_name, queue.probe, required=True)],
         background=background,
         on_stop=[queue.close],
         health_probe_interval_seconds=settings.health_probe_interval_seconds,

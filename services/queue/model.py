@@ -1,7 +1,8 @@
 """The queue's vocabulary: jobs, their outcomes, the queue's status and its workers.
 
-Pure data, no I/O. A job carries only the task id and the attempt number; the
-worker gets the task itself (with its evidence) from TaskService.StartTask.
+Pure data, no I/O. A job carries only the task id, the run number and when its
+first transient fault happened; the verification service reads the task's
+inputs itself (TaskWorkerService.GetTaskInputs).
 """
 
 from __future__ import annotations
@@ -35,19 +36,25 @@ def new_job_id() -> str:
 
 @dataclass(frozen=True)
 class Job:
-    """One run of one task. `attempt` counts from 1; retries carry the same job id.
-    `request_id` is the id of the request that enqueued the task, so the worker's
-    calls and log lines join the trace that created it. `deliveries` counts the
-    workers this attempt was handed to (more than 1 after a worker died with it)."""
+    """One run of one task. `attempt` counts the job's runs from 1; retries carry
+    the same job id. `request_id` is the id of the request that enqueued the task,
+    so the worker's calls and log lines join the trace that created it.
+    `deliveries` counts the workers this run was handed to (more than 1 after a
+    worker died with it). `first_fault_at` (Unix seconds, 0 for none) is when the
+    job's first transient fault happened: the retry budget counts from it."""
 
     job_id: str
     task_id: str
     attempt: int = 1
     request_id: str = ""
     deliveries: int = 1
+    first_fault_at: float = 0.0
 
-    def next_attempt(self) -> Job:
-        return Job(self.job_id, self.task_id, self.attempt + 1, self.request_id)
+    def retried(self, result: JobResult) -> Job:
+        """The job to run again after a RETRY result."""
+        attempt = self.attempt if result.same_attempt else self.attempt + 1
+        first_fault_at = result.first_fault_at or self.first_fault_at
+        return Job(self.job_id, self.task_id, attempt, self.request_id, 1, first_fault_at)
 
 
 class Outcome(enum.Enum):
@@ -71,6 +78,9 @@ class JobResult:
     # RETRY only: put the job back without counting an attempt (the task was
     # held by another worker, not tried).
     same_attempt: bool = False
+    # RETRY only: when the first transient fault of this job happened (Unix
+    # seconds), carried to the next run for the retry budget.
+    first_fault_at: float = 0.0
 
 
 class Admission(enum.Enum):
@@ -87,6 +97,8 @@ class Admission(enum.Enum):
 class EnqueueResult:
     job_id: str
     already_enqueued: bool
+    # True when the queue was full and nothing was added (job_id is empty).
+    full: bool = False
 
 
 class WorkerState(enum.Enum):
@@ -106,6 +118,8 @@ class QueueStatusView:
     workers_online: int
     concurrency: int
     backend: str
+    # Why online workers take no jobs, one line per distinct reason.
+    idle_reasons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +135,8 @@ class WorkerInfo:
     jobs_in_hand: tuple[str, ...]
     concurrency: int
     processed: int
+    # Why it takes no jobs now ("" while it does).
+    idle_reason: str = ""
 
 
 @dataclass
@@ -134,6 +150,7 @@ class WorkerRecord:
     concurrency: int
     jobs_in_hand: set[str] = field(default_factory=set)
     processed: int = 0
+    idle_reason: str = ""
 
     @classmethod
     def create(cls, concurrency: int, started_at: float, suffix: str = "") -> WorkerRecord:
@@ -141,6 +158,21 @@ class WorkerRecord:
         pid = os.getpid()
         tail = suffix or uuid.uuid4().hex[:6]
         return cls(f"{host}-{pid}-{tail}", host, pid, started_at, concurrency)
+
+    def info(self, heartbeat_at: float, state: WorkerState) -> WorkerInfo:
+        """The record as ListWorkers shows it."""
+        return WorkerInfo(
+            id=self.id,
+            host=self.host,
+            pid=self.pid,
+            started_at=self.started_at,
+            last_heartbeat_at=heartbeat_at,
+            state=state,
+            jobs_in_hand=tuple(sorted(self.jobs_in_hand)),
+            concurrency=self.concurrency,
+            processed=self.processed,
+            idle_reason=self.idle_reason,
+        )
 
     def to_json(self, heartbeat_at: float) -> str:
         return json.dumps(
@@ -153,6 +185,7 @@ class WorkerRecord:
                 "jobs_in_hand": sorted(self.jobs_in_hand),
                 "concurrency": self.concurrency,
                 "processed": self.processed,
+                "idle_reason": self.idle_reason,
             },
             separators=(",", ":"),
         )
@@ -170,4 +203,5 @@ def worker_info_from_json(text: str | bytes, state: WorkerState) -> WorkerInfo:
         jobs_in_hand=tuple(str(t) for t in data.get("jobs_in_hand", ())),
         concurrency=int(data.get("concurrency", 0)),
         processed=int(data.get("processed", 0)),
+        idle_reason=str(data.get("idle_reason", "")),
     )

@@ -22,31 +22,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+import time
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
+import structlog
 from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from verifier.verification.v1 import engine_pb2_grpc
 
 from shared.config import Settings
+from shared.context import bind_task_id
 from shared.grpc_client import create_channel
 from shared.log import get_logger
+from shared.retry import Backoff
 
 from . import policy
-from .errors import QueueFull
+from .health import ServingGate
 from .mapping import verdict_name, verify_request_for
 from .model import EnqueueResult, Job, JobResult, Outcome
 
 log = get_logger(__name__)
 
 PROGRESS_VERIFYING = 30
-
-
-class JobHandler(Protocol):
-    """Runs one job and says what became of it; never raises for RPC faults."""
-
-    async def process(self, job: Job) -> JobResult: ...
 
 
 def _code(exc: grpc.aio.AioRpcError) -> str:
@@ -66,7 +63,7 @@ class VerificationPipeline:
         verification: engine_pb2_grpc.VerificationEngineServiceStub,
         *,
         worker_id: str,
-        retry_attempts: int,
+        retry_budget_seconds: float,
         retry_base_seconds: float,
         max_deliveries: int,
         call_timeout_seconds: float,
@@ -76,12 +73,20 @@ class VerificationPipeline:
         self.tasks = tasks
         self.verification = verification
         self.worker_id = worker_id
-        self.retry_attempts = retry_attempts
+        self.retry_budget_seconds = retry_budget_seconds
         self.max_deliveries = max_deliveries
-        self.retry_base_seconds = retry_base_seconds
+        self.backoff = policy.retry_backoff(retry_base_seconds)
         self.call_timeout = call_timeout_seconds
         self.verify_timeout = verify_timeout_seconds
         self.rand = rand
+
+    async def process_batch(self, jobs: Sequence[Job]) -> list[JobResult]:
+        return list(await asyncio.gather(*(self._process_bound(job) for job in jobs)))
+
+    async def _process_bound(self, job: Job) -> JobResult:
+        bind_task_id(job.task_id)
+        structlog.contextvars.bind_contextvars(job_id=job.job_id)
+        return await self.process(job)
 
     async def process(self, job: Job) -> JobResult:
         if job.deliveries > self.max_deliveries:
@@ -169,13 +174,20 @@ class VerificationPipeline:
         return await self._fail(job, _describe(step, exc))
 
     async def _transient(self, job: Job, error: str) -> JobResult:
-        if policy.should_retry(job.attempt, self.retry_attempts):
-            delay = policy.backoff_delay(job.attempt, self.retry_base_seconds, self.rand)
+        now = time.time()
+        first_fault_at = job.first_fault_at or now
+        if policy.within_budget(first_fault_at, now, self.retry_budget_seconds):
+            delay = self.backoff.delay(job.attempt, self.rand)
             log.warning(
                 "job.retry", attempt=job.attempt, delay_seconds=round(delay, 3), error=error
             )
-            return JobResult(Outcome.RETRY, error, delay_seconds=delay)
-        return await self._fail(job, f"gave up after {job.attempt} attempts: {error}")
+            return JobResult(
+                Outcome.RETRY, error, delay_seconds=delay, first_fault_at=first_fault_at
+            )
+        waited = round(now - first_fault_at)
+        return await self._fail(
+            job, f"gave up after {job.attempt} attempts over {waited} s: {error}"
+        )
 
     async def _fail(self, job: Job, error: str) -> JobResult:
         try:
@@ -191,9 +203,7 @@ class VerificationPipeline:
                 return JobResult(Outcome.SKIPPED, "task cancelled or finished")
             # The failure could not be recorded: keep the job (the task must not
             # stay ACTIVE forever); it runs again at the longest delay.
-            delay = policy.backoff_delay(
-                min(job.attempt, self.retry_attempts), self.retry_base_seconds, self.rand
-            )
+            delay = self.backoff.delay(job.attempt, self.rand)
             log.warning("job.fail_unrecorded", error=_describe("FailTask", exc), retry_in=delay)
             return JobResult(Outcome.RETRY, error, delay_seconds=delay)
         log.warning("job.failed", attempt=job.attempt, error=error)
@@ -202,23 +212,28 @@ class VerificationPipeline:
 
 async def requeue_unfinished(
     tasks: tasks_pb2_grpc.TaskServiceStub,
-    enqueue: Callable[[str], Awaitable[EnqueueResult]],
+    enqueue_many: Callable[[Sequence[str]], Awaitable[list[EnqueueResult]]],
     *,
     call_timeout_seconds: float,
-    retry_seconds: float = 1.0,
     page_size: int = 500,
 ) -> int:
-    """Enqueue every QUEUED or ACTIVE task, oldest first; returns how many.
+    """Enqueue every QUEUED, ACTIVE or WAITING task, oldest first; returns how many.
 
-    An embedded queue starts empty: the jobs it held when its process stopped
-    are gone, and without this their tasks would wait for the tasks service's
-    stale-task sweep (requeue_stale_after_seconds). Waits for the tasks service
-    when it is not up yet. Enqueue is idempotent per task, so tasks the tasks
-    service re-sends meanwhile are not doubled.
+    The queue lost its jobs (a Redis flush or restart without persistence, or
+    a fresh embedded queue): without this their tasks would wait for the tasks
+    service's stale-task sweep (requeue_stale_after_seconds). Waits for the
+    tasks service when it is not up yet. Enqueue is idempotent per task, so
+    tasks the tasks service re-sends meanwhile are not doubled.
     """
     task_ids: list[str] = []
-    for status in (tasks_pb2.TASK_STATUS_ACTIVE, tasks_pb2.TASK_STATUS_QUEUED):
+    backoff = Backoff(base_seconds=0.5, cap_seconds=5.0)
+    for status in (
+        tasks_pb2.TASK_STATUS_ACTIVE,
+        tasks_pb2.TASK_STATUS_WAITING,
+        tasks_pb2.TASK_STATUS_QUEUED,
+    ):
         token = ""
+        failures = 0
         while True:
             request = tasks_pb2.ListTasksRequest(
                 status=status, page_size=page_size, page_token=token
@@ -229,22 +244,23 @@ async def requeue_unfinished(
                 if not policy.is_transient(_code(exc)):
                     log.error("queue.requeue_failed", error=_describe("ListTasks", exc))
                     return 0
-                await asyncio.sleep(retry_seconds)
+                failures += 1
+                await asyncio.sleep(backoff.delay(failures))
                 continue
             # Newest first, per status: reversed below into the order they came.
             task_ids.extend(task.id for task in page.tasks)
             token = page.next_page_token
             if not token:
                 break
+    task_ids.reverse()
     enqueued = 0
-    for task_id in reversed(task_ids):
-        try:
-            result = await enqueue(task_id)
-        except QueueFull:
+    for start in range(0, len(task_ids), page_size):
+        results = await enqueue_many(task_ids[start : start + page_size])
+        enqueued += sum(not r.already_enqueued and not r.full for r in results)
+        if any(r.full for r in results):
             # The tasks service's reconciler offers the rest again later.
             log.warning("queue.requeue_stopped_full", requeued=enqueued)
             break
-        enqueued += not result.already_enqueued
     if enqueued:
         log.info("queue.requeued_unfinished", tasks=enqueued)
     return enqueued
@@ -259,11 +275,16 @@ class PipelineConnection:
             create_channel(settings.tasks_addr),
             create_channel(settings.verification_addr),
         ]
+        # Workers take no jobs while either peer is not SERVING.
+        self.gates = [
+            ServingGate(self._channels[0], "tasks service"),
+            ServingGate(self._channels[1], "verification service"),
+        ]
         self.pipeline = VerificationPipeline(
             tasks_pb2_grpc.TaskServiceStub(self._channels[0]),
             engine_pb2_grpc.VerificationEngineServiceStub(self._channels[1]),
             worker_id=worker_id,
-            retry_attempts=settings.retry_attempts,
+            retry_budget_seconds=settings.retry_budget_seconds,
             retry_base_seconds=settings.retry_base_seconds,
             max_deliveries=settings.job_max_deliveries,
             call_timeout_seconds=settings.call_timeout_seconds,

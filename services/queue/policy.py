@@ -1,11 +1,13 @@
-"""Pure decisions of the queue: which errors are transient, the retry schedule,
-and whether a worker counts as online. No I/O, no grpc import: status codes are
-passed by name ("UNAVAILABLE", ...)."""
+"""Pure decisions of the queue: which errors are transient, the retry schedule
+and budget, the busy-task wait, and whether a worker counts as online. No I/O,
+no grpc import: status codes are passed by name ("UNAVAILABLE", ...)."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
+
+from shared.retry import Backoff
 
 from .model import WorkerInfo, WorkerState
 
@@ -25,10 +27,10 @@ TRANSIENT_CODES = frozenset(
     }
 )
 
-# Each delay is the exponential value +/- this fraction, so that jobs failed by
-# one outage do not all come back in the same instant.
-JITTER_FRACTION = 0.2
-MAX_RETRY_DELAY_SECONDS = 3600.0
+# The retry schedule of a job: the shared capped, jittered backoff, by run
+# number, from retry_base_seconds up to this cap (a dependency down for the
+# whole budget is looked at again at least this often).
+MAX_RETRY_DELAY_SECONDS = 15.0
 
 
 def is_transient(code_name: str) -> bool:
@@ -36,23 +38,34 @@ def is_transient(code_name: str) -> bool:
     return code_name in TRANSIENT_CODES
 
 
-def backoff_delay(
-    attempt: int,
-    base_seconds: float,
-    rand: Callable[[], float] = random.random,
-    cap_seconds: float = MAX_RETRY_DELAY_SECONDS,
-) -> float:
-    """Seconds to wait after failed attempt `attempt` (1-based): base * 2**(attempt-1),
-    with +/-20% jitter, at most `cap_seconds`."""
-    exponent = max(attempt, 1) - 1
-    raw = min(base_seconds * (2.0**exponent), cap_seconds)
-    jitter = raw * JITTER_FRACTION * (2.0 * rand() - 1.0)
-    return max(0.0, min(raw + jitter, cap_seconds))
+def retry_backoff(base_seconds: float) -> Backoff:
+    """The delays between runs of a job that met transient faults."""
+    return Backoff(
+        base_seconds=base_seconds, cap_seconds=max(base_seconds, MAX_RETRY_DELAY_SECONDS)
+    )
 
 
-def should_retry(attempt: int, max_attempts: int) -> bool:
-    """After a transient error on attempt `attempt`: run again, or give up."""
-    return attempt < max_attempts
+def busy_delay(base_seconds: float, rand: Callable[[], float] = random.random) -> float:
+    """The one rule, in both modes, for a job whose task another worker holds:
+    look again after the first retry delay (jittered, so that a dozen such
+    jobs do not all come back in the same instant). If that worker dies, this
+    delivery is the one left, so it is never dropped."""
+    return retry_backoff(base_seconds).delay(1, rand)
+
+
+def within_budget(first_fault_at: float, now: float, budget_seconds: float) -> bool:
+    """After a transient fault: may the job still be retried? The budget is
+    time, counted from the job's first transient fault (0: this is it), not a
+    number of attempts, so an outage of any length under it costs no task."""
+    if first_fault_at <= 0:
+        return True
+    return now - first_fault_at < budget_seconds
+
+
+def idle_reasons(workers: Iterable[WorkerInfo]) -> tuple[str, ...]:
+    """The distinct reasons online workers give for taking no jobs."""
+    reasons = {w.idle_reason for w in workers if w.state is WorkerState.ONLINE and w.idle_reason}
+    return tuple(sorted(reasons))
 
 
 def worker_state(last_heartbeat_at: float, now: float, offline_after_seconds: float) -> WorkerState:

@@ -6,6 +6,9 @@ Keys (see broker.QueueKeys), for queue NAME under verifier:queue:{NAME}:
   stream       the jobs (taskiq JSON messages), group "verifier-workers"
   delayed      ZSET of retry messages by due time (ms, Redis clock)
   paused       present while the queue is paused; `control` is its channel
+  epoch        present since the queue service last saw the data whole: a
+               flush or a restart without persistence removes it, which tells
+               the service to enqueue every unfinished task again
   completed    / failed: counters of finished jobs
   job:<task>   the task's current job id (EnqueueTask's idempotency)
   lock:<task>  the worker running the task (the duplicate guard)
@@ -14,10 +17,10 @@ Keys (see broker.QueueKeys), for queue NAME under verifier:queue:{NAME}:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar
 
 from redis.exceptions import RedisError, ResponseError
@@ -27,20 +30,25 @@ from shared.context import current_request_id
 from shared.log import get_logger
 
 from . import policy
-from .backend import Delivery, QueueBackend
-from .broker import GROUP, JOB_KEY_TTL_SECONDS, VerifierStreamBroker, encode_job
-from .errors import QueueFull, QueueUnavailable
+from .backend import Delivery, QueueBackend, Settlement
+from .broker import (
+    GROUP,
+    JOB_KEY_TTL_SECONDS,
+    VerifierStreamBroker,
+    decode_job,
+    encode_job,
+    text,
+)
+from .errors import QueueUnavailable
 from .model import (
     Admission,
     EnqueueResult,
     Job,
-    JobResult,
     Outcome,
     QueueStatusView,
     WorkerInfo,
     WorkerRecord,
     new_job_id,
-    validate_task_id,
     worker_info_from_json,
 )
 
@@ -48,7 +56,6 @@ log = get_logger(__name__)
 
 MOVE_DUE_BATCH = 500
 PAUSE_REREAD_SECONDS = 1.0
-MAINTENANCE_TICK_SECONDS = 0.25
 TRIM_EVERY_SECONDS = 5.0
 PRUNE_EVERY_SECONDS = 60.0
 
@@ -62,10 +69,6 @@ async def _redis_errors() -> AsyncIterator[None]:
         raise QueueUnavailable(f"the queue's Redis is unavailable: {exc}") from exc
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _stream_id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -75,6 +78,8 @@ class RedisQueue(QueueBackend):
     """QueueBackend on Redis, used by the queue service and by every worker."""
 
     kind: ClassVar[str] = "redis"
+    probe_name: ClassVar[str] = "redis"
+    in_process_workers: ClassVar[bool] = False
 
     def __init__(self, settings: Settings, *, consumer_name: str | None = None) -> None:
         self.settings = settings
@@ -109,28 +114,30 @@ class RedisQueue(QueueBackend):
 
     # --- service side -----------------------------------------------------------
 
-    async def enqueue(self, task_id: str) -> EnqueueResult:
-        validate_task_id(task_id)
-        job = Job(new_job_id(), task_id, request_id=current_request_id())
-        async with _redis_errors():
+    async def enqueue_many(self, task_ids: Sequence[str]) -> list[EnqueueResult]:
+        request_id = current_request_id()
+        async with _redis_errors(), self.redis.pipeline(transaction=False) as pipe:
             # The consumer group exists before the first XADD (start() creates
             # it), and it is created at "0", so even a stream deleted and
             # recreated under us is read from its first entry.
-            reply = await self.broker.enqueue_script(
-                keys=[self.keys.job(task_id), self.keys.stream],
-                args=[
-                    job.job_id,
-                    encode_job(job),
-                    self.settings.queue_max_length,
-                    JOB_KEY_TTL_SECONDS,
-                ],
-            )
-        code, job_id = int(reply[0]), _text(reply[1])
-        if code == -1:
-            raise QueueFull(
-                f"the queue holds {self.settings.queue_max_length} jobs; try again later"
-            )
-        return EnqueueResult(job_id=job_id, already_enqueued=code == 0)
+            for task_id in task_ids:
+                job = Job(new_job_id(), task_id, request_id=request_id)
+                await self.broker.enqueue_script(
+                    keys=[self.keys.job(task_id), self.keys.stream],
+                    args=[
+                        job.job_id,
+                        encode_job(job),
+                        self.settings.queue_max_length,
+                        JOB_KEY_TTL_SECONDS,
+                    ],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        results: list[EnqueueResult] = []
+        for reply in replies:
+            code, job_id = int(reply[0]), text(reply[1])
+            results.append(EnqueueResult(job_id, already_enqueued=code == 0, full=code == -1))
+        return results
 
     async def status(self) -> QueueStatusView:
         now = time.time()
@@ -144,10 +151,11 @@ class RedisQueue(QueueBackend):
             pipe.zcount(self.keys.workers, now - offline_after, "+inf")
             replies = await pipe.execute(raise_on_error=False)
         paused, groups, length, delayed, counters, online = replies
+        workers = await self.list_workers()
         waiting, active = 0, 0
         if isinstance(groups, list):
             for group in groups:
-                if _text(group.get("name")) != GROUP:
+                if text(group.get("name")) != GROUP:
                     continue
                 active = int(group.get("pending") or 0)
                 lag = group.get("lag")
@@ -168,23 +176,26 @@ class RedisQueue(QueueBackend):
             workers_online=int(online) if isinstance(online, int) else 0,
             concurrency=self.settings.queue_concurrency,
             backend=self.kind,
+            idle_reasons=policy.idle_reasons(workers),
         )
 
-    async def pause(self) -> QueueStatusView:
+    async def set_paused(self, paused: bool) -> None:
         async with _redis_errors(), self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.keys.paused, "1")
-            pipe.publish(self.keys.control, "paused")
+            if paused:
+                pipe.set(self.keys.paused, "1")
+            else:
+                pipe.delete(self.keys.paused)
+            pipe.publish(self.keys.control, "paused" if paused else "resumed")
             await pipe.execute()
-        log.info("queue.paused", queue=self.queue_name)
-        return await self.status()
 
-    async def resume(self) -> QueueStatusView:
-        async with _redis_errors(), self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.keys.paused)
-            pipe.publish(self.keys.control, "resumed")
-            await pipe.execute()
-        log.info("queue.resumed", queue=self.queue_name)
-        return await self.status()
+    async def claim_epoch(self) -> bool:
+        async with _redis_errors():
+            created = await self.redis.set(self.keys.epoch, uuid.uuid4().hex, nx=True)
+        return bool(created)
+
+    async def drop_epoch(self) -> None:
+        async with _redis_errors():
+            await self.redis.delete(self.keys.epoch)
 
     async def list_workers(self) -> list[WorkerInfo]:
         now = time.time()
@@ -192,7 +203,7 @@ class RedisQueue(QueueBackend):
             entries: list[Any] = await self.redis.zrange(self.keys.workers, 0, -1, withscores=True)
             if not entries:
                 return []
-            ids = [_text(member) for member, _ in entries]
+            ids = [text(member) for member, _ in entries]
             records: list[Any] = await self.redis.mget(
                 [self.keys.worker(worker_id) for worker_id in ids]
             )
@@ -206,47 +217,92 @@ class RedisQueue(QueueBackend):
             try:
                 workers.append(worker_info_from_json(record, state))
             except (ValueError, KeyError, TypeError):
-                log.warning("queue.bad_worker_record", record=_text(record)[:200])
+                log.warning("queue.bad_worker_record", record=text(record)[:200])
         return policy.sort_workers(workers)
 
     # --- worker side ------------------------------------------------------------
 
-    async def admit(self, delivery: Delivery, holder: str) -> Admission:
-        job = delivery.job
-        verdict = await self.broker.admit_script(
-            keys=[self.keys.job(job.task_id), self.keys.lock(job.task_id)],
-            args=[job.job_id, holder, self.lock_ttl_ms],
-        )
-        return Admission(_text(verdict))
+    async def take(self, count: int, block_seconds: float) -> list[Delivery]:
+        async with _redis_errors():
+            entries = await self.broker.fetch(count, int(block_seconds * 1000))
+        deliveries: list[Delivery] = []
+        unreadable: list[str] = []
+        for entry_id, data, deliveries_count in entries:
+            try:
+                job = decode_job(data)
+            except (ValueError, KeyError, TypeError):
+                unreadable.append(entry_id)
+                continue
+            deliveries.append(
+                Delivery(
+                    Job(
+                        job.job_id,
+                        job.task_id,
+                        job.attempt,
+                        job.request_id,
+                        deliveries_count,
+                        job.first_fault_at,
+                    ),
+                    entry_id,
+                )
+            )
+        if unreadable:
+            # Not a job of ours: acknowledged, or it would come back forever.
+            log.warning("queue.dropped_unreadable_message", entries=unreadable)
+            self.broker.settled(unreadable)
+            async with _redis_errors():
+                await self.redis.xack(self.keys.stream, GROUP, *unreadable)
+        return deliveries
 
-    async def settle(self, delivery: Delivery, result: JobResult, holder: str) -> None:
-        job = delivery.job
-        action = result.outcome.value
-        retry_payload = b""
-        delay_ms = 0
-        if result.outcome is Outcome.RETRY:
-            retry_payload = encode_job(job if result.same_attempt else job.next_attempt())
-            delay_ms = int(result.delay_seconds * 1000)
-        await self.broker.settle_script(
-            keys=[
-                self.keys.stream,
-                self.keys.job(job.task_id),
-                self.keys.lock(job.task_id),
-                self.keys.delayed,
-                self.keys.completed,
-                self.keys.failed,
-            ],
-            args=[
-                GROUP,
-                delivery.ref,
-                job.job_id,
-                holder,
-                action,
-                retry_payload,
-                delay_ms,
-                JOB_KEY_TTL_SECONDS,
-            ],
-        )
+    async def give_back(self, deliveries: Sequence[Delivery]) -> None:
+        await self.broker.give_back([delivery.ref for delivery in deliveries])
+
+    async def admit_many(
+        self, deliveries: Sequence[Delivery], holders: Sequence[str]
+    ) -> list[Admission]:
+        async with _redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for delivery, holder in zip(deliveries, holders, strict=True):
+                task_id = delivery.job.task_id
+                await self.broker.admit_script(
+                    keys=[self.keys.job(task_id), self.keys.lock(task_id)],
+                    args=[delivery.job.job_id, holder, self.lock_ttl_ms],
+                    client=pipe,
+                )
+            verdicts = await pipe.execute()
+        return [Admission(text(verdict)) for verdict in verdicts]
+
+    async def settle_many(self, settlements: Sequence[Settlement]) -> None:
+        async with _redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for item in settlements:
+                job, result = item.delivery.job, item.result
+                retry_payload = b""
+                delay_ms = 0
+                if result.outcome is Outcome.RETRY:
+                    retry_payload = encode_job(job.retried(result))
+                    delay_ms = int(result.delay_seconds * 1000)
+                await self.broker.settle_script(
+                    keys=[
+                        self.keys.stream,
+                        self.keys.job(job.task_id),
+                        self.keys.lock(job.task_id),
+                        self.keys.delayed,
+                        self.keys.completed,
+                        self.keys.failed,
+                    ],
+                    args=[
+                        GROUP,
+                        item.delivery.ref,
+                        job.job_id,
+                        item.holder,
+                        result.outcome.value,
+                        retry_payload,
+                        delay_ms,
+                        JOB_KEY_TTL_SECONDS,
+                    ],
+                    client=pipe,
+                )
+            await pipe.execute()
+        self.broker.settled([item.delivery.ref for item in settlements])
 
     async def heartbeat(self, record: WorkerRecord) -> None:
         """Publish the worker's record and keep its jobs in hand claimed."""
@@ -255,41 +311,42 @@ class RedisQueue(QueueBackend):
             int(self.settings.worker_forget_after_seconds),
             int(self.settings.worker_offline_after_seconds) + 1,
         )
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys.worker(record.id), record.to_json(now), ex=forget_after)
-            pipe.zadd(self.keys.workers, {record.id: now})
-            await pipe.execute()
-        await self.broker.keep_alive(
-            [self.keys.lock(task_id) for task_id in record.jobs_in_hand], self.lock_ttl_ms
-        )
+        async with _redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(self.keys.worker(record.id), record.to_json(now), ex=forget_after)
+                pipe.zadd(self.keys.workers, {record.id: now})
+                await pipe.execute()
+            await self.broker.keep_alive(
+                [self.keys.lock(task_id) for task_id in record.jobs_in_hand], self.lock_ttl_ms
+            )
 
-    async def unregister(self, record: WorkerRecord) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.delete(self.keys.worker(record.id))
-            pipe.zrem(self.keys.workers, record.id)
-            await pipe.execute()
+    async def leave(self, record: WorkerRecord) -> int:
+        async with _redis_errors():
+            returned = await self.broker.release_consumer()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.delete(self.keys.worker(record.id))
+                pipe.zrem(self.keys.workers, record.id)
+                await pipe.execute()
+        return returned
 
     async def read_paused(self) -> bool:
         return bool(await self.redis.exists(self.keys.paused))
 
     async def watch_pause(self, on_change: Callable[[bool], None]) -> None:
         """Follow the paused flag: pub/sub for an instant reaction, and a re-read
-        at least every second (a lost message or a reconnect cannot hide it)."""
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(self.keys.control)
-                while True:
-                    on_change(await self.read_paused())
-                    await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=PAUSE_REREAD_SECONDS
-                    )
-            except (RedisError, OSError) as exc:
-                log.warning("queue.pause_watch_failed", error=str(exc))
-                await asyncio.sleep(PAUSE_REREAD_SECONDS)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+        at least every second (a lost message or a reconnect cannot hide it).
+        Ends only by raising; the worker's keep_running subscribes again."""
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(self.keys.control)
+            while True:
+                on_change(await self.read_paused())
+                await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=PAUSE_REREAD_SECONDS
+                )
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
 
     # --- maintenance (run by the service and by every worker) -------------------
 
@@ -313,10 +370,10 @@ class RedisQueue(QueueBackend):
             return
         floor: tuple[int, int] | None = None
         for group in groups:
-            last = _stream_id_key(_text(group.get("last-delivered-id") or "0-0"))
+            last = _stream_id_key(text(group.get("last-delivered-id") or "0-0"))
             floor = last if floor is None else min(floor, last)
         if isinstance(pending, dict) and pending.get("pending") and pending.get("min"):
-            floor = min(floor or (0, 0), _stream_id_key(_text(pending["min"])))
+            floor = min(floor or (0, 0), _stream_id_key(text(pending["min"])))
         if floor is None or floor == (0, 0):
             return
         await self.redis.xtrim(self.keys.stream, minid=f"{floor[0]}-{floor[1]}", approximate=True)
@@ -336,22 +393,17 @@ class RedisQueue(QueueBackend):
                 idle_limit_ms
             ):
                 await self.redis.xgroup_delconsumer(
-                    self.keys.stream, GROUP, _text(consumer.get("name"))
+                    self.keys.stream, GROUP, text(consumer.get("name"))
                 )
 
     async def maintain(self) -> None:
-        """Background loop: due retries every tick, trim and prune now and then."""
-        while True:
-            try:
-                await self.move_due()
-                now = time.monotonic()
-                if now - self._last_trim >= TRIM_EVERY_SECONDS:
-                    self._last_trim = now
-                    await self.trim()
-                if now - self._last_prune >= PRUNE_EVERY_SECONDS:
-                    self._last_prune = now
-                    await self.prune()
-            except (RedisError, OSError) as exc:
-                log.warning("queue.maintenance_failed", error=str(exc))
-                await asyncio.sleep(1.0)
-            await asyncio.sleep(MAINTENANCE_TICK_SECONDS)
+        """One tick: due retries now, trim and prune now and then."""
+        async with _redis_errors():
+            await self.move_due()
+            now = time.monotonic()
+            if now - self._last_trim >= TRIM_EVERY_SECONDS:
+                self._last_trim = now
+                await self.trim()
+            if now - self._last_prune >= PRUNE_EVERY_SECONDS:
+                self._last_prune = now
+                await self.prune()

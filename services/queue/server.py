@@ -1,15 +1,19 @@
-"""QueueService over gRPC: parse, call the backend, map the result. Nothing else."""
+"""QueueService and QueueIntakeService over gRPC: parse, call QueueControl, map
+the result. Nothing else."""
 
 from __future__ import annotations
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import code_pb2, status_pb2
 from verifier.queue.v1 import queue_pb2, queue_pb2_grpc
 
-from .backend import QueueBackend
+from .errors import QueueFull
 from .model import QueueStatusView, WorkerInfo, WorkerState
+from .service import EnqueueItem, QueueControl
 
 SERVICE_NAME = queue_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name
+INTAKE_SERVICE_NAME = queue_pb2.DESCRIPTOR.services_by_name["QueueIntakeService"].full_name
 
 _WORKER_STATE = {
     WorkerState.ONLINE: queue_pb2.WORKER_STATE_ONLINE,
@@ -29,6 +33,7 @@ def status_to_proto(view: QueueStatusView) -> queue_pb2.QueueStatus:
         workers_online=view.workers_online,
         concurrency=view.concurrency,
         backend=view.backend,
+        idle_reasons=list(view.idle_reasons),
     )
 
 
@@ -49,17 +54,39 @@ def worker_to_proto(worker: WorkerInfo) -> queue_pb2.Worker:
         jobs_in_hand=list(worker.jobs_in_hand),
         concurrency=worker.concurrency,
         processed=worker.processed,
+        idle_reason=worker.idle_reason,
+    )
+
+
+def enqueued_to_proto(item: EnqueueItem) -> queue_pb2.EnqueuedTask:
+    if item.result is None:
+        status = status_pb2.Status(
+            code=code_pb2.INVALID_ARGUMENT, message=f"task_ids: {item.invalid}"
+        )
+        return queue_pb2.EnqueuedTask(task_id=item.task_id, status=status)
+    if item.result.full:
+        status = status_pb2.Status(
+            code=code_pb2.RESOURCE_EXHAUSTED, message="the queue is full; try again later"
+        )
+        return queue_pb2.EnqueuedTask(task_id=item.task_id, status=status)
+    return queue_pb2.EnqueuedTask(
+        task_id=item.task_id,
+        status=status_pb2.Status(code=code_pb2.OK),
+        job_id=item.result.job_id,
+        already_enqueued=item.result.already_enqueued,
     )
 
 
 class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
-    def __init__(self, backend: QueueBackend) -> None:
-        self.backend = backend
+    def __init__(self, control: QueueControl) -> None:
+        self.control = control
 
     async def EnqueueTask(
         self, request: queue_pb2.EnqueueTaskRequest, context: grpc.aio.ServicerContext
     ) -> queue_pb2.EnqueueTaskResponse:
-        result = await self.backend.enqueue(request.task_id)
+        result = await self.control.enqueue(request.task_id)
+        if result.full:
+            raise QueueFull("the queue is full; try again later")
         return queue_pb2.EnqueueTaskResponse(
             job_id=result.job_id, already_enqueued=result.already_enqueued
         )
@@ -67,20 +94,31 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
     async def GetQueueStatus(
         self, request: queue_pb2.GetQueueStatusRequest, context: grpc.aio.ServicerContext
     ) -> queue_pb2.GetQueueStatusResponse:
-        return queue_pb2.GetQueueStatusResponse(status=status_to_proto(await self.backend.status()))
+        return queue_pb2.GetQueueStatusResponse(status=status_to_proto(await self.control.status()))
 
     async def PauseQueue(
         self, request: queue_pb2.PauseQueueRequest, context: grpc.aio.ServicerContext
     ) -> queue_pb2.PauseQueueResponse:
-        return queue_pb2.PauseQueueResponse(status=status_to_proto(await self.backend.pause()))
+        return queue_pb2.PauseQueueResponse(status=status_to_proto(await self.control.pause()))
 
     async def ResumeQueue(
         self, request: queue_pb2.ResumeQueueRequest, context: grpc.aio.ServicerContext
     ) -> queue_pb2.ResumeQueueResponse:
-        return queue_pb2.ResumeQueueResponse(status=status_to_proto(await self.backend.resume()))
+        return queue_pb2.ResumeQueueResponse(status=status_to_proto(await self.control.resume()))
 
     async def ListWorkers(
         self, request: queue_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
     ) -> queue_pb2.ListWorkersResponse:
-        workers = await self.backend.list_workers()
+        workers = await self.control.list_workers()
         return queue_pb2.ListWorkersResponse(workers=[worker_to_proto(w) for w in workers])
+
+
+class QueueIntakeServicer(queue_pb2_grpc.QueueIntakeServiceServicer):
+    def __init__(self, control: QueueControl) -> None:
+        self.control = control
+
+    async def EnqueueTasks(
+        self, request: queue_pb2.EnqueueTasksRequest, context: grpc.aio.ServicerContext
+    ) -> queue_pb2.EnqueueTasksResponse:
+        items = await self.control.enqueue_many(list(request.task_ids))
+        return queue_pb2.EnqueueTasksResponse(tasks=[enqueued_to_proto(i) for i in items])

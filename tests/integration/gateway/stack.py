@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from services.queue.main import build_spec as queue_spec
 from services.queue.pipeline import PipelineConnection
-from services.queue.redis_worker import RedisWorker
+from services.queue.worker import redis_worker
 from services.tasks.main import apply_migrations, build_service
 from services.verification.main import build_spec as verification_spec
 from shared.config import Settings, load_settings
@@ -71,12 +71,13 @@ def stack_settings(
 
 
 async def _run_worker(settings: Settings, stop: asyncio.Event) -> None:
-    worker = RedisWorker(settings)
+    worker = redis_worker(settings)
     connection = PipelineConnection(settings, worker.id)
     try:
-        await worker.run(connection.pipeline, stop)
+        await worker.run(connection.pipeline, stop, connection.gates)
     finally:
         await connection.close()
+        await worker.backend.close()
 
 
 async def wait_ready(base_url: str, within_seconds: float = 60.0) -> None:

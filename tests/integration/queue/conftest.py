@@ -13,8 +13,8 @@ import pytest
 from verifier.queue.v1 import queue_pb2, queue_pb2_grpc
 
 from services.queue.backend import QueueBackend
+from services.queue.consumer import BatchWorker
 from services.queue.main import build_spec, create_backend
-from services.queue.redis_worker import RedisWorker
 from shared.config import Settings
 from shared.grpc_client import create_channel
 from shared.grpc_server import RunningServer, start_server
@@ -55,7 +55,7 @@ class QueueHarness:
     server: RunningServer
     client: queue_pb2_grpc.QueueServiceStub
     handler: RecordingHandler
-    worker: RedisWorker | None
+    worker: BatchWorker | None
 
     async def status(self) -> queue_pb2.QueueStatus:
         return (await self.client.GetQueueStatus(queue_pb2.GetQueueStatusRequest())).status
@@ -70,10 +70,10 @@ class QueueHarness:
         """True once every worker has observed the paused flag."""
         if self.worker is None:
             return True  # embedded: the workers read the service's own flag
-        return self.worker.broker.paused
+        return self.worker.paused
 
     def workers_running(self) -> bool:
-        return self.worker is None or not self.worker.broker.paused
+        return self.worker is None or not self.worker.paused
 
 
 @contextlib.asynccontextmanager
@@ -81,7 +81,7 @@ async def queue_harness(
     settings: Settings, handler: RecordingHandler
 ) -> AsyncIterator[QueueHarness]:
     backend = create_backend(settings)
-    server = await start_server(build_spec(settings, backend, embedded_handler=handler))
+    server = await start_server(build_spec(settings, backend, handler=handler))
     channel = create_channel(f"127.0.0.1:{server.port}")
     try:
         if settings.redis_url:

@@ -10,13 +10,14 @@ import dataclasses
 import inspect
 import uuid
 from collections import Counter, defaultdict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 
+from services.queue.consumer import BatchWorker
 from services.queue.model import Job, JobResult, Outcome
-from services.queue.redis_worker import RedisWorker
+from services.queue.worker import redis_worker
 from shared.config import Settings, load_settings
 
 
@@ -47,8 +48,8 @@ async def wait_until(
 
 
 class RecordingHandler:
-    """A JobHandler that records every run. Results are scripted per task
-    (default COMPLETED); `gate` holds every job until it is set."""
+    """A BatchHandler that records every run and batch. Results are scripted
+    per task (default COMPLETED); `gate` holds every job until it is set."""
 
     def __init__(self) -> None:
         self.runs: list[Job] = []
@@ -58,6 +59,7 @@ class RecordingHandler:
         self.gate.set()
         self.running: Counter[str] = Counter()
         self.max_running_per_task = 0
+        self.batches: list[list[str]] = []
 
     def script(self, task_id: str, *results: JobResult) -> None:
         self.scripts[task_id].extend(results)
@@ -68,6 +70,10 @@ class RecordingHandler:
     @property
     def in_hand(self) -> int:
         return sum(self.running.values())
+
+    async def process_batch(self, jobs: Sequence[Job]) -> list[JobResult]:
+        self.batches.append([job.task_id for job in jobs])
+        return list(await asyncio.gather(*(self.process(job) for job in jobs)))
 
     async def process(self, job: Job) -> JobResult:
         self.runs.append(job)
@@ -83,9 +89,9 @@ class RecordingHandler:
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings: Settings, handler: Any) -> AsyncIterator[RedisWorker]:
-    """A RedisWorker in this process, reading, until the block ends (then a clean stop)."""
-    worker = RedisWorker(settings)
+async def running_worker(settings: Settings, handler: Any) -> AsyncIterator[BatchWorker]:
+    """A Redis worker in this process, reading, until the block ends (then a clean stop)."""
+    worker = redis_worker(settings)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(handler, stop))
     try:
@@ -95,7 +101,10 @@ async def running_worker(settings: Settings, handler: Any) -> AsyncIterator[Redi
         yield worker
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        try:
+            await asyncio.wait_for(task, 30)
+        finally:
+            await worker.backend.close()
 
 
 async def delete_queue_keys(redis_url: str, queue_name: str) -> None:

@@ -181,7 +181,7 @@ async def test_pause_survives_a_restart_of_the_service(harness: QueueHarness) ->
     await harness.client.PauseQueue(queue_pb2.PauseQueueRequest())
     settings = harness.settings
     backend = create_backend(settings)
-    restarted = await start_server(build_spec(settings, backend, embedded_handler=harness.handler))
+    restarted = await start_server(build_spec(settings, backend, handler=harness.handler))
     channel = create_channel(f"127.0.0.1:{restarted.port}")
     try:
         client = queue_pb2_grpc.QueueServiceStub(channel)

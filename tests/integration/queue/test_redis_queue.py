@@ -48,17 +48,17 @@ async def test_pause_flag_is_observed_without_its_pubsub_message(queue: RedisQue
     """The 1 s re-read catches a flag whose notification was lost."""
     async with running_worker(queue.settings, RecordingHandler()) as worker:
         await queue.redis.set(queue.keys.paused, "1")  # no PUBLISH
-        await wait_until(lambda: worker.broker.paused, "the worker to re-read the flag")
+        await wait_until(lambda: worker.paused, "the worker to re-read the flag")
         await queue.redis.delete(queue.keys.paused)
-        await wait_until(lambda: not worker.broker.paused, "the worker to see the resume")
+        await wait_until(lambda: not worker.paused, "the worker to see the resume")
 
 
 async def test_worker_starting_on_a_paused_queue_takes_nothing(queue: RedisQueue) -> None:
-    await queue.pause()
-    await queue.enqueue("waiting-task")
+    await queue.set_paused(True)
+    await queue.enqueue_many(["waiting-task"])
     handler = RecordingHandler()
     async with running_worker(queue.settings, handler) as worker:
-        assert worker.broker.paused
+        assert worker.paused
         await asyncio.sleep(1.5)
         assert handler.runs == []
     assert (await queue.status()).waiting == 1
@@ -96,7 +96,7 @@ async def test_cleanly_stopped_worker_leaves_the_registry(queue: RedisQueue) -> 
 async def test_jobs_of_a_dead_consumer_are_reclaimed_after_the_idle_timeout(
     queue: RedisQueue,
 ) -> None:
-    await queue.enqueue("orphan")
+    await queue.enqueue_many(["orphan"])
     # A worker that read the job and died: the entry is pending under its name.
     taken = await queue.redis.xreadgroup(GROUP, "dead-worker", {queue.keys.stream: ">"}, count=1)
     assert len(taken[0][1]) == 1
@@ -126,7 +126,7 @@ async def test_job_running_longer_than_the_idle_timeout_is_not_run_twice(
     slow, idle = RecordingHandler(), RecordingHandler()
     slow.gate.clear()
     async with running_worker(queue.settings, slow):
-        await queue.enqueue("long-job")
+        await queue.enqueue_many(["long-job"])
         await wait_until(lambda: slow.in_hand == 1, "the long job to start")
         async with running_worker(queue.settings, idle):
             await asyncio.sleep(queue.settings.job_idle_timeout_seconds * 2.5)
@@ -169,7 +169,7 @@ async def test_unreadable_message_is_dropped_not_redelivered_forever(queue: Redi
     await queue.redis.xadd(queue.keys.stream, {"data": b"\x80 not a taskiq message"})
     handler = RecordingHandler()
     async with running_worker(queue.settings, handler):
-        await queue.enqueue("after-garbage")
+        await queue.enqueue_many(["after-garbage"])
         await wait_until(lambda: handler.finished, "the good job to run")
         await wait_until(_no_pending(queue), "the garbage to be acknowledged")
     assert [job.task_id for job in handler.runs] == ["after-garbage"]
@@ -177,12 +177,12 @@ async def test_unreadable_message_is_dropped_not_redelivered_forever(queue: Redi
 
 async def test_stream_is_trimmed_below_entries_still_needed(queue: RedisQueue) -> None:
     for n in range(300):
-        await queue.enqueue(f"trim-{n}")
+        await queue.enqueue_many([f"trim-{n}"])
     handler = RecordingHandler()
     async with running_worker(queue.settings, handler):
         await wait_until(lambda: len(handler.finished) == 300, "300 jobs", within=60)
         await wait_until(_no_pending(queue), "every entry acknowledged")
-    await queue.enqueue("kept")
+    await queue.enqueue_many(["kept"])
     await queue.trim()
     length = int(await queue.redis.xlen(queue.keys.stream))
     assert length < 150  # trimmed in whole macro nodes, never past "kept"
@@ -194,10 +194,10 @@ async def test_pending_entries_of_a_stopped_worker_are_given_back(queue: RedisQu
     """A reply lost to cancellation at shutdown is returned, not left to the idle timeout."""
     handler = RecordingHandler()
     async with running_worker(queue.settings, handler) as worker:
-        name = worker.broker.consumer_name
-        await queue.pause()
-        await wait_until(lambda: worker.broker.paused, "the pause")
-        await queue.enqueue("lost-reply")
+        name = worker.id
+        await queue.set_paused(True)
+        await wait_until(lambda: worker.paused, "the pause")
+        await queue.enqueue_many(["lost-reply"])
         # Read as this consumer behind the worker's back, as if the reply was lost.
         await queue.redis.xreadgroup(GROUP, name, {queue.keys.stream: ">"}, count=1)
     consumers = await queue.redis.xinfo_consumers(queue.keys.stream, GROUP)
@@ -215,7 +215,7 @@ async def test_stream_recreated_under_the_queue_still_delivers(queue: RedisQueue
     await queue.redis.delete(queue.keys.stream)
     handler = RecordingHandler()
     async with running_worker(queue.settings, handler):
-        await queue.enqueue("after-flush")
+        await queue.enqueue_many(["after-flush"])
         await wait_until(lambda: handler.finished, "the job on the recreated stream")
     assert [job.task_id for job in handler.runs] == ["after-flush"]
 
@@ -254,7 +254,7 @@ async def test_stream_entry_without_data_is_acknowledged(queue: RedisQueue) -> N
     await queue.redis.xadd(queue.keys.stream, {"other": b"x"})
     handler = RecordingHandler()
     async with running_worker(queue.settings, handler):
-        await queue.enqueue("next-to-empty")
+        await queue.enqueue_many(["next-to-empty"])
         await wait_until(lambda: handler.finished, "the good job to run")
         await wait_until(_no_pending(queue), "the empty entry to be acknowledged")
     assert [job.task_id for job in handler.runs] == ["next-to-empty"]

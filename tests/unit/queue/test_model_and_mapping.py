@@ -15,6 +15,8 @@ from services.queue.errors import InvalidTaskId
 from services.queue.mapping import verdict_name, verify_request_for
 from services.queue.model import (
     Job,
+    JobResult,
+    Outcome,
     QueueStatusView,
     WorkerInfo,
     WorkerRecord,
@@ -31,26 +33,28 @@ def test_job_message_is_taskiq_json_with_task_id_and_attempt_only() -> None:
     message = json.loads(data)  # JSON, never pickle
     assert message["task_name"] == broker.TASK_NAME
     assert message["task_id"] == "job-1"
-    assert message["kwargs"] == {"task_id": "task-1", "attempt": 2}
+    assert message["kwargs"] == {"task_id": "task-1", "attempt": 2, "first_fault_at": 0.0}
     assert message["labels"]["ack_type"] == "when_executed"
     assert broker.decode_job(data) == Job("job-1", "task-1", 2)
 
 
 def test_retry_keeps_the_job_id_and_counts_the_attempt() -> None:
-    assert Job("j", "t", 1).next_attempt() == Job("j", "t", 2)
+    retry = JobResult(Outcome.RETRY, "down", delay_seconds=1.0, first_fault_at=50.0)
+    assert Job("j", "t", 1).retried(retry) == Job("j", "t", 2, first_fault_at=50.0)
     # A retry is a new stream entry: its delivery count starts again.
-    assert Job("j", "t", 1, deliveries=3).next_attempt().deliveries == 1
+    assert Job("j", "t", 1, deliveries=3).retried(retry).deliveries == 1
 
 
-def test_stream_id_and_delivery_count_labels_are_added_to_the_message() -> None:
-    data = broker._with_delivery(broker.encode_job(Job("j", "t")), "1-0", 3)
-    labels = json.loads(data)["labels"]
-    assert labels[broker.STREAM_ID_LABEL] == "1-0"
-    assert labels[broker.DELIVERIES_LABEL] == 3
+def test_retry_keeps_the_first_fault_time_and_a_busy_wait_is_no_attempt() -> None:
+    later = JobResult(Outcome.RETRY, "down", first_fault_at=0.0)
+    assert Job("j", "t", 3, first_fault_at=20.0).retried(later).first_fault_at == 20.0
+    busy = JobResult(Outcome.RETRY, "held", same_attempt=True)
+    assert Job("j", "t", 3).retried(busy).attempt == 3
 
 
-def test_unreadable_message_is_passed_through_unchanged() -> None:
-    assert broker._with_delivery(b"\x80not json", "1-0", 1) == b"\x80not json"
+def test_first_fault_time_travels_in_the_message() -> None:
+    job = Job("job-1", "task-1", 4, first_fault_at=1_700_000_000.5)
+    assert broker.decode_job(broker.encode_job(job)) == job
 
 
 @pytest.mark.parametrize("task_id", ["", "a b", "x" * 129, "../etc", "id\n"])
@@ -108,7 +112,7 @@ def test_verdict_name_is_lowercase() -> None:
 
 
 def test_status_maps_every_count() -> None:
-    view = QueueStatusView("q", True, 1, 2, 3, 4, 5, 6, 7, "redis")
+    view = QueueStatusView("q", True, 1, 2, 3, 4, 5, 6, 7, "redis", ("queue paused",))
     assert status_to_proto(view) == queue_pb2.QueueStatus(
         queue_name="q",
         paused=True,
@@ -120,16 +124,19 @@ def test_status_maps_every_count() -> None:
         workers_online=6,
         concurrency=7,
         backend="redis",
+        idle_reasons=["queue paused"],
     )
 
 
 def test_worker_record_round_trips_through_its_heartbeat_json() -> None:
-    record = WorkerRecord("w1", "host", 42, 1000.5, 5, {"t2", "t1"}, 7)
+    record = WorkerRecord("w1", "host", 42, 1000.5, 5, {"t2", "t1"}, 7, "queue paused")
     info = worker_info_from_json(record.to_json(1010.25), WorkerState.OFFLINE)
     assert info == WorkerInfo(
-        "w1", "host", 42, 1000.5, 1010.25, WorkerState.OFFLINE, ("t1", "t2"), 5, 7
+        "w1", "host", 42, 1000.5, 1010.25, WorkerState.OFFLINE, ("t1", "t2"), 5, 7, "queue paused"
     )
+    assert record.info(1010.25, WorkerState.OFFLINE) == info
     proto = worker_to_proto(info)
+    assert proto.idle_reason == "queue paused"
     assert proto.state == queue_pb2.WORKER_STATE_OFFLINE
     assert proto.started_at.ToNanoseconds() == 1_000_500_000_000
     assert list(proto.jobs_in_hand) == ["t1", "t2"]

@@ -5,25 +5,38 @@ from __future__ import annotations
 import pytest
 
 from services.queue import policy
-from services.queue.model import WorkerState
+from services.queue.model import WorkerInfo, WorkerState
 
 
-def test_backoff_doubles_from_the_base_without_jitter() -> None:
+def test_retry_delays_double_from_the_base_and_stop_at_the_cap() -> None:
+    backoff = policy.retry_backoff(1.0)
     middle = lambda: 0.5  # noqa: E731 - jitter factor 0
-    assert [policy.backoff_delay(n, 5.0, middle) for n in (1, 2, 3, 4)] == [5.0, 10.0, 20.0, 40.0]
+    assert [backoff.delay(n, middle) for n in (1, 2, 3, 4, 5)] == [1.0, 2.0, 4.0, 8.0, 15.0]
+    assert backoff.delay(40, lambda: 0.99) == policy.MAX_RETRY_DELAY_SECONDS
 
 
-def test_backoff_jitter_stays_within_twenty_percent() -> None:
-    assert policy.backoff_delay(2, 5.0, lambda: 0.0) == pytest.approx(8.0)
-    assert policy.backoff_delay(2, 5.0, lambda: 1.0) == pytest.approx(12.0)
+def test_busy_wait_is_the_first_retry_delay_with_jitter_in_both_modes() -> None:
+    assert policy.busy_delay(1.0, lambda: 0.0) == pytest.approx(0.8)
+    assert policy.busy_delay(1.0, lambda: 0.5) == pytest.approx(1.0)
 
 
-def test_backoff_is_capped() -> None:
-    assert policy.backoff_delay(40, 5.0, lambda: 1.0) == policy.MAX_RETRY_DELAY_SECONDS
+def test_retry_budget_is_time_from_the_first_fault_not_a_count() -> None:
+    assert policy.within_budget(0.0, 1_000.0, 600.0)  # this is the first fault
+    assert policy.within_budget(1_000.0, 1_599.0, 600.0)
+    assert not policy.within_budget(1_000.0, 1_600.0, 600.0)
 
 
-def test_backoff_of_attempt_zero_is_the_base() -> None:
-    assert policy.backoff_delay(0, 2.0, lambda: 0.5) == 2.0
+def test_idle_reasons_are_those_of_online_workers_once_each() -> None:
+    def worker(name: str, reason: str, state: WorkerState) -> WorkerInfo:
+        return WorkerInfo(name, "h", 1, 0.0, 0.0, state, (), 1, 0, reason)
+
+    workers = [
+        worker("a", "verification service NOT_SERVING", WorkerState.ONLINE),
+        worker("b", "verification service NOT_SERVING", WorkerState.ONLINE),
+        worker("c", "queue paused", WorkerState.OFFLINE),
+        worker("d", "", WorkerState.ONLINE),
+    ]
+    assert policy.idle_reasons(workers) == ("verification service NOT_SERVING",)
 
 
 @pytest.mark.parametrize(
@@ -39,10 +52,6 @@ def test_faults_of_a_peer_or_a_store_are_transient(code: str) -> None:
 )
 def test_rejections_are_final(code: str) -> None:
     assert not policy.is_transient(code)
-
-
-def test_three_attempts_mean_two_retries() -> None:
-    assert [policy.should_retry(n, 3) for n in (1, 2, 3, 4)] == [True, True, False, False]
 
 
 def test_worker_is_offline_after_the_heartbeat_timeout() -> None:
@@ -62,12 +71,11 @@ def test_pause_reaches_every_worker_within_a_second_by_construction() -> None:
     """Pub/sub wakes a worker at once; without it, the flag is re-read at least
     every second, and a read in flight (blocking at most half a second) hands
     back what it got after the pause."""
-    from services.queue.broker import VerifierStreamBroker
+    from services.queue.consumer import TAKE_BLOCK_SECONDS
     from services.queue.redis_backend import PAUSE_REREAD_SECONDS
 
     assert PAUSE_REREAD_SECONDS <= 1.0
-    broker = VerifierStreamBroker("redis://127.0.0.1:1/0", "q")
-    assert broker.block <= 500
+    assert TAKE_BLOCK_SECONDS <= 0.5
 
 
 def test_idle_timeout_shorter_than_two_heartbeats_is_refused() -> None:

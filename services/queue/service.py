@@ -1,0 +1,96 @@
+"""The queue service's side, above the backends: ids validated once, batch
+enqueue, pause and resume, status, and the recovery of a queue that lost its
+data (a Redis flush or restart without persistence, a fresh embedded queue):
+every unfinished task is enqueued again at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from shared.errors import InvalidArgument
+from shared.log import get_logger
+
+from .backend import QueueBackend
+from .errors import InvalidTaskId
+from .model import EnqueueResult, QueueStatusView, WorkerInfo, validate_task_id
+
+log = get_logger(__name__)
+
+# EnqueueTasks takes at most this many tasks a call.
+MAX_ENQUEUE_BATCH = 500
+
+# Enqueues every unfinished task again (pipeline.requeue_unfinished over the
+# tasks service); returns how many were added.
+Requeue = Callable[[Callable[[Sequence[str]], Awaitable[list[EnqueueResult]]]], Awaitable[int]]
+
+
+@dataclass(frozen=True)
+class EnqueueItem:
+    """One task's outcome in a batch enqueue: a result, or why its id was refused."""
+
+    task_id: str
+    result: EnqueueResult | None
+    invalid: str = ""
+
+
+class QueueControl:
+    def __init__(self, backend: QueueBackend, requeue: Requeue | None = None) -> None:
+        self.backend = backend
+        self.requeue = requeue
+
+    async def enqueue(self, task_id: str) -> EnqueueResult:
+        validate_task_id(task_id)
+        (result,) = await self.backend.enqueue_many([task_id])
+        return result
+
+    async def enqueue_many(self, task_ids: Sequence[str]) -> list[EnqueueItem]:
+        if not task_ids:
+            raise InvalidArgument("task_ids", "is required")
+        if len(task_ids) > MAX_ENQUEUE_BATCH:
+            raise InvalidArgument("task_ids", f"at most {MAX_ENQUEUE_BATCH} a call")
+        valid: list[str] = []
+        items: list[EnqueueItem] = []
+        for task_id in task_ids:
+            try:
+                valid.append(validate_task_id(task_id))
+                items.append(EnqueueItem(task_id, None))
+            except InvalidTaskId as exc:
+                items.append(EnqueueItem(task_id, None, invalid=str(exc)))
+        results = iter(await self.backend.enqueue_many(valid) if valid else [])
+        return [
+            item if item.invalid else EnqueueItem(item.task_id, next(results)) for item in items
+        ]
+
+    async def status(self) -> QueueStatusView:
+        return await self.backend.status()
+
+    async def pause(self) -> QueueStatusView:
+        await self._set_paused(True)
+        return await self.status()
+
+    async def resume(self) -> QueueStatusView:
+        await self._set_paused(False)
+        return await self.status()
+
+    async def _set_paused(self, paused: bool) -> None:
+        await self.backend.set_paused(paused)
+        log.info("queue.paused" if paused else "queue.resumed", queue=self.backend.queue_name)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        return await self.backend.list_workers()
+
+    async def recover(self) -> None:
+        """One check (a background job runs it every tick): when the queue lost
+        its data, enqueue every unfinished task again. The epoch is claimed
+        first, so a flush during the requeue is seen on the next check."""
+        if self.requeue is None or not await self.backend.claim_epoch():
+            return
+        log.warning("queue.data_lost", queue=self.backend.queue_name, backend=self.backend.kind)
+        try:
+            await self.requeue(self.backend.enqueue_many)
+        except BaseException:
+            # Not done: the next check starts it over (enqueue is idempotent).
+            await self.backend.drop_epoch()
+            raise
