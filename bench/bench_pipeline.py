@@ -6,13 +6,17 @@ source_code on; every one is verified for real and its report stored in S3
 over HTTP (SeaweedFS), on a real PostgreSQL and Redis. The services and the
 workers run as processes on this machine, as in production.
 
-Prints tasks/s end to end (first create to last completion), p50/p99 of
-create -> completed (server timestamps), then the same N no-op jobs through
-plain taskiq (RedisStreamBroker, one worker process) on the same Redis, and
-the ratio.
+Prints tasks/s end to end (first create to last completion) at the peak (N
+created at once), then p50/p99 of create -> completed (server timestamps) with
+tasks created at half of that peak rate, each process's memory, then the same
+N no-op jobs through plain taskiq (RedisStreamBroker, one worker process) on
+the same Redis, and the ratio. The last line is
 
-    .venv/bin/python bench/bench_pipeline.py [--tasks 2000] [--workers 1]
-        [--concurrency 64] [--creators 64]
+    pipeline_tasks_per_s=<x> taskiq_noop_per_s=<y> ratio=<x/y> p50_ms=<..> p99_ms=<..>
+
+    .venv/bin/python bench/bench_pipeline.py [--tasks 2000] [--workers 1|2|4]
+        [--verification-processes 1|2] [--concurrency 64] [--creators 64]
+        [--paced-tasks 1000]
     .venv/bin/python bench/bench_pipeline.py --metrics-compare [--rounds 2]
         the cost of instrumentation: the same pipeline with METRICS_ENABLED on and
         off, alternating, each side on a fresh database, tasks/s and the ratio
@@ -38,6 +42,7 @@ import redis  # noqa: E402
 from google.protobuf import json_format  # noqa: E402
 from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc  # noqa: E402
 
+from bench.pipeline_load import create_paced, memory_line  # noqa: E402
 from shared.grpc_client import create_channel  # noqa: E402
 from tests.fault.stack import pipeline_stack, stack_env  # noqa: E402
 from tests.support import servers  # noqa: E402
@@ -368,6 +373,9 @@ def main() -> None:
     parser.add_argument("--creators", type=int, default=64, help="concurrent CreateTask callers")
     parser.add_argument("--verification-processes", type=int, default=2)
     parser.add_argument(
+        "--paced-tasks", type=int, default=1000, help="tasks created at half the peak rate"
+    )
+    parser.add_argument(
         "--queue-only", action="store_true", help="skip the pipeline: the two no-op figures"
     )
     parser.add_argument(
@@ -415,11 +423,17 @@ def main() -> None:
         )
         with pipeline_stack(env, workers=args.workers) as stack:
             target = f"127.0.0.1:{stack.service('tasks').port}"
+            pids = {name: p.proc.pid for name, p in stack.services.items() if p.proc}
+            pids |= {w.name: w.proc.pid for w in stack.workers if w.proc}
+            print(memory_line("start", pids))
             figures = asyncio.run(_bench_pipeline(args, target))
+            print(memory_line(f"{args.tasks} tasks", pids))
+            pipeline_rate = args.tasks / figures["wall"]
+            paced = asyncio.run(_bench_paced(args, target, pipeline_rate / 2))
+            print(memory_line(f"{args.tasks + args.paced_tasks} tasks", pids))
         noop_seconds = _bench_taskiq(redis_url, args.tasks)
         queue_seconds = _bench_our_queue(redis_url, args.tasks)
 
-    pipeline_rate = args.tasks / figures["wall"]
     noop_rate = args.tasks / noop_seconds
     print(
         f"pipeline end to end: {pipeline_rate:.0f} tasks/s "
@@ -439,6 +453,24 @@ def main() -> None:
         f"ratio pipeline / plain taskiq: {pipeline_rate / noop_rate:.3f} "
         f"(plain taskiq is {noop_rate / pipeline_rate:.1f}x faster)"
     )
+    print(
+        f"at half the peak ({pipeline_rate / 2:.0f} tasks/s, {args.paced_tasks} tasks): "
+        f"create -> completed p50 {paced['p50'] * 1000:.0f} ms, p99 {paced['p99'] * 1000:.0f} ms"
+    )
+    print(
+        f"pipeline_tasks_per_s={pipeline_rate:.1f} taskiq_noop_per_s={noop_rate:.1f} "
+        f"ratio={pipeline_rate / noop_rate:.4f} p50_ms={paced['p50'] * 1000:.0f} "
+        f"p99_ms={paced['p99'] * 1000:.0f}"
+    )
+
+
+async def _bench_paced(args: argparse.Namespace, target: str, rate: float) -> dict[str, float]:
+    """Latency of tasks created at `rate` per second (half of the peak)."""
+    ids = await create_paced(target, args.paced_tasks, rate)
+    await _wait_all_finished(target, args.tasks + args.paced_tasks, within=1800)
+    latencies, statuses, _ = await _latencies(target, ids)
+    print(f"paced statuses: {statuses}")
+    return {"p50": _percentile(latencies, 0.5), "p99": _percentile(latencies, 0.99)}
 
 
 if __name__ == "__main__":

@@ -166,8 +166,14 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
             ) -> AsyncIterator[Any]:
                 started = enter(context)
                 try:
-                    async for item in inner_us(request, context):
-                        yield item
+                    stream = inner_us(request, context)
+                    if hasattr(stream, "__aiter__"):
+                        async for item in stream:
+                            yield item
+                    else:
+                        # A handler that writes with context.write() (the health
+                        # service's Watch) is a coroutine, not an async iterator.
+                        await stream
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     raise
                 except Exception as exc:

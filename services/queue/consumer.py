@@ -79,7 +79,7 @@ class BatchWorker:
         self.paused = False
         # No job is taken before the pause watch has read the flag once.
         self._pause_known = False
-        # Set once the worker takes jobs (tests wait for it).
+        # Set once the worker knows whether the queue is paused (tests wait for it).
         self.ready = asyncio.Event()
         self._gates: Sequence[Gate] = ()
         self._free = concurrency
@@ -121,7 +121,6 @@ class BatchWorker:
                 self._wake_on(stop),
             )
         ]
-        self.ready.set()
         log.info(
             "worker.started",
             worker_id=self.id,
@@ -163,6 +162,7 @@ class BatchWorker:
         if not self._pause_known:
             self._pause_known = True
             self._changed.set()
+            self.ready.set()
         if paused != self.paused:
             log.info("worker.paused" if paused else "worker.resumed", worker_id=self.id)
             self.paused = paused

@@ -4,11 +4,11 @@ waits on Redis."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 
 from shared import metrics
 from shared.log import get_logger
+from shared.retry import keep_running
 
 from .backend import QueueBackend
 
@@ -35,9 +35,4 @@ async def refresh(backend: QueueBackend) -> None:
 
 async def run(backend: QueueBackend, interval_seconds: float) -> None:
     """Refresh forever; a failed read keeps the last values (the health probe says why)."""
-    while True:
-        try:
-            await refresh(backend)
-        except Exception as exc:  # a backend outage is a state, not a crash
-            log.debug("queue.gauges_failed", error=str(exc))
-        await asyncio.sleep(interval_seconds)
+    await keep_running("queue gauges", lambda: refresh(backend), every=interval_seconds)

@@ -242,8 +242,14 @@ async def requeue_unfinished(
                 page = await tasks.ListTasks(request, timeout=call_timeout_seconds)
             except grpc.aio.AioRpcError as exc:
                 if not policy.is_transient(_code(exc)):
-                    log.error("queue.requeue_failed", error=_describe("ListTasks", exc))
-                    return 0
+                    # A status this tasks service does not know (an older
+                    # version without WAITING): the others still come back.
+                    log.error(
+                        "queue.requeue_status_skipped",
+                        status=status,
+                        error=_describe("ListTasks", exc),
+                    )
+                    break
                 failures += 1
                 await asyncio.sleep(backoff.delay(failures))
                 continue

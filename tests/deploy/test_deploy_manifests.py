@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shared import metrics
 from shared.config import Settings, load_settings
 from shared.grpc_server import ServiceSpec, start_server
 from tests.support.servers import free_port
@@ -39,6 +40,8 @@ SECRET_SETTINGS = {
 GRPC_SERVICES = {"tasks": 50051, "queue": 50052, "verification": 50053}
 OUR_SERVICES = {*GRPC_SERVICES, "gateway", "worker", "migrate"}
 ENGINES = {"postgres", "redis", "minio"}
+# The gauges the queue service exports (an HPA's External metric must be one).
+METRIC_NAMES = {metrics.QUEUE_JOBS._name, metrics.WORKERS._name}
 
 
 def compose() -> dict[str, Any]:
@@ -256,14 +259,39 @@ def test_configmap_and_secret_hold_settings_and_secrets_only_in_the_secret() -> 
         assert {"secretRef": {"name": "verifier-secrets"}} in sources
 
 
-def test_gateway_and_workers_scale_horizontally() -> None:
+def test_gateway_workers_and_verification_scale_horizontally() -> None:
     autoscalers = by_kind("HorizontalPodAutoscaler")
     deployments = by_kind("Deployment")
     targets = {hpa["spec"]["scaleTargetRef"]["name"] for hpa in autoscalers.values()}
-    assert targets == {"verifier-gateway", "verifier-worker"}
+    assert targets == {"verifier-gateway", "verifier-worker", "verifier-verification"}
     for hpa in autoscalers.values():
         assert hpa["spec"]["scaleTargetRef"]["name"] in deployments
         assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+
+
+def _hpa_metrics(name: str) -> dict[str, dict[str, Any]]:
+    """An autoscaler's metrics by what drives them: "cpu" or the external metric's state."""
+    out: dict[str, dict[str, Any]] = {}
+    for metric in by_kind("HorizontalPodAutoscaler")[name]["spec"]["metrics"]:
+        if metric["type"] == "Resource":
+            out[metric["resource"]["name"]] = metric["resource"]["target"]
+        else:
+            external = metric["external"]
+            state = external["metric"]["selector"]["matchLabels"]["state"]
+            assert external["metric"]["name"] in METRIC_NAMES, external
+            out[state] = external["target"]
+    return out
+
+
+def test_workers_and_verification_scale_on_queue_depth_and_cpu() -> None:
+    workers = _hpa_metrics("verifier-worker")
+    assert set(workers) == {"cpu", "waiting"}
+    verification = _hpa_metrics("verifier-verification")
+    assert set(verification) == {"cpu", "active"}
+    for target in (workers["waiting"], verification["active"]):
+        assert target["type"] == "AverageValue" and int(target["averageValue"]) > 0
+    for target in (workers["cpu"], verification["cpu"]):
+        assert 0 < target["averageUtilization"] <= 100
 
 
 def test_migration_job_runs_the_migrate_command() -> None:

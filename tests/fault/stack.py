@@ -293,7 +293,7 @@ def stack_env(
             "LOG_LEVEL": "info",
             "LOG_FORMAT": "json",
             "QUEUE_CONCURRENCY": "4",
-            "RETRY_ATTEMPTS": "3",
+            "RETRY_BUDGET_SECONDS": "120",
             "RETRY_BASE_SECONDS": "0.5",
             "JOB_IDLE_TIMEOUT_SECONDS": "3",
             "WORKER_HEARTBEAT_SECONDS": "0.5",
