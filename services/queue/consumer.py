@@ -93,11 +93,12 @@ class BatchWorker:
     @property
     def idle_reason(self) -> str:
         """Why the worker takes no jobs now ("" while it does)."""
+        reasons = [gate.reason for gate in self._gates if gate.reason]
         if self.paused:
-            return "queue paused"
-        if not self._pause_known:
-            return "reading the pause flag"
-        return "; ".join(gate.reason for gate in self._gates if gate.reason)
+            reasons.insert(0, "queue paused")
+        elif not self._pause_known:
+            reasons.insert(0, "reading the pause flag")
+        return "; ".join(reasons)
 
     async def run(
         self, handler: BatchHandler, stop: asyncio.Event, gates: Sequence[Gate] = ()

@@ -105,6 +105,12 @@ class Process:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
+    def freeze(self, frozen: bool = True) -> None:
+        """SIGSTOP (a stalled process: its sockets stay open, nothing answers), or SIGCONT."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def tail(self, chars: int = 4000) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-chars:]

@@ -122,7 +122,26 @@ async def test_worker_killed_holding_a_full_batch_completes_every_task_exactly_o
     assert victim.proc is not None
     victim_pid = victim.proc.pid
     batch = int(stack.env["QUEUE_CONCURRENCY"])
-    created = [await stack.create_task() for _ in range(120)]
+    verification = stack.service("verification")
+    async with stack.channel("queue") as channel:
+        queue = queue_pb2_grpc.QueueServiceStub(channel)
+        await queue.PauseQueue(queue_pb2.PauseQueueRequest())
+        created = [await stack.create_task() for _ in range(40)]
+        for task in created:
+            await stack.wait_status(task.id, tasks_pb2.TASK_STATUS_QUEUED)
+
+        async def only_the_pause_holds_them() -> bool:
+            workers = [
+                w
+                for w in (await queue.ListWorkers(queue_pb2.ListWorkersRequest())).workers
+                if w.state == queue_pb2.WORKER_STATE_ONLINE
+            ]
+            return len(workers) >= 2 and all(w.idle_reason == "queue paused" for w in workers)
+
+        await _wait(only_the_pause_holds_them, "both workers to see their peers serving", stack)
+        # A stalled verification service keeps each worker's first batch in hand.
+        verification.freeze()
+        await queue.ResumeQueue(queue_pb2.ResumeQueueRequest())
 
     held: list[str] = []
 
@@ -139,8 +158,11 @@ async def test_worker_killed_holding_a_full_batch_completes_every_task_exactly_o
                 return True
         return False
 
-    await _wait(victim_holds_a_full_batch, "the victim to hold a full batch", stack)
-    victim.kill()
+    try:
+        await _wait(victim_holds_a_full_batch, "the victim to hold a full batch", stack)
+        victim.kill()
+    finally:
+        verification.freeze(False)
     tasks = await stack.wait_finished([t.id for t in created], within=180)
     victim.start()  # back to two workers for the next tests
     assert [t.status for t in tasks] == [tasks_pb2.TASK_STATUS_COMPLETED] * len(tasks)
