@@ -239,6 +239,11 @@ class VerificationService:
             return self._stored(existing.body, json.loads(existing.body), key, attempt, True)
         except Exception as exc:
             raise ReportStoreUnavailable(f"storing the report failed: {_describe(exc)}") from exc
+        # Counted once per stored report (a repeat of an attempt is not a new run).
+        metrics.verification_done(
+            [(c.name, c.status.value) for c in report.checks],
+            report.timings_ms.get("total", 0.0) / 1000,
+        )
         return self._stored(signed.body, signed.document, key, attempt, False)
 
     def _stored(
