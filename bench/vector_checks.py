@@ -37,6 +37,25 @@ def _dstack(name: str) -> Evidence:
     return parse_evidence_json((DSTACK / name).read_text())
 
 
+def _ratls_evidence(path: Path) -> Evidence:
+    """An RA-TLS chain's leaf as a task's evidence: its own quote and event log
+    (extensions 1.3.6.1.4.1.62397.1.1/.1.2, DER OCTET STRINGs) and the chain."""
+    from cryptography import x509
+
+    pem = path.read_text()
+    leaf = x509.load_pem_x509_certificates(pem.encode())[0]
+
+    def ext(oid: str) -> bytes:
+        raw: bytes = leaf.extensions.get_extension_for_oid(x509.ObjectIdentifier(oid)).value.value  # type: ignore[attr-defined]
+        return raw[4:] if raw[1] == 0x82 else raw[2:]
+
+    return Evidence(
+        quote=ext("1.3.6.1.4.1.62397.1.1"),
+        event_log=ext("1.3.6.1.4.1.62397.1.2").decode(),
+        certificate_chain=pem,
+    )
+
+
 def attestations() -> list[tuple[str, Evidence, str, datetime, str]]:
     c_b0 = (DCAP / "tdx_quote.collateral.json").read_text()
     c_90 = (DCAP / "collateral_fmspc_90C06F.json").read_text()
@@ -69,7 +88,20 @@ def attestations() -> list[tuple[str, Evidence, str, datetime, str]]:
         ),
         ("dstack/quote-report.json", _dstack("quote-report.json"), c_90, AT_90C06F, COMPOSE_HASH),
         ("dstack/tdx-lite-getquote.json", _dstack("tdx-lite-getquote.json"), c_90, AT_90C06F, ""),
-    ]
+    ] + (
+        # Not in ../shared/vectors: a real dstack RA-TLS chain (RATLS_CHAIN=file).
+        [
+            (
+                "RA-TLS chain " + Path(os.environ["RATLS_CHAIN"]).name,
+                _ratls_evidence(Path(os.environ["RATLS_CHAIN"])),
+                c_90,
+                AT_90C06F,
+                "",
+            )
+        ]
+        if os.environ.get("RATLS_CHAIN")
+        else []
+    )
 
 
 def main() -> None:

@@ -326,3 +326,34 @@ def test_cli_measure_without_a_dstack_mr_binary_says_so(
     monkeypatch.setenv("PATH", str(tmp_path))
     assert os_images_main(["measure", str(tmp_path), "--vm-config", str(tmp_path / "v")]) == 2
     assert "no dstack-mr binary configured" in capsys.readouterr().err
+
+
+def test_cli_measure_runs_the_configured_dstack_mr_and_records_its_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A stand-in for the dstack-mr binary (not available here): it checks the
+    # arguments it is given and prints measure --json's shape.
+    m = shipped().measurements[0]
+    output = {"mrtd": m.mrtd, "rtmr0": m.rtmr0, "rtmr1": m.rtmr1, "rtmr2": m.rtmr2}
+    tool = tmp_path / "dstack-mr"
+    tool.write_text(
+        "#!/bin/sh\n"
+        'test "$1" = measure && test "$2" = --json || exit 3\n'
+        'case "$*" in *"--cpu 16"*"--memory 68719476736"*) ;; *) exit 4 ;; esac\n'
+        f"echo '{json.dumps(output)}'\n"
+    )
+    tool.chmod(0o755)
+    image = tmp_path / "dstack-0.5.3"
+    image.mkdir()
+    (image / "metadata.json").write_text('{"version": "0.5.3"}')
+    vm = tmp_path / "vm.json"
+    vm.write_text(quote_report_evidence().vm_config or "")
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    assert (
+        os_images_main(["measure", str(image), "--vm-config", str(vm), "--dstack-mr", str(tool)])
+        == 0
+    )
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["source"] == "dstack-mr" and printed["version"] == "0.5.3"
+    stored = LocalOsImageStore(tmp_path / "data").get(VECTOR_HASH)
+    assert stored is not None and stored.measurements == (m,)
