@@ -24,12 +24,15 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
 from shared.errors import Unavailable
+from shared.log import get_logger
 
 from . import statements as st
 from .model import Task
 from .rows import Audit, LeaseRow, Row, lease_row, task_from_row
 from .store import Builder, Clock, TaskStore, libpq_url
 from .tables import BASIC_COLUMNS, TaskId, task_events, tasks
+
+log = get_logger(__name__)
 
 _DIALECT = PGDialect_psycopg()
 
@@ -139,6 +142,18 @@ def _processing_times(has_after: bool, has_before: bool) -> sa.Select[Any]:
     ).where(*st.processed(has_after, has_before))
 
 
+def _idempotent(key: Any, params: dict[str, Any]) -> bool:
+    """Whether running the statement twice is the same as once. A start opens
+    a new attempt each time; an insert without a request_id would be a second
+    task (its id conflicts instead). Every other write is guarded or fenced so
+    that a repeat changes nothing (and reads are reads)."""
+    if key in (("change", "start"), ("lease", "start")):
+        return False
+    if key == "insert":
+        return params.get("request_id") is not None
+    return True
+
+
 def _params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: Json(v) if isinstance(v, dict | list) else v for k, v in params.items()}
 
@@ -188,15 +203,27 @@ class PostgresTaskStore(TaskStore):
 
     async def _fetch(self, key: Any, build: Builder, params: dict[str, Any]) -> Sequence[Row]:
         sql, literals = self._compiled(key, build)
+        values = _params({**literals, **params})
         pool = await self._connection_pool()
-        try:
-            async with pool.connection() as conn:
-                cursor = await conn.execute(sql, _params({**literals, **params}))
-                if cursor.description is None:
-                    return []
-                return await cursor.fetchall()
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise Unavailable(f"database unavailable: {str(exc).strip()[:200]}") from None
+        for attempt in (1, 2):
+            try:
+                async with pool.connection() as conn:
+                    cursor = await conn.execute(sql, values)
+                    if cursor.description is None:
+                        return []
+                    return await cursor.fetchall()
+            except PoolTimeout as exc:
+                raise Unavailable(f"database unavailable: {str(exc).strip()[:200]}") from None
+            except psycopg.OperationalError as exc:
+                # A pooled connection the server dropped (a restart): the pool
+                # discards it on return. An idempotent statement runs once more
+                # on a fresh connection, after the pool has checked its idle
+                # ones (all of them died with the server).
+                if attempt == 2 or not _idempotent(key, params):
+                    raise Unavailable(f"database unavailable: {str(exc).strip()[:200]}") from None
+                log.warning("database.connection_lost", error=str(exc).strip()[:200])
+                await pool.check()
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         if self._opened:

@@ -78,6 +78,38 @@ def postgres_server() -> Iterator[str]:
     if _pg_answers(local):
         yield local
         return
+    with throwaway_postgres() as server:
+        yield server.url
+
+
+@dataclass
+class PostgresProcess:
+    """A PostgreSQL server of this test run's own, which a test may restart."""
+
+    url: str
+    datadir: Path
+    port: int
+    run_as: list[str]
+
+    def ctl(self, *args: str) -> None:
+        subprocess.run(
+            [*self.run_as, str(_pg_bin() / "pg_ctl"), "-D", str(self.datadir), *args],
+            check=True,
+            # Not captured: the server would inherit the pipe and keep it open.
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+
+    def restart(self, mode: str = "fast") -> None:
+        """`pg_ctl restart -m <mode>`: every open connection is cut."""
+        self.ctl("-w", "-m", mode, "-l", str(self.datadir / "log"), "restart")
+        _wait_for(lambda: _pg_answers(self.url), "PostgreSQL")
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[PostgresProcess]:
+    """A new PostgreSQL server from the local binaries, removed afterwards."""
     bindir = _pg_bin()
     datadir = Path(tempfile.mkdtemp(prefix="verifier-pg-"))
     port = free_port()
@@ -90,26 +122,19 @@ def postgres_server() -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    subprocess.run(
-        [
-            *run_as,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(datadir),
-            "-w",
-            "-l",
-            str(datadir / "log"),
-            "-o",
-            f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
+    server = PostgresProcess(
+        f"postgresql://postgres@127.0.0.1:{port}/postgres", datadir, port, run_as
     )
-    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    # The options live in the data folder, so a restart keeps them.
+    with open(datadir / "postgresql.auto.conf", "a") as conf:
+        conf.write(
+            f"port = {port}\nunix_socket_directories = '{datadir}'\n"
+            "listen_addresses = '127.0.0.1'\nfsync = off\n"
+        )
+    server.ctl("-w", "-l", str(datadir / "log"), "start")
     try:
-        _wait_for(lambda: _pg_answers(url), "PostgreSQL")
-        yield url
+        _wait_for(lambda: _pg_answers(server.url), "PostgreSQL")
+        yield server
     finally:
         subprocess.run(
             [*run_as, str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "stop"],

@@ -21,6 +21,7 @@ from verifier.tasks.v1 import tasks_pb2, worker_pb2, worker_pb2_grpc
 
 from services.tasks import migrate
 from services.tasks.tables import metadata
+from tests.support import servers
 
 from .conftest import (
     BACKENDS,
@@ -321,3 +322,28 @@ async def test_the_dispatcher_enqueues_in_batches(fresh: tuple[str, str]) -> Non
             assert task.queue_job_id == h.queue.enqueued[task_id]
     finally:
         await h.close()
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+async def test_a_postgresql_restart_costs_a_create_retried_with_its_request_id_no_error(
+    mode: str,
+) -> None:
+    with servers.throwaway_postgres() as server, servers.postgres_database(server.url) as url:
+        h = await start_harness("postgresql", url, DATABASE_POOL_SIZE="4")
+        try:
+            # Fill the pool: concurrent calls each hold a connection.
+            await asyncio.gather(*(h.stub.CreateTask(create_request()) for _ in range(8)))
+            request_id = f"restart-{mode}"
+            first = (await h.stub.CreateTask(create_request(request_id=request_id))).task
+            await asyncio.to_thread(server.restart, mode)
+            # Every pooled connection died with the server; each call still answers.
+            again = await asyncio.gather(
+                *(h.stub.CreateTask(create_request(request_id=request_id)) for _ in range(6))
+            )
+            assert {r.task.id for r in again} == {first.id}
+            fresh_task = (await h.stub.CreateTask(create_request(request_id=f"{mode}-2"))).task
+            assert fresh_task.id != first.id
+            got = await h.stub.GetTask(tasks_pb2.GetTaskRequest(id=fresh_task.id))
+            assert got.task.request_id == f"{mode}-2"
+        finally:
+            await h.close()
