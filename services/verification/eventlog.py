@@ -13,6 +13,7 @@ runtime_events.rs, dstack-attest attestation.rs):
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from typing import NamedTuple
 
@@ -36,6 +37,10 @@ class Event(NamedTuple):
     digest: bytes
     name: str
     payload: bytes
+    # dstack EventLogVersion of a runtime event: 1 (binary digest) or 2 (JCS digest).
+    version: int = 1
+    # V2: the hex pre-image dstack publishes beside the digest.
+    preimage: str | None = None
 
 
 _RUNTIME_TYPE_LE32 = struct.pack("<I", DSTACK_RUNTIME_EVENT_TYPE)
@@ -59,11 +64,19 @@ def runtime_events(events: list[Event]) -> list[Event]:
     return [e for e in events if e.event_type == DSTACK_RUNTIME_EVENT_TYPE]
 
 
-def runtime_event_digest(name: str, payload: bytes) -> bytes:
-    """The digest dstack extends RTMR3 with for a runtime event (V1 form)."""
-    return hashlib.sha384(
-        b"".join((_RUNTIME_TYPE_LE32, b":", name.encode("utf-8"), b":", payload))
-    ).digest()
+def runtime_event_preimage(name: str, payload: bytes, version: int = 1) -> bytes:
+    """The bytes dstack hashes for a runtime event (cc-eventlog RuntimeEvent::preimage):
+    V1 le32(type) || ":" || name || ":" || payload; V2 the JCS (RFC 8785) text of
+    {"name", "payload" (hex), "type"}, whose keys sort in that order."""
+    if version == 2:
+        doc = {"name": name, "payload": payload.hex(), "type": DSTACK_RUNTIME_EVENT_TYPE}
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+    return b"".join((_RUNTIME_TYPE_LE32, b":", name.encode("utf-8"), b":", payload))
+
+
+def runtime_event_digest(name: str, payload: bytes, version: int = 1) -> bytes:
+    """The digest dstack extends RTMR3 with for a runtime event."""
+    return hashlib.sha384(runtime_event_preimage(name, payload, version)).digest()
 
 
 def describe(event: Event) -> str:
@@ -168,8 +181,16 @@ def parse_event_log(text: str) -> list[Event]:
             payload_hex = item.get("event_payload", "")
             digest = bytes.fromhex(digest_hex)
             payload = bytes.fromhex(payload_hex)
+            version = item.get("version", 1)
+            preimage = item.get("preimage")
         except (TypeError, KeyError, ValueError, AttributeError):
             raise _explain(i, item) from None
+        if version not in (1, 2) or type(version) is not int:
+            raise EvidenceMalformed(
+                f"event_log[{i}].version", "expected 1 or 2 (dstack EventLogVersion)"
+            )
+        if preimage is not None and type(preimage) is not str:
+            raise EvidenceMalformed(f"event_log[{i}].preimage", "expected a hex string")
         if (
             type(imr) is not int
             or not 0 <= imr < RTMR_COUNT
@@ -181,7 +202,7 @@ def parse_event_log(text: str) -> list[Event]:
             or len(payload_hex) != 2 * len(payload)
         ):
             raise _explain(i, item)
-        append(make(Event, (i, imr, event_type, digest, name, payload)))
+        append(make(Event, (i, imr, event_type, digest, name, payload, version, preimage)))
     return events
 
 
@@ -200,7 +221,7 @@ def replay(events: list[Event]) -> list[bytes]:
         if imr == RUNTIME_IMR:
             if event.event_type != DSTACK_RUNTIME_EVENT_TYPE:
                 continue
-            digest = runtime_event_digest(event.name, event.payload)
+            digest = runtime_event_digest(event.name, event.payload, event.version)
         else:
             digest = event.digest
         registers[imr] = sha384(registers[imr] + digest).digest()
@@ -208,5 +229,17 @@ def replay(events: list[Event]) -> list[bytes]:
 
 
 def forged_runtime_events(runtime: list[Event]) -> list[Event]:
-    """Those of `runtime` (see runtime_events) whose digest is not that of their payload."""
-    return [e for e in runtime if runtime_event_digest(e.name, e.payload) != e.digest]
+    """Those of `runtime` (see runtime_events) whose digest is not that of their
+    payload; for V2, also those whose published pre-image is missing or is not the
+    canonical one (cc-eventlog validate_v2_preimages)."""
+    forged: list[Event] = []
+    for e in runtime:
+        if runtime_event_digest(e.name, e.payload, e.version) != e.digest or (
+            e.version == 2
+            and (
+                e.preimage is None
+                or e.preimage.lower() != runtime_event_preimage(e.name, e.payload, 2).hex()
+            )
+        ):
+            forged.append(e)
+    return forged

@@ -10,6 +10,7 @@ mr_config_id forms the vector does not carry).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from typing import Any
@@ -21,11 +22,13 @@ from services.verification.checks.context import AttestedQuote, CheckContext
 from services.verification.checks.hardware import check_hardware
 from services.verification.checks.source_code import check_source_code, mr_config_id_v2
 from services.verification.engine import VerificationEngine
+from services.verification.errors import EvidenceMalformed
 from services.verification.eventlog import (
     DSTACK_RUNTIME_EVENT_TYPE,
     parse_event_log,
     replay,
     runtime_event_digest,
+    runtime_event_preimage,
     runtime_events,
 )
 from services.verification.model import CheckStatus
@@ -242,3 +245,65 @@ def test_debug_td_fails_hardware_whatever_the_tcb_status(
 def test_the_vector_td_is_not_debug(engine: VerificationEngine) -> None:
     hardware = engine.verify(quote_report_request()).check("hardware")
     assert hardware.status is CheckStatus.PASSED, hardware.reason
+
+
+# ---- V2 runtime events (dstack EventLogVersion::V2: JCS digest, published pre-image)
+
+
+def _v2(name: str, payload: bytes, preimage: str | None = "canonical") -> dict[str, Any]:
+    canonical = runtime_event_preimage(name, payload, 2)
+    return {
+        "imr": 3,
+        "event_type": DSTACK_RUNTIME_EVENT_TYPE,
+        "digest": hashlib.sha384(canonical).hexdigest(),
+        "event": name,
+        "event_payload": payload.hex(),
+        "version": 2,
+        **(
+            {"preimage": canonical.hex() if preimage == "canonical" else preimage}
+            if preimage
+            else {}
+        ),
+    }
+
+
+def test_v2_preimage_is_dstacks_canonical_json() -> None:
+    # cc-eventlog's own test: name, payload as hex, the runtime type; no version.
+    text = runtime_event_preimage("compose-hash", b"\xab\xcd", 2).decode()
+    assert text == '{"name":"compose-hash","payload":"abcd","type":134217729}'
+
+
+def test_a_v2_event_replays_and_counts_as_identity() -> None:
+    events = _insert(_position("system-ready"), _v2("os-image-hash", b"\x11" * 32))
+    outcome = check_source_code(_context(events, expected_compose_hash=COMPOSE_HASH), None)
+    assert outcome.status is CheckStatus.PASSED, outcome.reason
+    assert outcome.details["os_image_hash"] == "11" * 32
+
+
+@pytest.mark.parametrize(
+    "preimage",
+    [None, "00", runtime_event_preimage("os-image-hash", b"\x11" * 32, 1).hex()],
+    ids=["missing", "other_bytes", "v1_form"],
+)
+def test_a_v2_event_without_its_canonical_preimage_fails(preimage: str | None) -> None:
+    event = _v2("os-image-hash", b"\x11" * 32, preimage=preimage)
+    events = _insert(_position("system-ready"), event)
+    outcome = check_source_code(_context(events, expected_compose_hash=COMPOSE_HASH), None)
+    assert outcome.status is CheckStatus.FAILED
+    assert "event digest does not match its payload" in outcome.reason
+
+
+def test_a_v2_event_with_a_v1_digest_fails() -> None:
+    event = _v2("os-image-hash", b"\x11" * 32)
+    event["digest"] = runtime_event_digest("os-image-hash", b"\x11" * 32).hex()
+    events = _insert(_position("system-ready"), event)
+    outcome = check_source_code(_context(events, expected_compose_hash=COMPOSE_HASH), None)
+    assert outcome.status is CheckStatus.FAILED
+
+
+def test_an_unknown_event_log_version_is_malformed() -> None:
+    events = [dict(e) for e in VECTOR_EVENTS]
+    events[21]["version"] = 3
+    with pytest.raises(EvidenceMalformed) as caught:
+        parse_event_log(json.dumps(events))
+    assert caught.value.field == "event_log[21].version"
