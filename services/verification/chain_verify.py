@@ -147,6 +147,10 @@ def run_chain(engine: VerificationEngine, request: VerificationRequest) -> Chain
     chain: ChainEvidence | None = request.chain
     assert chain is not None
     out = ChainRun()
+    if not request.gateway_app_id and chain.kms_info.get("gateway_app_id"):
+        # The domain checks of the app's instances accept the gateway's acme-info quotes.
+        gateway_app_id = normalize_key(str(chain.kms_info["gateway_app_id"]))
+        request = replace(request, gateway_app_id=gateway_app_id)
     enabled = request.flags.enabled()
     infra = [name for name in enabled if name in INFRASTRUCTURE_CHECKS]
     started = time.perf_counter()

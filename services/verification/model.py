@@ -112,6 +112,9 @@ class VerificationRequest:
     # KMS CA public keys (SPKI DER, hex) trusted for this request besides the
     # configured ones (the CLI's --kms-ca-pubkey).
     trusted_kms_ca_pubkeys: tuple[str, ...] = ()
+    # The gateway's app id (kms_info.gateway_app_id, hex): the app whose
+    # acme-info quotes the domain checks accept besides the task's own.
+    gateway_app_id: str = ""
 
     def __post_init__(self) -> None:
         if self.evaluated_at.tzinfo is None or self.evaluated_at.utcoffset() is None:

@@ -11,6 +11,7 @@ another app, with a valid quote of its own, does not count.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -288,6 +289,22 @@ def check_certificate_key(ctx: CheckContext) -> Outcome:
     )
 
 
+def _domain_quote_problem(ctx: CheckContext, attested: Any, quote: Evidence) -> str:
+    """Why a verified acme-info quote is not one the domain checks accept, or "":
+    it must attest the task's app-id or the gateway's (request.gateway_app_id)."""
+    try:
+        events = parse_event_log(quote.event_log) if quote.event_log is not None else None
+        theirs = app_identity(attested, events).app_id
+    except (IdentityProblem, ValueError) as exc:
+        return f"cannot tell whose quote it is ({exc})"
+    accepted = {ctx.request.gateway_app_id.lower().removeprefix("0x")} - {""}
+    with contextlib.suppress(IdentityProblem):  # no task identity: the gateway's only
+        accepted.add(task_identity(ctx).app_id)
+    if theirs not in accepted:
+        return f"its quote attests app-id {theirs}, neither the task's app nor its gateway"
+    return ""
+
+
 def attested_spkis(ctx: CheckContext) -> tuple[set[bytes], list[str], set[bytes]]:
     """Certificate keys bound by verified quotes (for ct_log): the leaf the
     task's quote binds, and every acme-info key whose zt-cert quote verifies
@@ -321,6 +338,8 @@ def attested_spkis(ctx: CheckContext) -> tuple[set[bytes], list[str], set[bytes]
             skipped.append(f"{what}: quote does not verify ({problem})")
         elif attested.register("report_data") != zt_cert_binding(key.public_key):
             skipped.append(f'{what}: report_data is not sha512("zt-cert:" || public_key)')
+        elif problem := _domain_quote_problem(ctx, attested, key.quote):
+            skipped.append(f"{what}: {problem}")
         else:
             keys.add(key.public_key)
     return keys, skipped, unverifiable
@@ -354,4 +373,6 @@ def attested_account_uri(ctx: CheckContext) -> tuple[str | None, str, bool]:
             f'the account quote\'s report_data is not sha512("acme-account:" || {uri})',
             False,
         )
+    if problem := _domain_quote_problem(ctx, attested, info.account_quote):
+        return None, f"the account quote: {problem}", False
     return uri, "", False

@@ -178,3 +178,26 @@ def test_dns_caa_fails_when_the_account_quote_does_not_verify() -> None:
     outcome = check_dns_caa(ctx, _Web(_ct_web()), DOH)
     assert outcome.status is CheckStatus.FAILED
     assert "the account quote does not verify" in outcome.reason
+
+
+def _account_of_app(app_id: str, gateway_app_id: str = ""):  # type: ignore[no-untyped-def]
+    ctx, quotes = _setup([])
+    log = event_log_of_app(app_id)
+    acme = {"account_uri": ACCOUNT, "account_quote": _get_quote(ACCOUNT_QUOTE, app_id)}
+    evidence = replace(ctx.request.evidence, acme_info=json.dumps(acme))
+    request = replace(ctx.request, evidence=evidence, gateway_app_id=gateway_app_id)
+    ctx = replace(ctx, request=request)
+    quotes.accepted[ACCOUNT_QUOTE] = attested_like(ctx, acme_binding(ACCOUNT), log)
+    return ctx
+
+
+def test_dns_caa_accepts_the_gateways_account_quote_and_no_other_apps() -> None:
+    # The account quote comes from the gateway app (kms_info.gateway_app_id on a
+    # Phala Cloud chain), not from the task's app.
+    gateway = "44" * 20
+    web = _Web(_ct_web())
+    passed = check_dns_caa(_account_of_app(gateway, gateway_app_id=gateway), web, DOH)
+    assert passed.status is CheckStatus.PASSED, passed.reason
+    stranger = check_dns_caa(_account_of_app("55" * 20, gateway_app_id=gateway), web, DOH)
+    assert stranger.status is CheckStatus.FAILED
+    assert f"attests app-id {'55' * 20}, neither the task's app nor its gateway" in stranger.reason
