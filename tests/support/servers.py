@@ -108,8 +108,9 @@ class PostgresProcess:
 
 
 @contextlib.contextmanager
-def throwaway_postgres() -> Iterator[PostgresProcess]:
-    """A new PostgreSQL server from the local binaries, removed afterwards."""
+def throwaway_postgres(**options: str) -> Iterator[PostgresProcess]:
+    """A new PostgreSQL server from the local binaries, removed afterwards;
+    `options` are extra server settings (shared_preload_libraries=...)."""
     bindir = _pg_bin()
     datadir = Path(tempfile.mkdtemp(prefix="verifier-pg-"))
     port = free_port()
@@ -131,6 +132,8 @@ def throwaway_postgres() -> Iterator[PostgresProcess]:
             f"port = {port}\nunix_socket_directories = '{datadir}'\n"
             "listen_addresses = '127.0.0.1'\nfsync = off\n"
         )
+        for name, value in options.items():
+            conf.write(f"{name} = '{value}'\n")
     server.ctl("-w", "-l", str(datadir / "log"), "start")
     try:
         _wait_for(lambda: _pg_answers(server.url), "PostgreSQL")

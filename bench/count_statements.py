@@ -1,0 +1,244 @@
+"""Statements and audit rows per task on the tasks service's PostgreSQL: the
+public per-task worker RPCs (StartTask, UpdateTaskProgress, CompleteTask) and
+the batched worker contract (TaskWorkerService), counted by pg_stat_statements
+on a throwaway server of this run.
+
+    .venv/bin/python bench/count_statements.py [--tasks 200] [--batch 50]
+
+Both paths run the same task life: CreateTask, the dispatcher's enqueue and
+its acknowledgement, start, one progress report, completion. The queue is an
+in-process stand-in of the QueueClient protocol (only PostgreSQL is counted);
+the verification service runs for real, for the key that signs summaries.
+Counted: statements touching the tasks or task_events tables (health probes,
+the scheduler and pg_stat_statements itself excluded), and task_events rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import hashlib
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat  # noqa: E402
+from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc, worker_pb2, worker_pb2_grpc  # noqa: E402
+from verifier.verification.v1 import verification_pb2  # noqa: E402
+
+from services.tasks import migrate  # noqa: E402
+from services.tasks.dispatch import Enqueued  # noqa: E402
+from services.tasks.main import build_service  # noqa: E402
+from services.verification.main import build_spec as verification_spec  # noqa: E402
+from services.verification.report import load_or_create_signing_key  # noqa: E402
+from shared.config import load_settings  # noqa: E402
+from shared.grpc_client import create_channel  # noqa: E402
+from shared.grpc_server import start_server  # noqa: E402
+from tests.support.servers import free_port, postgres_database, throwaway_postgres  # noqa: E402
+
+
+class MemoryQueue:
+    """The QueueClient protocol in memory: every task is taken at once."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, str] = {}
+
+    async def enqueue_many(self, task_ids: list[str]) -> list[Enqueued]:
+        answers = []
+        for task_id in task_ids:
+            already = task_id in self.jobs
+            self.jobs.setdefault(task_id, f"job-{len(self.jobs) + 1}")
+            answers.append(Enqueued(task_id, self.jobs[task_id], already))
+        return answers
+
+    async def version(self) -> str:
+        return "memory queue"
+
+    async def close(self) -> None:
+        pass
+
+
+def summary(task_id: str, attempt: int, key_id: str) -> verification_pb2.ReportSummary:
+    message = verification_pb2.ReportSummary(
+        verdict=verification_pb2.VERDICT_PASSED,
+        tcb_status="UpToDate",
+        s3_key=f"reports/{task_id}/{attempt}.json",
+        task_id=task_id,
+        attempt=attempt,
+        signing_key_id=key_id,
+    )
+    for check in ("HARDWARE", "OS", "SOURCE_CODE", "TEE_CONTROLLED_KEY", "CERTIFICATE_KEY"):
+        message.checks.add(
+            check=verification_pb2.Check.Value(f"CHECK_{check}"),
+            status=verification_pb2.CHECK_STATUS_PASSED,
+        )
+    return message
+
+
+def create(app_id: str) -> tasks_pb2.CreateTaskRequest:
+    return tasks_pb2.CreateTaskRequest(
+        app_id=app_id,
+        app_config_type=verification_pb2.APP_CONFIG_TYPE_PHALA_CLOUD,
+        model_or_domain="demo.phala.network",
+    )
+
+
+async def wait_queued(db: psycopg.AsyncConnection[tuple[int]], ids: list[str]) -> None:
+    """Until the dispatcher recorded every acknowledgement (this poll is not counted)."""
+    for _ in range(1000):
+        cursor = await db.execute(POLL, [ids])
+        row = await cursor.fetchone()
+        if row is not None and row[0] == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise RuntimeError("the dispatcher did not enqueue every task")
+
+
+POLL = (
+    "/* bench-poll */ SELECT count(*) FROM tasks WHERE id = ANY(%s::uuid[]) AND status = 'pending'"
+)
+
+
+COUNT = """
+SELECT coalesce(sum(calls), 0) FROM pg_stat_statements
+WHERE (query ILIKE '%tasks%' OR query ILIKE '%task_events%')
+  AND query NOT ILIKE '%pg_stat_statements%'
+  AND query NOT ILIKE '%apps%'
+  AND query NOT ILIKE '%bench-poll%'
+"""
+
+
+async def measure(url: str, args: argparse.Namespace, data: Path) -> None:
+    settings = dataclasses.replace(
+        load_settings(env={}),
+        data_dir=str(data),
+        verification_listen_addr=f"127.0.0.1:{free_port()}",
+        verification_processes=1,
+        verification_metrics_listen_addr="",
+        tasks_metrics_listen_addr="",
+        health_probe_interval_seconds=3600,
+    )
+    verification = await start_server(verification_spec(settings))
+    key = load_or_create_signing_key(data / "keys" / "report-signing.pem")
+    key_id = hashlib.sha256(
+        key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    ).hexdigest()
+    settings = dataclasses.replace(
+        settings,
+        database_url=url,
+        tasks_listen_addr="127.0.0.1:0",
+        verification_addr=f"127.0.0.1:{verification.port}",
+        reconcile_interval_seconds=3600,
+        reconcile_after_seconds=3600,
+        scheduler_enabled=False,
+    )
+    await asyncio.to_thread(migrate.upgrade, url)
+    service = build_service(settings, queue=MemoryQueue())
+    running = await start_server(service.spec)
+    channel = create_channel(f"127.0.0.1:{running.port}")
+    tasks = tasks_pb2_grpc.TaskServiceStub(channel)
+    worker = worker_pb2_grpc.TaskWorkerServiceStub(channel)
+    db = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    await db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+    async def counted(name: str, path: object) -> None:
+        await db.execute("SELECT pg_stat_statements_reset()")
+        ids: list[str] = await path()  # type: ignore[operator]
+        statements = (await (await db.execute(COUNT)).fetchone())[0]  # type: ignore[index]
+        events = (
+            await (
+                await db.execute(
+                    "SELECT count(*) FROM task_events WHERE task_id = ANY(%s::uuid[])", [ids]
+                )
+            ).fetchone()
+        )[0]  # type: ignore[index]
+        n = len(ids)
+        print(
+            f"path={name} tasks={n} statements={statements} statements_per_task="
+            f"{statements / n:.2f} audit_rows_per_task={events / n:.2f}"
+        )
+
+    async def create_all(app_id: str) -> list[str]:
+        # Created `batch` at a time, concurrently, as clients would.
+        ids: list[str] = []
+        for _ in range(0, args.tasks, args.batch):
+            created = await asyncio.gather(
+                *(tasks.CreateTask(create(app_id)) for _ in range(args.batch))
+            )
+            ids.extend(c.task.id for c in created)
+        await wait_queued(db, ids)
+        return ids
+
+    async def per_task() -> list[str]:
+        ids = await create_all("aa01")
+        for task_id in ids:
+            await tasks.StartTask(tasks_pb2.StartTaskRequest(id=task_id, worker_id="w"))
+            await tasks.UpdateTaskProgress(
+                tasks_pb2.UpdateTaskProgressRequest(id=task_id, progress=50)
+            )
+            result = summary(task_id, 1, key_id)
+            await tasks.CompleteTask(tasks_pb2.CompleteTaskRequest(id=task_id, summary=result))
+        return ids
+
+    async def batched() -> list[str]:
+        ids = await create_all("bb02")
+        for start in range(0, len(ids), args.batch):
+            batch = ids[start : start + args.batch]
+            started = await worker.StartTasks(
+                worker_pb2.StartTasksRequest(worker_id="w", task_ids=batch)
+            )
+            leases = [
+                worker_pb2.TaskAttempt(task_id=t.task_id, attempt=t.attempt) for t in started.tasks
+            ]
+            await worker.ReportProgress(
+                worker_pb2.ReportProgressRequest(
+                    progress=[worker_pb2.TaskProgress(task=lease, progress=50) for lease in leases]
+                )
+            )
+            completions = []
+            for lease in leases:
+                data = summary(lease.task_id, lease.attempt, key_id).SerializeToString()
+                completions.append(
+                    worker_pb2.TaskCompletion(
+                        task=lease,
+                        signed_summary=verification_pb2.SignedSummary(
+                            summary=data, signature=key.sign(data).hex(), key_id=key_id
+                        ),
+                    )
+                )
+            response = await worker.CompleteTasks(
+                worker_pb2.CompleteTasksRequest(worker_id="w", tasks=completions)
+            )
+            assert all(ack.status.code == 0 for ack in response.acks), response.acks[0]
+        return ids
+
+    try:
+        await counted("per_task_rpcs", per_task)
+        await counted(f"batched_worker_contract_batch{args.batch}", batched)
+    finally:
+        await db.close()
+        await channel.close()
+        await running.stop(0.5)
+        await verification.stop(0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=50)
+    args = parser.parse_args()
+    with (
+        throwaway_postgres(shared_preload_libraries="pg_stat_statements") as server,
+        postgres_database(server.url, prefix="count_statements") as url,
+        tempfile.TemporaryDirectory() as data,
+    ):
+        asyncio.run(measure(url, args, Path(data)))
+
+
+if __name__ == "__main__":
+    main()
