@@ -111,7 +111,7 @@ def build_service(settings: Settings, *, queue: QueueClient | None = None) -> Ta
         feed,
         progress,
         max_deliveries=settings.job_max_deliveries,
-        on_finished=_count_finished,
+        on_finished=metrics.task_finished,
     )
     # SQLite has one writer: the apps share the task store's connection.
     app_store = (
@@ -159,7 +159,7 @@ def build_service(settings: Settings, *, queue: QueueClient | None = None) -> Ta
     def register(server: grpc.aio.Server) -> None:
         tasks_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(app), server)
         worker_pb2_grpc.add_TaskWorkerServiceServicer_to_server(TaskWorkerServicer(worker), server)
-        worker_pb2_grpc.add_QueueStateServiceServicer_to_server(QueueStateServicer(store), server)
+        worker_pb2_grpc.add_QueueStateServiceServicer_to_server(QueueStateServicer(worker), server)
         apps_pb2_grpc.add_AppServiceServicer_to_server(AppServicer(apps_app), server)
         operations_pb2_grpc.add_TaskOperationsServiceServicer_to_server(
             TaskOperationsServicer(operations), server

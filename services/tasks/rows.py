@@ -126,6 +126,7 @@ class LeaseRow:
     applied: bool
     # The attempt after the change (the new lease of a start).
     new_attempt: int
+    created_at: datetime | None = None
 
 
 def lease_row(row: Row) -> LeaseRow:
@@ -138,6 +139,7 @@ def lease_row(row: Row) -> LeaseRow:
         verdict=row["verdict"] or "",
         applied=bool(row["applied"]),
         new_attempt=int(row["new_attempt"] or 0),
+        created_at=utc(row["created_at"]),
     )
 
 

@@ -86,7 +86,7 @@ def _lease(shape: st.LeaseShape) -> sa.Select[Any]:
     )
     req = sa.select(items).cte("req")
     old = (
-        sa.select(tasks.c.id, tasks.c.status, tasks.c.attempts, tasks.c.verdict)
+        sa.select(tasks.c.id, tasks.c.status, tasks.c.attempts, tasks.c.verdict, tasks.c.created_at)
         .where(tasks.c.id.in_(sa.select(req.c.id)))
         .with_for_update()
         .cte("old")
@@ -117,6 +117,7 @@ def _lease(shape: st.LeaseShape) -> sa.Select[Any]:
             old.c.status,
             old.c.attempts,
             old.c.verdict,
+            old.c.created_at,
             updated.c.id.is_not(None).label("applied"),
             updated.c.attempts.label("new_attempt"),
         )

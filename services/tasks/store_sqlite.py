@@ -72,7 +72,7 @@ def _lease_audit(shape: st.LeaseShape) -> sa.Insert:
 
 
 def _lease_old() -> sa.Select[Any]:
-    return sa.select(tasks.c.status, tasks.c.attempts, tasks.c.verdict).where(
+    return sa.select(tasks.c.status, tasks.c.attempts, tasks.c.verdict, tasks.c.created_at).where(
         tasks.c.id == st.P("item_id", type_=TaskId)
     )
 
@@ -189,6 +189,7 @@ class SqliteTaskStore(TaskStore):
                             "status": old["status"] if old else None,
                             "attempts": old["attempts"] if old else 0,
                             "verdict": old["verdict"] if old else "",
+                            "created_at": old["created_at"] if old else None,
                             "applied": applied,
                             "new_attempt": new_attempt,
                         }

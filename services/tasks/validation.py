@@ -269,6 +269,18 @@ def validate_reason(value: str) -> str:
     return _bounded_text("reason", value, MAX_REASON)
 
 
+MAX_QUEUE_NAME = 128
+MAX_CHANGED_BY = 256
+
+
+def validate_queue_name(value: str) -> str:
+    if not value or len(value) > MAX_QUEUE_NAME or not value.isprintable():
+        raise InvalidArgument(
+            "queue_name", f"required: printable text of at most {MAX_QUEUE_NAME} characters"
+        )
+    return value
+
+
 def validate_attempt(value: int, field: str = "attempt") -> int:
     """An attempt number StartTasks handed out (1 for the first start)."""
     if value < 1:

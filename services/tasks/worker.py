@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from shared.errors import DomainError, InvalidArgument
@@ -24,6 +25,7 @@ from .model import (
     EventType,
     Failure,
     ProgressReport,
+    QueueState,
     ReportSummary,
     Task,
     TaskStatus,
@@ -76,7 +78,7 @@ class WorkerApp:
         progress: ProgressBoard,
         *,
         max_deliveries: int,
-        on_finished: Callable[[Task], None] | None = None,
+        on_finished: Callable[[str, str, float | None], None] | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
@@ -140,7 +142,7 @@ class WorkerApp:
                 task_id, InvalidTransition(task_id, current.status.value, "start", "finished")
             )
         log.error("task.poisoned", task_id=task_id, deliveries=count)
-        self._finished(task)
+        self._finished(task.status, task.verdict, task.created_at)
         return ItemResult(task_id, InvalidTransition(task_id, task.status.value, "start"))
 
     # --- complete / fail / defer ---------------------------------------------------
@@ -172,6 +174,8 @@ class WorkerApp:
                 results[index] = self._finish_result(
                     lifecycle.COMPLETE, completion.attempt, row, repeated=bool(row.verdict)
                 )
+                if row.applied:
+                    self._finished(completion.status, completion.summary.verdict, row.created_at)
         return [results[index] for index in range(len(items))]
 
     async def _verified(self, task_id: str, item: SignedCompletion) -> Completion:
@@ -238,6 +242,8 @@ class WorkerApp:
                 results[index] = self._finish_result(
                     transition, item.attempt, row, repeated=repeated(row)
                 )
+                if row.applied and transition is lifecycle.FAIL:
+                    self._finished(TaskStatus.FAILED, "", row.created_at)
         return [results[index] for index in range(len(items))]
 
     def _finish_result(
@@ -341,6 +347,18 @@ class WorkerApp:
                 answers.append((ItemResult(task.id, attempt=attempt), task))
         return answers
 
+    # --- the queue's durable state (QueueStateService) --------------------------------
+
+    async def queue_state(self, queue_name: str) -> QueueState:
+        return await self.store.get_queue_state(validation.validate_queue_name(queue_name))
+
+    async def set_queue_paused(self, queue_name: str, paused: bool, changed_by: str) -> QueueState:
+        name = validation.validate_queue_name(queue_name)
+        who = (changed_by or "operator")[: validation.MAX_CHANGED_BY]
+        state = await self.store.set_queue_paused(name, paused, who)
+        log.info("queue.pause_changed", queue=name, paused=paused, changed_by=who)
+        return state
+
     # --- helpers ---------------------------------------------------------------------
 
     @staticmethod
@@ -386,9 +404,12 @@ class WorkerApp:
         except TaskNotFound:
             return None
 
-    def _finished(self, task: Task) -> None:
-        if self.on_finished is not None and task.status.finished:
-            self.on_finished(task)
+    def _finished(self, status: TaskStatus, verdict: str, created_at: datetime | None) -> None:
+        """Count a task this call finished (metrics), once, on the transition."""
+        if self.on_finished is not None:
+            now = self.store.clock()
+            seconds = (now - created_at).total_seconds() if created_at else None
+            self.on_finished(status.value, verdict, seconds)
 
 
 def _found(row: LeaseRow) -> tuple[TaskStatus, int] | None:

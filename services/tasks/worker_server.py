@@ -7,10 +7,7 @@ from __future__ import annotations
 import grpc
 from verifier.tasks.v1 import worker_pb2, worker_pb2_grpc
 
-from shared.errors import InvalidArgument
-
 from . import worker_mapping as wm
-from .store import TaskStore
 from .worker import WorkerApp
 
 WORKER_SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["TaskWorkerService"].full_name
@@ -78,30 +75,20 @@ class TaskWorkerServicer(worker_pb2_grpc.TaskWorkerServiceServicer):
         )
 
 
-MAX_QUEUE_NAME = 128
-
-
-def _queue_name(value: str) -> str:
-    if not value or len(value) > MAX_QUEUE_NAME or not value.isprintable():
-        raise InvalidArgument("queue_name", f"required, printable, at most {MAX_QUEUE_NAME}")
-    return value
-
-
 class QueueStateServicer(worker_pb2_grpc.QueueStateServiceServicer):
-    def __init__(self, store: TaskStore) -> None:
-        self.store = store
+    def __init__(self, app: WorkerApp) -> None:
+        self.app = app
 
     async def GetQueueState(
         self, request: worker_pb2.GetQueueStateRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.GetQueueStateResponse:
-        state = await self.store.get_queue_state(_queue_name(request.queue_name))
+        state = await self.app.queue_state(request.queue_name)
         return worker_pb2.GetQueueStateResponse(state=wm.queue_state_to_proto(state))
 
     async def SetQueuePaused(
         self, request: worker_pb2.SetQueuePausedRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.SetQueuePausedResponse:
-        changed_by = (request.changed_by or "operator")[:256]
-        state = await self.store.set_queue_paused(
-            _queue_name(request.queue_name), request.paused, changed_by
+        state = await self.app.set_queue_paused(
+            request.queue_name, request.paused, request.changed_by
         )
         return worker_pb2.SetQueuePausedResponse(state=wm.queue_state_to_proto(state))
