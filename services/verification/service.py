@@ -14,7 +14,6 @@ import abc
 import asyncio
 import hashlib
 import json
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
@@ -132,13 +131,10 @@ class VerificationService:
         return self.signing_key.sign(data)
 
     async def verify(self, request: VerificationRequest, attempt: int = 0) -> StoredVerification:
-        began = time.perf_counter()
         key = self._key_for(request, attempt)
         request = await self._with_evidence(request)
         (future,) = await self.pool.verify_many([request])
-        report = await future
-        _count(report, began)
-        return await self._store_once(report, key, attempt)
+        return await self._store_once(await future, key, attempt)
 
     async def verify_tasks(
         self, leases: Sequence[TaskLease]
@@ -149,7 +145,6 @@ class VerificationService:
         never fails its neighbours."""
         if not leases:
             return
-        began = time.perf_counter()
         if self.task_inputs is None:
             raise Unavailable("the tasks service is not configured (TASKS_ADDR)")
         inputs = await self.task_inputs.get(leases)
@@ -163,7 +158,7 @@ class VerificationService:
         ]
         futures = await self.pool.verify_many([request for _, _, request in ready])
         runs = [
-            asyncio.ensure_future(self._finish(lease, key, future, began))
+            asyncio.ensure_future(self._finish(lease, key, future))
             for (lease, key, _), future in zip(ready, futures, strict=True)
         ]
         faults = [
@@ -192,12 +187,10 @@ class VerificationService:
         return key, await self._with_evidence(request)
 
     async def _finish(
-        self, lease: TaskLease, key: str, future: asyncio.Future[Report], began: float
+        self, lease: TaskLease, key: str, future: asyncio.Future[Report]
     ) -> tuple[TaskLease, StoredVerification | Exception]:
         try:
-            report = await future
-            _count(report, began)
-            return lease, await self._store_once(report, key, lease.attempt)
+            return lease, await self._store_once(await future, key, lease.attempt)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -292,10 +285,3 @@ class VerificationService:
         if self.fetcher is not None:
             await self.fetcher.aclose()
         await asyncio.to_thread(self.pool.shutdown)
-
-
-def _count(report: Report, began: float) -> None:
-    """The verifier_verifications_total / _duration_seconds metrics of one verification."""
-    metrics.verification_done(
-        [(c.name, c.status.value) for c in report.checks], time.perf_counter() - began
-    )
