@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .report import key_id
+from .s3 import s3_client
 from .settings import ReportStoreSettings
 
 PREFIX = "keys/"
@@ -61,17 +62,7 @@ class LocalKeyHistory(KeyHistory):
 class S3KeyHistory(KeyHistory):
     def __init__(self, settings: ReportStoreSettings, client: Any = None) -> None:
         self.bucket = settings.s3_bucket
-        if client is None:
-            import boto3
-
-            client = boto3.client(
-                "s3",
-                endpoint_url=settings.s3_endpoint or None,
-                region_name=settings.s3_region,
-                aws_access_key_id=settings.s3_access_key_id or None,
-                aws_secret_access_key=settings.s3_secret_access_key or None,
-            )
-        self.client = client
+        self.client = client or s3_client(settings)
 
     def record(self, public_key: bytes) -> None:
         self.client.put_object(

@@ -22,6 +22,7 @@ from shared.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailab
 
 from .errors import EvidenceMalformed
 from .os_images import OsImageEntry, entry_from_dict, image_hash, shape_of
+from .s3 import s3_client
 from .settings import ReportStoreSettings
 
 PREFIX = "os-images/"
@@ -134,19 +135,7 @@ def _missing(exc: Exception) -> bool:
 class S3OsImageStore(OsImageStore):
     def __init__(self, settings: ReportStoreSettings, client: Any = None) -> None:
         self.bucket = settings.s3_bucket
-        if client is None:
-            import boto3
-            from botocore.config import Config
-
-            client = boto3.client(
-                "s3",
-                endpoint_url=settings.s3_endpoint or None,
-                region_name=settings.s3_region,
-                aws_access_key_id=settings.s3_access_key_id or None,
-                aws_secret_access_key=settings.s3_secret_access_key or None,
-                config=Config(retries={"max_attempts": 3, "mode": "standard"}),
-            )
-        self.client = client
+        self.client = client or s3_client(settings)
 
     def get(self, os_image_hash: str) -> OsImageEntry | None:
         try:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import envelope
 from .errors import EvidenceMalformed, ReportNotFound
+from .s3 import s3_client
 from .settings import ReportStoreSettings
 
 if TYPE_CHECKING:
@@ -152,19 +153,7 @@ class LocalReportStore(ReportStore):
 class S3ReportStore(ReportStore):
     def __init__(self, settings: ReportStoreSettings, client: S3Client | None = None) -> None:
         self.bucket = settings.s3_bucket
-        if client is None:
-            import boto3  # imported here: pool workers and the CLI never need it
-            from botocore.config import Config
-
-            client = boto3.client(
-                "s3",
-                endpoint_url=settings.s3_endpoint or None,
-                region_name=settings.s3_region,
-                aws_access_key_id=settings.s3_access_key_id or None,
-                aws_secret_access_key=settings.s3_secret_access_key or None,
-                config=Config(retries={"max_attempts": 3, "mode": "standard"}),
-            )
-        self.client: Any = client
+        self.client: Any = client or s3_client(settings)
         self.sse: dict[str, str] = {}
         if settings.s3_sse:
             self.sse["ServerSideEncryption"] = settings.s3_sse
