@@ -89,6 +89,10 @@ class QueueBackend(abc.ABC):
         database's; this one is what the workers watch)."""
 
     @abc.abstractmethod
+    async def read_paused(self) -> bool:
+        """The flag the workers follow, as set by `set_paused`."""
+
+    @abc.abstractmethod
     async def list_workers(self) -> list[WorkerInfo]: ...
 
     @abc.abstractmethod

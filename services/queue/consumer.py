@@ -259,7 +259,7 @@ class BatchWorker:
         except (QueueUnavailable, OSError) as exc:
             # Not acknowledged: the entries stay pending and are reclaimed after
             # the idle timeout (the attempt fencing makes a rerun harmless).
-            log.warning("job.settle_failed", error=str(exc), jobs=len(settlements))
+            log.warning("batch.settle_failed", error=str(exc), jobs=len(settlements))
 
     async def _run_jobs(
         self, handler: BatchHandler, to_run: Sequence[tuple[Delivery, str]]
@@ -272,7 +272,7 @@ class BatchWorker:
         except Exception:
             # The handler turns every fault into a result; reaching here is a
             # bug. Put the jobs back (not counted as a run) so no task is lost.
-            log.exception("job.handler_crashed", jobs=len(jobs))
+            log.exception("batch.handler_crashed", jobs=len(jobs))
             crashed = JobResult(
                 Outcome.RETRY,
                 "worker error",

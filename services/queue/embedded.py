@@ -132,6 +132,9 @@ class EmbeddedQueue(QueueBackend):
             log.warning("queue.pause_flag_not_saved", path=str(self._pause_file), error=str(exc))
         self._pause_changed.set()
 
+    async def read_paused(self) -> bool:
+        return self._paused
+
     async def list_workers(self) -> list[WorkerInfo]:
         now = time.time()
         offline_after = self.settings.worker_offline_after_seconds

@@ -34,10 +34,12 @@ from .consumer import MAINTENANCE_TICK_SECONDS, BatchHandler, BatchWorker
 from .embedded import EmbeddedQueue
 from .errors import QueueUnavailable
 from .model import EnqueueResult, WorkerRecord
-from .pipeline import PipelineConnection, requeue_unfinished
+from .pipeline import PipelineConnection
 from .redis_backend import RedisQueue
+from .requeue import requeue_unfinished
 from .server import INTAKE_SERVICE_NAME, SERVICE_NAME, QueueIntakeServicer, QueueServicer
 from .service import QueueControl
+from .state import QueueState
 
 log = get_logger(__name__)
 
@@ -69,7 +71,11 @@ async def _run_service_jobs(control: QueueControl) -> None:
         await control.recover()
         await control.backend.maintain()
 
-    await keep_running("queue service tick", tick, every=MAINTENANCE_TICK_SECONDS)
+    # Two loops: the tasks service being down must not hold up the maintenance.
+    await asyncio.gather(
+        keep_running("queue service tick", tick, every=MAINTENANCE_TICK_SECONDS),
+        keep_running("queue pause sync", control.sync_pause, every=MAINTENANCE_TICK_SECONDS),
+    )
 
 
 async def _requeue_over(
@@ -113,10 +119,14 @@ def build_spec(
 ) -> ServiceSpec:
     """The service's ServiceSpec (tests start it with start_server on port 0).
     `handler` replaces the pipeline of the in-process workers, and turns off
-    the requeue over the tasks service (tests of the queue's own mechanics)."""
+    everything that needs the tasks service: the requeue, and the durable
+    pause flag and counters (tests of the queue's own mechanics)."""
     queue = backend or create_backend(settings)
-    requeue = None if handler is not None else functools.partial(_requeue_over, settings)
-    control = QueueControl(queue, requeue)
+    requeue, state = None, None
+    if handler is None:
+        requeue = functools.partial(_requeue_over, settings)
+        state = QueueState(settings.tasks_addr, settings.queue_name, settings.call_timeout_seconds)
+    control = QueueControl(queue, requeue, state)
 
     def register(server: grpc.aio.Server) -> None:
         queue_pb2_grpc.add_QueueServiceServicer_to_server(QueueServicer(control), server)
@@ -144,7 +154,7 @@ def build_spec(
         listen_addr=settings.queue_listen_addr,
         probes=[DependencyProbe(queue.probe_name, queue.probe, required=True)],
         background=background,
-        on_stop=[queue.close],
+        on_stop=[queue.close] + ([state.close] if state is not None else []),
         health_probe_interval_seconds=settings.health_probe_interval_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         metrics_listen_addr=settings.queue_metrics_listen_addr,

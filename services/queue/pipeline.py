@@ -1,20 +1,24 @@
-"""One job, end to end: start the task, verify it, report progress, complete or
-fail it. The same pipeline runs in the worker processes (Redis mode) and in the
-queue service's in-process workers (embedded mode).
+"""A batch of jobs, end to end, over the internal worker contract. The same
+pipeline runs in the worker processes (Redis mode) and in the queue service's
+in-process worker (embedded mode).
 
-Calls per job: StartTask (ACTIVE, progress 0), UpdateTaskProgress(30,
-"verifying evidence") sent alongside VerificationEngineService.Verify, then
-CompleteTask (100). Verify is one call that gathers the evidence, runs the
-checks and stores the report, so there is no finer step to show; an update
-between Verify and CompleteTask would last one RPC, invisible to a client
-yet a write on the tasks service, which bounds throughput.
+Calls per batch, whatever its size (at most QUEUE_CONCURRENCY jobs):
+1. TaskWorkerService.StartTasks: an attempt (lease) per task, in one statement.
+   A task finished, cancelled or unknown is skipped (`job.skipped`).
+2. VerificationEngineService.VerifyTasks with the leases, streamed back one
+   result per task (the engine reads each task's inputs itself, once), and
+   ReportProgress(30, "verifying evidence") beside it.
+3. CompleteTasks for the verified ones (the engine's signed summaries),
+   FailTasks for a task's own faults (INVALID_ARGUMENT, a refused summary),
+   DeferTasks for transient faults (the task shows WAITING with the reason) and
+   a delayed run of the job. A stale attempt (FAILED_PRECONDITION: a newer
+   attempt overtook this one, or the task was cancelled) is dropped and logged
+   `job.stale`, never `job.completed`, never counted.
 
-Transient faults (policy.is_transient) give RETRY with an exponential delay
-until the attempts are used up, then FailTask. A rejected task
-(INVALID_ARGUMENT and other final codes) is failed at once; a verification that
-ran and failed a check is a result (CompleteTask records FAILED), never retried.
-A task that is cancelled or finished is skipped. A job handed out more than
-job_max_deliveries times (its workers kept dying with it) fails its task.
+Transient faults are retried with the shared capped, jittered backoff within a
+time budget (RETRY_BUDGET_SECONDS) counted from the job's first fault; past it
+the task fails with the fault and its attempt count. A failed check is a
+result (CompleteTasks records FAILED), never retried.
 """
 
 from __future__ import annotations
@@ -24,257 +28,369 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
-import structlog
-from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc
-from verifier.verification.v1 import engine_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import code_pb2
+from verifier.tasks.v1 import worker_pb2, worker_pb2_grpc
+from verifier.verification.v1 import engine_pb2, engine_pb2_grpc, verification_pb2
 
 from shared.config import Settings
-from shared.context import bind_task_id
 from shared.grpc_client import create_channel
 from shared.log import get_logger
 from shared.retry import Backoff
 
 from . import policy
 from .health import ServingGate
-from .mapping import verdict_name, verify_request_for
-from .model import EnqueueResult, Job, JobResult, Outcome
+from .model import Job, JobResult, Outcome
 
 log = get_logger(__name__)
 
+_Reply = TypeVar("_Reply")
+
 PROGRESS_VERIFYING = 30
+# A CompleteTasks that meets a transient fault is tried again this often
+# before the batch is deferred: the reports are written, and a second
+# verification is the costlier way out (a PostgreSQL restart takes seconds).
+COMPLETE_TRIES = 5
+COMPLETE_BACKOFF = Backoff(base_seconds=0.2, cap_seconds=3.0)
 
 
-def _code(exc: grpc.aio.AioRpcError) -> str:
-    return str(exc.code().name)
+def _code_name(code: int) -> str:
+    return str(code_pb2.Code.Name(code))
 
 
 def _describe(step: str, exc: grpc.aio.AioRpcError) -> str:
-    return f"{step}: {_code(exc)}: {exc.details() or ''}".rstrip(": ")
+    return f"{step}: {exc.code().name}: {exc.details() or ''}".rstrip(": ")
+
+
+@dataclass
+class _Lease:
+    """A started job of the batch: its index, the job and its attempt."""
+
+    index: int
+    job: Job
+    attempt: int
 
 
 class VerificationPipeline:
-    """The JobHandler of the real pipeline, over gRPC to the tasks and verification services."""
+    """The BatchHandler of the real pipeline, over gRPC to the tasks and verification services."""
 
     def __init__(
         self,
-        tasks: tasks_pb2_grpc.TaskServiceStub,
-        verification: engine_pb2_grpc.VerificationEngineServiceStub,
+        worker: worker_pb2_grpc.TaskWorkerServiceStub,
+        engine: engine_pb2_grpc.VerificationEngineServiceStub,
         *,
         worker_id: str,
         retry_budget_seconds: float,
         retry_base_seconds: float,
-        max_deliveries: int,
         call_timeout_seconds: float,
         verify_timeout_seconds: float,
         rand: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.tasks = tasks
-        self.verification = verification
+        self.worker = worker
+        self.engine = engine
         self.worker_id = worker_id
         self.retry_budget_seconds = retry_budget_seconds
-        self.max_deliveries = max_deliveries
         self.backoff = policy.retry_backoff(retry_base_seconds)
         self.call_timeout = call_timeout_seconds
         self.verify_timeout = verify_timeout_seconds
         self.rand = rand
+        self.clock = clock
 
     async def process_batch(self, jobs: Sequence[Job]) -> list[JobResult]:
-        return list(await asyncio.gather(*(self._process_bound(job) for job in jobs)))
+        results: list[JobResult | None] = [None] * len(jobs)
+        leases = await self._start(jobs, results)
+        if leases:
+            await self._verify_and_record(leases, results)
+        return [r or JobResult(Outcome.SKIPPED, "no result") for r in results]
 
-    async def _process_bound(self, job: Job) -> JobResult:
-        bind_task_id(job.task_id)
-        structlog.contextvars.bind_contextvars(job_id=job.job_id)
-        return await self.process(job)
+    # --- 1. start -------------------------------------------------------------------
 
-    async def process(self, job: Job) -> JobResult:
-        if job.deliveries > self.max_deliveries:
-            # Every worker that took this job died before settling it; running it
-            # again would likely take this one down too.
-            log.error("job.poison", deliveries=job.deliveries, max_deliveries=self.max_deliveries)
-            return await self._fail(
-                job,
-                f"given up: handed to a worker {job.deliveries} times (at most "
-                f"{self.max_deliveries}), and each one stopped before finishing it "
-                "(a crash, a kill or out of memory)",
-            )
-        try:
-            return await self._process(job)
-        except grpc.aio.AioRpcError as exc:  # a call below that has no handler of its own
-            return await self._on_error(job, "pipeline", exc)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug here must not lose the job: retry, bounded
-            log.exception("job.unexpected_error", attempt=job.attempt)
-            return await self._transient(job, f"worker error: {type(exc).__name__}: {exc}")
-
-    async def _process(self, job: Job) -> JobResult:
-        task_id = job.task_id
-        try:
-            started = await self.tasks.StartTask(
-                tasks_pb2.StartTaskRequest(id=task_id, worker_id=self.worker_id),
-                timeout=self.call_timeout,
-            )
-        except grpc.aio.AioRpcError as exc:
-            code = _code(exc)
-            if code == "FAILED_PRECONDITION":
-                log.info("job.skipped", reason="task cancelled or finished")
-                return JobResult(Outcome.SKIPPED, "task cancelled or finished")
-            if code == "NOT_FOUND":
-                log.warning("job.skipped", reason="task not found")
-                return JobResult(Outcome.SKIPPED, "task not found")
-            if policy.is_transient(code):
-                return await self._transient(job, _describe("StartTask", exc))
-            log.error("job.start_rejected", error=_describe("StartTask", exc))
-            return JobResult(Outcome.SKIPPED, _describe("StartTask", exc))
-
-        task = started.task
-        log.info("job.started", attempt=job.attempt)
-        progress = asyncio.ensure_future(
-            self._progress(task_id, PROGRESS_VERIFYING, "verifying evidence")
+    async def _start(self, jobs: Sequence[Job], results: list[JobResult | None]) -> list[_Lease]:
+        request = worker_pb2.StartTasksRequest(
+            worker_id=self.worker_id,
+            task_ids=[job.task_id for job in jobs],
+            deliveries=[job.deliveries for job in jobs],
         )
         try:
-            verified = await self.verification.Verify(
-                verify_request_for(task), timeout=self.verify_timeout
-            )
+            reply = await self.worker.StartTasks(request, timeout=self.call_timeout)
         except grpc.aio.AioRpcError as exc:
-            await progress
-            return await self._on_error(job, "Verify", exc)
-        finally:
-            if not progress.done():
-                await progress
+            error = _describe("StartTasks", exc)
+            for index, job in enumerate(jobs):
+                results[index] = self._not_started(job, exc.code().name, error)
+            return []
+        leases: list[_Lease] = []
+        for index, (job, item) in enumerate(zip(jobs, reply.tasks, strict=True)):
+            code = item.status.code
+            if code == code_pb2.OK:
+                leases.append(_Lease(index, job, item.attempt))
+                continue
+            error = f"StartTasks: {_code_name(code)}: {item.status.message}"
+            results[index] = self._not_started(job, _code_name(code), error)
+        for lease in leases:
+            log.info("job.started", task_id=lease.job.task_id, attempt=lease.attempt)
+        return leases
 
-        summary = verified.summary
-        try:
-            await self.tasks.CompleteTask(
-                tasks_pb2.CompleteTaskRequest(id=task_id, summary=summary),
-                timeout=self.call_timeout,
-            )
-        except grpc.aio.AioRpcError as exc:
-            if _code(exc) == "FAILED_PRECONDITION":
-                log.info("job.skipped", reason="task cancelled while verifying")
-                return JobResult(Outcome.SKIPPED, "task cancelled while verifying")
-            return await self._on_error(job, "CompleteTask", exc)
-        verdict = verdict_name(summary)
-        log.info("job.completed", verdict=verdict, attempt=job.attempt)
-        return JobResult(Outcome.COMPLETED, verdict)
-
-    async def _progress(self, task_id: str, value: int, message: str) -> None:
-        """Progress is for the client's eyes: a failed update never fails the job."""
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await self.tasks.UpdateTaskProgress(
-                tasks_pb2.UpdateTaskProgressRequest(id=task_id, progress=value, message=message),
-                timeout=self.call_timeout,
-            )
-
-    async def _on_error(self, job: Job, step: str, exc: grpc.aio.AioRpcError) -> JobResult:
-        if policy.is_transient(_code(exc)):
-            return await self._transient(job, _describe(step, exc))
-        return await self._fail(job, _describe(step, exc))
-
-    async def _transient(self, job: Job, error: str) -> JobResult:
-        now = time.time()
-        first_fault_at = job.first_fault_at or now
-        if policy.within_budget(first_fault_at, now, self.retry_budget_seconds):
+    def _not_started(self, job: Job, code: str, error: str) -> JobResult:
+        """A job StartTasks did not start: nothing of the task changed."""
+        if policy.is_transient(code):
+            # The task is still QUEUED: run the job again later (no budget: it
+            # has not cost the task anything yet, and the gates hold the
+            # workers while the tasks service is down).
             delay = self.backoff.delay(job.attempt, self.rand)
+            log.warning("job.start_retry", task_id=job.task_id, error=error, retry_in=delay)
+            return JobResult(Outcome.RETRY, error, delay_seconds=delay)
+        log.info("job.skipped", task_id=job.task_id, reason=error)
+        return JobResult(Outcome.SKIPPED, error)
+
+    # --- 2. verify ------------------------------------------------------------------
+
+    async def _verify_and_record(
+        self, leases: list[_Lease], results: list[JobResult | None]
+    ) -> None:
+        progress = asyncio.ensure_future(self._progress(leases))
+        try:
+            verified = await self._verify(leases)
+        finally:
+            with contextlib.suppress(Exception):
+                await progress
+        completions: list[tuple[_Lease, verification_pb2.SignedSummary]] = []
+        failures: list[tuple[_Lease, str]] = []
+        deferrals: list[tuple[_Lease, str]] = []
+        for lease in leases:
+            code, message, summary = verified[lease.job.task_id]
+            if code == "OK" and summary is not None:
+                completions.append((lease, summary))
+            elif code == "FAILED_PRECONDITION":
+                results[lease.index] = self._stale(lease, message)
+            elif policy.is_transient(code):
+                deferrals.append((lease, message))
+            else:
+                failures.append((lease, message))
+        if completions:
+            deferrals.extend(await self._complete(completions, results, failures))
+        await self._defer_or_fail(deferrals, results, failures)
+        if failures:
+            await self._fail(failures, results)
+
+    async def _verify(
+        self, leases: list[_Lease]
+    ) -> dict[str, tuple[str, str, verification_pb2.SignedSummary | None]]:
+        request = engine_pb2.VerifyTasksRequest(
+            tasks=[
+                engine_pb2.TaskLease(task_id=lease.job.task_id, attempt=lease.attempt)
+                for lease in leases
+            ]
+        )
+        got: dict[str, tuple[str, str, verification_pb2.SignedSummary | None]] = {}
+        missing = ("UNAVAILABLE", "VerifyTasks: the stream ended without this task's result")
+        try:
+            async for reply in self.engine.VerifyTasks(request, timeout=self.verify_timeout):
+                code = _code_name(reply.status.code)
+                message = f"VerifyTasks: {code}: {reply.status.message}"
+                summary = reply.signed_summary if reply.HasField("signed_summary") else None
+                got[reply.task.task_id] = (code, message, summary)
+        except grpc.aio.AioRpcError as exc:
+            missing = (exc.code().name, _describe("VerifyTasks", exc))
+        for lease in leases:
+            got.setdefault(lease.job.task_id, (missing[0], missing[1], None))
+        return got
+
+    async def _progress(self, leases: list[_Lease]) -> None:
+        """Progress is for the client's eyes: a failed update never fails a job."""
+        request = worker_pb2.ReportProgressRequest(
+            progress=[
+                worker_pb2.TaskProgress(
+                    task=self._attempt(lease),
+                    progress=PROGRESS_VERIFYING,
+                    message="verifying evidence",
+                )
+                for lease in leases
+            ]
+        )
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await self.worker.ReportProgress(request, timeout=self.call_timeout)
+
+    # --- 3. record ------------------------------------------------------------------
+
+    async def _complete(
+        self,
+        completions: list[tuple[_Lease, verification_pb2.SignedSummary]],
+        results: list[JobResult | None],
+        failures: list[tuple[_Lease, str]],
+    ) -> list[tuple[_Lease, str]]:
+        """CompleteTasks, tried again on a transient fault (idempotent per
+        attempt); returns what is left to defer."""
+        request = worker_pb2.CompleteTasksRequest(
+            worker_id=self.worker_id,
+            tasks=[
+                worker_pb2.TaskCompletion(task=self._attempt(lease), signed_summary=summary)
+                for lease, summary in completions
+            ],
+        )
+        reply = await self._call_with_retries("CompleteTasks", self.worker.CompleteTasks, request)
+        if isinstance(reply, str):
+            return [(lease, reply) for lease, _ in completions]
+        left: list[tuple[_Lease, str]] = []
+        for (lease, summary), ack in zip(completions, reply.acks, strict=True):
+            code = _code_name(ack.status.code)
+            message = f"CompleteTasks: {code}: {ack.status.message}"
+            if code == "OK":
+                verdict = _verdict(summary)
+                log.info(
+                    "job.completed",
+                    task_id=lease.job.task_id,
+                    attempt=lease.attempt,
+                    verdict=verdict,
+                )
+                results[lease.index] = JobResult(Outcome.COMPLETED, verdict)
+            elif code == "FAILED_PRECONDITION":
+                results[lease.index] = self._stale(lease, message)
+            elif policy.is_transient(code):
+                left.append((lease, message))
+            else:
+                # A summary the tasks service refused (its signature): the
+                # task must not stay ACTIVE; fail it with why.
+                log.error("job.summary_refused", task_id=lease.job.task_id, error=message)
+                failures.append((lease, f"the signed summary was refused: {message}"))
+        return left
+
+    async def _defer_or_fail(
+        self,
+        deferrals: list[tuple[_Lease, str]],
+        results: list[JobResult | None],
+        failures: list[tuple[_Lease, str]],
+    ) -> None:
+        now = self.clock()
+        waiting: list[tuple[_Lease, str, float, float]] = []
+        for lease, error in deferrals:
+            first_fault_at = lease.job.first_fault_at or now
+            if not policy.within_budget(first_fault_at, now, self.retry_budget_seconds):
+                waited = round(now - first_fault_at)
+                failures.append(
+                    (lease, f"gave up after {lease.attempt} attempts over {waited} s: {error}")
+                )
+                continue
+            delay = self.backoff.delay(lease.job.attempt, self.rand)
+            waiting.append((lease, error, delay, first_fault_at))
+        if not waiting:
+            return
+        request = worker_pb2.DeferTasksRequest(
+            worker_id=self.worker_id,
+            tasks=[
+                worker_pb2.TaskDeferral(
+                    task=self._attempt(lease),
+                    reason=policy.truncate_error(error),
+                    retry_at=_timestamp(now + delay),
+                )
+                for lease, error, delay, _ in waiting
+            ],
+        )
+        try:
+            reply = await self.worker.DeferTasks(request, timeout=self.call_timeout)
+            acks = [_code_name(ack.status.code) for ack in reply.acks]
+        except grpc.aio.AioRpcError as exc:
+            # Not recorded: the task stays ACTIVE under this attempt and the
+            # job runs again all the same (its next start opens a new attempt).
+            log.warning("batch.defer_unrecorded", error=_describe("DeferTasks", exc))
+            acks = ["UNAVAILABLE"] * len(waiting)
+        for (lease, error, delay, first_fault_at), code in zip(waiting, acks, strict=True):
+            if code == "FAILED_PRECONDITION":
+                results[lease.index] = self._stale(lease, f"DeferTasks: {code}")
+                continue
             log.warning(
-                "job.retry", attempt=job.attempt, delay_seconds=round(delay, 3), error=error
+                "job.waiting",
+                task_id=lease.job.task_id,
+                attempt=lease.attempt,
+                retry_in=round(delay, 3),
+                error=error,
             )
-            return JobResult(
+            results[lease.index] = JobResult(
                 Outcome.RETRY, error, delay_seconds=delay, first_fault_at=first_fault_at
             )
-        waited = round(now - first_fault_at)
-        return await self._fail(
-            job, f"gave up after {job.attempt} attempts over {waited} s: {error}"
+
+    async def _fail(
+        self, failures: list[tuple[_Lease, str]], results: list[JobResult | None]
+    ) -> None:
+        request = worker_pb2.FailTasksRequest(
+            worker_id=self.worker_id,
+            tasks=[
+                worker_pb2.TaskFailure(
+                    task=self._attempt(lease), error_message=policy.truncate_error(error)
+                )
+                for lease, error in failures
+            ],
         )
+        reply = await self._call_with_retries("FailTasks", self.worker.FailTasks, request)
+        codes = (
+            [_code_name(ack.status.code) for ack in reply.acks]
+            if not isinstance(reply, str)
+            else ["UNAVAILABLE"] * len(failures)
+        )
+        for (lease, error), code in zip(failures, codes, strict=True):
+            if code == "OK":
+                log.warning(
+                    "job.failed", task_id=lease.job.task_id, attempt=lease.attempt, error=error
+                )
+                results[lease.index] = JobResult(Outcome.FAILED, error)
+            elif code == "FAILED_PRECONDITION":
+                results[lease.index] = self._stale(lease, f"FailTasks: {code}")
+            else:
+                # Not recorded: keep the job (the task must not stay ACTIVE
+                # forever); it runs again at the next delay.
+                delay = self.backoff.delay(lease.job.attempt, self.rand)
+                log.warning("job.fail_unrecorded", task_id=lease.job.task_id, retry_in=delay)
+                results[lease.index] = JobResult(Outcome.RETRY, error, delay_seconds=delay)
 
-    async def _fail(self, job: Job, error: str) -> JobResult:
-        try:
-            await self.tasks.FailTask(
-                tasks_pb2.FailTaskRequest(
-                    id=job.task_id, error_message=policy.truncate_error(error)
-                ),
-                timeout=self.call_timeout,
-            )
-        except grpc.aio.AioRpcError as exc:
-            code = _code(exc)
-            if code == "FAILED_PRECONDITION":
-                return JobResult(Outcome.SKIPPED, "task cancelled or finished")
-            # The failure could not be recorded: keep the job (the task must not
-            # stay ACTIVE forever); it runs again at the longest delay.
-            delay = self.backoff.delay(job.attempt, self.rand)
-            log.warning("job.fail_unrecorded", error=_describe("FailTask", exc), retry_in=delay)
-            return JobResult(Outcome.RETRY, error, delay_seconds=delay)
-        log.warning("job.failed", attempt=job.attempt, error=error)
-        return JobResult(Outcome.FAILED, error)
-
-
-async def requeue_unfinished(
-    tasks: tasks_pb2_grpc.TaskServiceStub,
-    enqueue_many: Callable[[Sequence[str]], Awaitable[list[EnqueueResult]]],
-    *,
-    call_timeout_seconds: float,
-    page_size: int = 500,
-) -> int:
-    """Enqueue every QUEUED, ACTIVE or WAITING task, oldest first; returns how many.
-
-    The queue lost its jobs (a Redis flush or restart without persistence, or
-    a fresh embedded queue): without this their tasks would wait for the tasks
-    service's stale-task sweep (requeue_stale_after_seconds). Waits for the
-    tasks service when it is not up yet. Enqueue is idempotent per task, so
-    tasks the tasks service re-sends meanwhile are not doubled.
-    """
-    task_ids: list[str] = []
-    backoff = Backoff(base_seconds=0.5, cap_seconds=5.0)
-    for status in (
-        tasks_pb2.TASK_STATUS_ACTIVE,
-        tasks_pb2.TASK_STATUS_WAITING,
-        tasks_pb2.TASK_STATUS_QUEUED,
-    ):
-        token = ""
-        failures = 0
-        while True:
-            request = tasks_pb2.ListTasksRequest(
-                status=status, page_size=page_size, page_token=token
-            )
+    async def _call_with_retries(
+        self,
+        name: str,
+        call: Callable[..., Awaitable[_Reply]],
+        request: object,
+    ) -> _Reply | str:
+        """An idempotent batch call, tried again on a transient fault; the reply,
+        or the last fault's description."""
+        error = ""
+        for tries in range(1, COMPLETE_TRIES + 1):
             try:
-                page = await tasks.ListTasks(request, timeout=call_timeout_seconds)
+                return await call(request, timeout=self.call_timeout)
             except grpc.aio.AioRpcError as exc:
-                if not policy.is_transient(_code(exc)):
-                    # A status this tasks service does not know (an older
-                    # version without WAITING): the others still come back.
-                    log.error(
-                        "queue.requeue_status_skipped",
-                        status=status,
-                        error=_describe("ListTasks", exc),
-                    )
+                error = _describe(name, exc)
+                if not policy.is_transient(exc.code().name) or tries == COMPLETE_TRIES:
                     break
-                failures += 1
-                await asyncio.sleep(backoff.delay(failures))
-                continue
-            # Newest first, per status: reversed below into the order they came.
-            task_ids.extend(task.id for task in page.tasks)
-            token = page.next_page_token
-            if not token:
-                break
-    task_ids.reverse()
-    enqueued = 0
-    for start in range(0, len(task_ids), page_size):
-        results = await enqueue_many(task_ids[start : start + page_size])
-        enqueued += sum(not r.already_enqueued and not r.full for r in results)
-        if any(r.full for r in results):
-            # The tasks service's reconciler offers the rest again later.
-            log.warning("queue.requeue_stopped_full", requeued=enqueued)
-            break
-    if enqueued:
-        log.info("queue.requeued_unfinished", tasks=enqueued)
-    return enqueued
+                await asyncio.sleep(COMPLETE_BACKOFF.delay(tries, self.rand))
+        return error
+
+    def _stale(self, lease: _Lease, message: str) -> JobResult:
+        log.info("job.stale", task_id=lease.job.task_id, attempt=lease.attempt, reason=message)
+        return JobResult(Outcome.SKIPPED, f"stale attempt: {message}")
+
+    @staticmethod
+    def _attempt(lease: _Lease) -> worker_pb2.TaskAttempt:
+        return worker_pb2.TaskAttempt(task_id=lease.job.task_id, attempt=lease.attempt)
+
+
+def _verdict(signed: verification_pb2.SignedSummary) -> str:
+    summary = verification_pb2.ReportSummary()
+    with contextlib.suppress(Exception):
+        summary.ParseFromString(signed.summary)
+    return str(verification_pb2.Verdict.Name(summary.verdict)).removeprefix("VERDICT_").lower()
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
 
 
 class PipelineConnection:
-    """The pipeline with its own channels to the tasks and verification services.
-    Build it inside the running event loop (grpc.aio channels bind to it)."""
+    """The pipeline with its own channels to the tasks and verification services,
+    and the gates that follow their health. Build it inside the running event
+    loop (grpc.aio channels bind to it)."""
 
     def __init__(self, settings: Settings, worker_id: str) -> None:
         self._channels = [
@@ -287,12 +403,11 @@ class PipelineConnection:
             ServingGate(self._channels[1], "verification service"),
         ]
         self.pipeline = VerificationPipeline(
-            tasks_pb2_grpc.TaskServiceStub(self._channels[0]),
+            worker_pb2_grpc.TaskWorkerServiceStub(self._channels[0]),
             engine_pb2_grpc.VerificationEngineServiceStub(self._channels[1]),
             worker_id=worker_id,
             retry_budget_seconds=settings.retry_budget_seconds,
             retry_base_seconds=settings.retry_base_seconds,
-            max_deliveries=settings.job_max_deliveries,
             call_timeout_seconds=settings.call_timeout_seconds,
             verify_timeout_seconds=settings.verify_timeout_seconds,
         )

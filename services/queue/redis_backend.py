@@ -330,7 +330,8 @@ class RedisQueue(QueueBackend):
         return returned
 
     async def read_paused(self) -> bool:
-        return bool(await self.redis.exists(self.keys.paused))
+        async with _redis_errors():
+            return bool(await self.redis.exists(self.keys.paused))
 
     async def watch_pause(self, on_change: Callable[[bool], None]) -> None:
         """Follow the paused flag: pub/sub for an instant reaction, and a re-read

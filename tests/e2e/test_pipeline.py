@@ -65,8 +65,11 @@ async def test_dstack_vector_task_completes_through_the_pipeline(stack: Pipeline
     types = _types(events)
     assert types.count("completed") == 1
     assert types.count("started") == 1
-    progress = [e.progress for e in events if e.type == "progress"]
-    assert progress == sorted(progress) and progress, "progress steps the client can see"
+    # One audit row per state change; progress is published to watchers, not
+    # written as rows. "queued" is absent when the worker started the task
+    # before the dispatcher recorded the queue's acknowledgement.
+    assert [t for t in types if t != "queued"] == ["created", "started", "completed"], types
+    assert types.count("queued") <= 1
     # The worker's calls carry the id of the request that created the task.
     (created_event,) = [e for e in events if e.type == "created"]
     assert created_event.request_id

@@ -5,14 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 from verifier.queue.v1 import queue_pb2
-from verifier.tasks.v1 import tasks_pb2
-from verifier.verification.v1 import verification_pb2
 
 from services.queue import broker
 from services.queue.errors import InvalidTaskId
-from services.queue.mapping import verdict_name, verify_request_for
 from services.queue.model import (
     Job,
     JobResult,
@@ -72,43 +68,6 @@ def test_keys_of_one_queue_share_a_cluster_hash_tag() -> None:
     keys = broker.QueueKeys("verification-queue")
     for key in (keys.stream, keys.delayed, keys.job("t"), keys.lock("t"), keys.worker("w")):
         assert "{verification-queue}" in key
-
-
-def test_verify_request_carries_the_task_and_its_inline_evidence() -> None:
-    evaluation = Timestamp(seconds=1_772_707_803)
-    task = tasks_pb2.Task(
-        id="t1",
-        app_id="abc",
-        app_config_type=verification_pb2.APP_CONFIG_TYPE_PHALA_CLOUD,
-        model_or_domain="app.example",
-        contract_address="0x" + "1" * 40,
-        expected_compose_hash="a" * 64,
-        verification_flags=verification_pb2.VerificationFlags(hardware=True, os=False),
-        evidence=verification_pb2.Evidence(quote="00", event_log="[]"),
-        evaluation_time=evaluation,
-    )
-    request = verify_request_for(task)
-    assert request.task_id == "t1"
-    assert request.app_id == "abc"
-    assert request.app_config_type == verification_pb2.APP_CONFIG_TYPE_PHALA_CLOUD
-    assert request.model_or_domain == "app.example"
-    assert request.contract_address == "0x" + "1" * 40
-    assert request.expected_compose_hash == "a" * 64
-    assert request.flags.hardware and request.flags.HasField("os") and not request.flags.os
-    assert request.evidence.quote == "00"
-    assert request.evaluation_time == evaluation
-
-
-def test_verify_request_without_evidence_or_time_leaves_them_unset() -> None:
-    request = verify_request_for(tasks_pb2.Task(id="t2"))
-    assert not request.HasField("evidence")
-    assert not request.HasField("evaluation_time")
-    assert not request.HasField("flags")
-
-
-def test_verdict_name_is_lowercase() -> None:
-    summary = verification_pb2.ReportSummary(verdict=verification_pb2.VERDICT_FAILED)
-    assert verdict_name(summary) == "failed"
 
 
 def test_status_maps_every_count() -> None:
