@@ -30,11 +30,10 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from verifier.ops.v1 import diagnostics_pb2, diagnostics_pb2_grpc
 
 import shared
-from shared import errors, metrics
+from shared import errors, metrics, reflection
 from shared.context import REQUEST_ID_METADATA_KEY, bind_request_id, sanitize_request_id
 from shared.log import get_logger
 from shared.retry import Backoff, keep_running
@@ -357,14 +356,13 @@ async def start_server(spec: ServiceSpec) -> RunningServer:
     diagnostics_pb2_grpc.add_DiagnosticsServiceServicer_to_server(
         DiagnosticsServicer(spec.name, spec.probes), server
     )
-    reflection.enable_server_reflection(
+    reflection.enable(
+        server,
         [
             *spec.service_names,
             health.SERVICE_NAME,
             diagnostics_pb2.DESCRIPTOR.services_by_name["DiagnosticsService"].full_name,
-            reflection.SERVICE_NAME,
         ],
-        server,
     )
     port = server.add_insecure_port(spec.listen_addr)
     if port == 0:

@@ -60,7 +60,12 @@ FIXED_PATHS = frozenset(
     {"/health", "/health/detailed", "/openapi", "/openapi.json", "/docs", "/metrics"}
     | dashboard.PATHS
 )
-_READ_HEADERS = frozenset({b"content-length", b"x-timeout", b"grpc-timeout"})
+_READ_HEADERS = frozenset({b"content-length", b"x-timeout", b"grpc-timeout", b"last-event-id"})
+# Server-sent events resume by convention: a streaming RPC whose response has
+# `last_event_id` gets it as each event's `id:`, and one whose request has
+# `after_event_id` gets the client's Last-Event-ID there.
+SSE_ID_FIELD = "last_event_id"
+SSE_RESUME_FIELD = "after_event_id"
 
 
 @dataclass
@@ -235,6 +240,8 @@ async def transcode(state: GatewayState, scope: Scope, receive: Receive) -> Resp
             else []
         )
         message = build_request(route, found.path_values, query, raw_body)
+        if route.rpc.server_streaming and "last-event-id" in headers:
+            resume_from(message, headers["last-event-id"])
         ceiling = (
             state.settings.stream_timeout_seconds
             if route.rpc.server_streaming
@@ -259,9 +266,29 @@ async def transcode(state: GatewayState, scope: Scope, receive: Receive) -> Resp
     return Response(dumps(response_to_json(route, response)), media_type=JSON)
 
 
-def sse_event(data: Any, event: str = "") -> bytes:
+def resume_from(message: Message, last_event_id: str) -> None:
+    """Set the request's resume field from a Last-Event-ID header (when it has one)."""
+    if SSE_RESUME_FIELD not in message.DESCRIPTOR.fields_by_name:
+        return
+    text = last_event_id.strip()
+    if not text.isdigit() or len(text) > 18:
+        raise errors.InvalidArgument(
+            "Last-Event-ID", f"expected the id: of an event of this stream, got {text[:32]!r}"
+        )
+    setattr(message, SSE_RESUME_FIELD, int(text))
+
+
+def sse_event(data: Any, event: str = "", event_id: str = "") -> bytes:
     head = f"event: {event}\n" if event else ""
+    if event_id:
+        head += f"id: {event_id}\n"
     return f"{head}data: ".encode() + dumps(data) + b"\n\n"
+
+
+def _sse_id(message: Message) -> str:
+    if SSE_ID_FIELD in message.DESCRIPTOR.fields_by_name:
+        return str(getattr(message, SSE_ID_FIELD))
+    return ""
 
 
 async def stream_events(
@@ -296,7 +323,7 @@ async def stream_events(
         try:
             item = first
             while item is not grpc.aio.EOF:
-                yield sse_event(response_to_json(route, item))
+                yield sse_event(response_to_json(route, item), event_id=_sse_id(item))
                 reader = asyncio.ensure_future(call.read())
                 while True:
                     done, _ = await asyncio.wait(

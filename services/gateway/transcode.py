@@ -410,6 +410,7 @@ def build_request(
         parent.pop(leaf.name, None)
         parent[leaf.json_name] = parse_scalar(leaf, text, where)
     message = route.rpc.request_class()
+    check_shapes(descriptor, data)
     try:
         json_format.ParseDict(data, message, ignore_unknown_fields=False)
     except json_format.ParseError as exc:
@@ -417,6 +418,45 @@ def build_request(
     except RecursionError:
         raise BadRequest("", "the body nests too deeply") from None
     return message
+
+
+def check_shapes(descriptor: Descriptor, data: Any, prefix: str = "") -> None:
+    """A message field given as a string, a number or a list (`"verificationFlags":
+    "hardware"`) gets an error naming the shape expected, with its fields; the
+    protobuf parser's own message names neither."""
+    if not isinstance(data, dict):
+        return
+    by_name = {f.json_name: f for f in descriptor.fields} | {f.name: f for f in descriptor.fields}
+    for key, value in data.items():
+        field = by_name.get(key)
+        if field is None or value is None or field.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        target = message_of(field)
+        if target.full_name.startswith("google.protobuf."):
+            continue  # well-known types have their own JSON forms (strings, any value)
+        where = f"{prefix}{field.json_name}"
+        if is_map(field):
+            if not isinstance(value, dict):
+                raise BadRequest(where, "expected a JSON object of keys to values")
+            continue
+        items = value if is_repeated(field) else [value]
+        if is_repeated(field) and not isinstance(value, list):
+            raise BadRequest(where, f"expected a JSON array of {_shape(target)}")
+        for item in items:
+            if not isinstance(item, dict):
+                raise BadRequest(
+                    where, f"expected {_shape(target)}, got {type(item).__name__} {item!r:.40}"
+                )
+            check_shapes(target, item, where + ".")
+
+
+def _shape(target: Descriptor) -> str:
+    names = [f.json_name for f in target.fields]
+    example = ", ".join(
+        f'"{f.json_name}": true' if f.type == FieldDescriptor.TYPE_BOOL else f'"{f.json_name}": ...'
+        for f in target.fields[:2]
+    )
+    return f"a JSON object ({target.name}) such as {{{example}}}; its fields: {', '.join(names)}"
 
 
 def _field_chain(descriptor: Descriptor, path: tuple[str, ...]) -> list[FieldDescriptor]:

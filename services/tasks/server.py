@@ -61,8 +61,10 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     async def WatchTask(
         self, request: tasks_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tasks_pb2.WatchTaskResponse]:
-        async for task, event in self.app.watch(request.id):
-            response = tasks_pb2.WatchTaskResponse(task=mapping.task_to_proto(task))
+        async for task, event, last_event_id in self.app.watch(request.id, request.after_event_id):
+            response = tasks_pb2.WatchTaskResponse(
+                task=mapping.task_to_proto(task), last_event_id=last_event_id
+            )
             if event is not None:
                 response.event.CopyFrom(mapping.event_to_proto(event))
             yield response

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from shared.context import bind_task_id
+from shared.errors import InvalidArgument
 from shared.log import get_logger
 
 from . import audit, lifecycle, rows, validation
@@ -109,19 +110,30 @@ class TaskApp:
         bind_task_id(task_id)
         return await self.store.list_events(task_id)
 
-    async def watch(self, task_id: str) -> AsyncIterator[tuple[Task, TaskEvent | None]]:
-        """The task now, then (task, event) per change until it is finished."""
+    async def watch(
+        self, task_id: str, after_event_id: int = 0
+    ) -> AsyncIterator[tuple[Task, TaskEvent | None, int]]:
+        """The task now, then (task, event) per change until it is finished, each
+        with the id of the latest audit event it reflects. With `after_event_id`
+        (a resumed stream) the events after that one are replayed first."""
         task_id = validation.validate_task_id(task_id)
         bind_task_id(task_id)
+        if after_event_id < 0:
+            raise InvalidArgument("after_event_id", "must not be negative")
         # Subscribe before reading: a change committed after the read wakes us.
         async with self.feed.subscribe(task_id) as subscription:
             task, last_event_id = await self.store.get_with_last_event(task_id)
-            yield task, None
-            if task.status.finished:
+            replay = 0 < after_event_id < last_event_id
+            yield task, None, (after_event_id if replay else last_event_id)
+            if replay:
+                last_event_id = after_event_id
+            elif task.status.finished:
                 return
             sent_progress = task.progress
             while True:
-                await subscription.wait()
+                if not replay:
+                    await subscription.wait()
+                replay = False
                 events = await self.store.list_events(task_id, after_id=last_event_id)
                 if not events:
                     held = self.progress.progress(task_id) if self.progress else None
@@ -132,6 +144,7 @@ class TaskApp:
                         yield (
                             dataclasses.replace(current, progress=max(held, current.progress)),
                             None,
+                            last_event_id,
                         )
                     continue
                 # Read after the events: at least as new as the last of them.
@@ -139,7 +152,7 @@ class TaskApp:
                 sent_progress = task.progress
                 for event in events:
                     last_event_id = event.id
-                    yield task, event
+                    yield task, event, event.id
                     # A finished task never changes again: its last event ends the stream.
                     if event.to_status.finished:
                         return

@@ -239,7 +239,10 @@ async def test_watch_of_a_finished_task_sends_its_state_then_ends(
     response = await client.get(f"/api/v1/tasks/{task['id']}:watch")
     assert response.status_code == 200
     blocks = [block for block in response.text.split("\n\n") if block.strip()]
-    first = json.loads(blocks[0].removeprefix("data: "))
+    # Each event carries its `id:` line (for Last-Event-ID), then its data.
+    head, data = blocks[0].split("\n", 1)
+    assert head.startswith("id: ")
+    first = json.loads(data.removeprefix("data: "))
     assert first["task"]["id"] == task["id"] and first["task"]["status"] == "cancelled"
     assert blocks[-1].startswith("event: end")
 
