@@ -157,6 +157,23 @@ def verify_chain(chain: list[x509.Certificate], at: datetime) -> None:
                 f"(valid {cert.not_valid_before_utc.isoformat()} .. "
                 f"{cert.not_valid_after_utc.isoformat()})"
             )
+    problem = _signature_problem(tuple(chain))
+    if problem:
+        raise ChainProblem(problem)
+
+
+@lru_cache(maxsize=64)
+def _signature_problem(chain: tuple[x509.Certificate, ...]) -> str:
+    """Why the chain's signatures or CA marks do not hold, or "" (time-free:
+    worked out once per chain and process, it is ECDSA's cost)."""
+    try:
+        _check_signatures(chain)
+    except ChainProblem as exc:
+        return str(exc)
+    return ""
+
+
+def _check_signatures(chain: tuple[x509.Certificate, ...]) -> None:
     for cert, issuer in itertools.pairwise(chain):
         try:
             constraints = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
