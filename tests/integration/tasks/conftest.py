@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,12 +19,16 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from verifier.queue.v1 import queue_pb2, queue_pb2_grpc
-from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc, worker_pb2, worker_pb2_grpc
 from verifier.verification.v1 import verification_pb2
 
 from services.tasks import migrate
 from services.tasks.main import TasksService, build_service
+from services.verification.main import build_spec as verification_spec
+from services.verification.report import load_or_create_signing_key
 from shared import errors
 from shared.config import load_settings
 from shared.grpc_client import create_channel
@@ -97,6 +102,53 @@ class StandInQueue(queue_pb2_grpc.QueueServiceServicer):
 
 
 @dataclass
+class Verification:
+    """The real verification service, for its published signing key."""
+
+    running: RunningServer
+    key: Ed25519PrivateKey
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+    @property
+    def key_id(self) -> str:
+        raw = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return hashlib.sha256(raw).hexdigest()
+
+    def sign(
+        self, summary: verification_pb2.ReportSummary, task_id: str, attempt: int
+    ) -> verification_pb2.SignedSummary:
+        """The summary as the engine signs it, for this task and attempt."""
+        summary.task_id, summary.attempt, summary.signing_key_id = task_id, attempt, self.key_id
+        data = summary.SerializeToString()
+        return verification_pb2.SignedSummary(
+            summary=data, signature=self.key.sign(data).hex(), key_id=self.key_id
+        )
+
+
+@pytest.fixture(scope="session")
+async def verification(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Verification]:
+    """The verification service, in-process on a real socket (one engine process)."""
+    data = tmp_path_factory.mktemp("verification")
+    settings = dataclasses.replace(
+        load_settings(env={}),
+        data_dir=str(data),
+        verification_listen_addr=f"127.0.0.1:{servers.free_port()}",
+        verification_processes=1,
+        health_probe_interval_seconds=1.0,
+        shutdown_grace_seconds=0.5,
+        verification_metrics_listen_addr="",
+    )
+    running = await start_server(verification_spec(settings))
+    # The key the service loaded (created on its first start) from its data folder.
+    key = load_or_create_signing_key(data / "keys" / "report-signing.pem")
+    yield Verification(running, key)
+    await running.stop(0.5)
+
+
+@dataclass
 class Harness:
     backend: str
     service: TasksService
@@ -106,6 +158,11 @@ class Harness:
     queue: StandInQueue
     database_url: str
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    verification: Verification | None = None
+
+    @property
+    def worker(self) -> worker_pb2_grpc.TaskWorkerServiceStub:
+        return worker_pb2_grpc.TaskWorkerServiceStub(self.channel)
 
     @property
     def target(self) -> str:
@@ -153,6 +210,7 @@ async def start_harness(
     database_url: str,
     *,
     queue: tuple[StandInQueue, RunningServer] | None = None,
+    verification: Verification | None = None,
     **overrides: str,
 ) -> Harness:
     """Migrate the database and start the tasks service on it."""
@@ -171,6 +229,7 @@ async def start_harness(
         "RECONCILE_AFTER_SECONDS": "3600",
         "RECONCILE_INTERVAL_SECONDS": "3600",
         "TASKS_METRICS_LISTEN_ADDR": "",
+        **({"VERIFICATION_ADDR": verification.target} if verification else {}),
         **overrides,
     }
     # Port 0 (any free port) is for tests only, so it bypasses the config check.
@@ -187,6 +246,7 @@ async def start_harness(
         standin,
         database_url,
         cleanups,
+        verification,
     )
 
 
@@ -203,7 +263,9 @@ async def fresh_database(backend: str, server_url: str | None, tmp: Path) -> Asy
 
 @pytest.fixture(scope="module", params=BACKENDS)
 async def harness(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    verification: Verification,
 ) -> AsyncIterator[Harness]:
     """The tasks service on each backend, shared by a module's tests (each test
     makes its own tasks, with its own app_id when it lists)."""
@@ -212,7 +274,7 @@ async def harness(
         url: str = request.getfixturevalue("postgres_url")
     else:
         url = f"sqlite:///{tmp_path_factory.mktemp('tasks-sqlite') / 'tasks.db'}"
-    running = await start_harness(backend, url)
+    running = await start_harness(backend, url, verification=verification)
     yield running
     await running.close()
 
@@ -282,3 +344,62 @@ async def wait_for_status(
 def h(harness: Harness) -> Harness:
     """Short name for the module's harness in test bodies."""
     return harness
+
+
+# --- the worker path, as a worker drives it ---------------------------------------
+
+
+async def start_tasks(h: Harness, *task_ids: str, worker_id: str = "w") -> list[int]:
+    """StartTasks; the attempt of each (0 when it was not started)."""
+    response = await h.worker.StartTasks(
+        worker_pb2.StartTasksRequest(worker_id=worker_id, task_ids=list(task_ids))
+    )
+    return [t.attempt for t in response.tasks]
+
+
+def _lease(task_id: str, attempt: int) -> worker_pb2.TaskAttempt:
+    return worker_pb2.TaskAttempt(task_id=task_id, attempt=attempt)
+
+
+async def complete_task(
+    h: Harness,
+    task_id: str,
+    attempt: int = 1,
+    summary: verification_pb2.ReportSummary | None = None,
+) -> int:
+    """CompleteTasks with the summary as the engine signs it; the item's status code."""
+    assert h.verification is not None, "start the harness with the verification fixture"
+    signed = h.verification.sign(summary or passing_summary(), task_id, attempt)
+    response = await h.worker.CompleteTasks(
+        worker_pb2.CompleteTasksRequest(
+            worker_id="w",
+            tasks=[worker_pb2.TaskCompletion(task=_lease(task_id, attempt), signed_summary=signed)],
+        )
+    )
+    return response.acks[0].status.code
+
+
+async def fail_task(h: Harness, task_id: str, attempt: int = 1, error: str = "x") -> int:
+    """FailTasks for the task's own fault; the item's status code."""
+    response = await h.worker.FailTasks(
+        worker_pb2.FailTasksRequest(
+            worker_id="w",
+            tasks=[worker_pb2.TaskFailure(task=_lease(task_id, attempt), error_message=error)],
+        )
+    )
+    return response.acks[0].status.code
+
+
+async def report_progress(
+    h: Harness, task_id: str, attempt: int, progress: int, message: str = ""
+) -> int:
+    response = await h.worker.ReportProgress(
+        worker_pb2.ReportProgressRequest(
+            progress=[
+                worker_pb2.TaskProgress(
+                    task=_lease(task_id, attempt), progress=progress, message=message
+                )
+            ]
+        )
+    )
+    return response.acks[0].status.code

@@ -18,20 +18,26 @@ from services.tasks.apps_store import AppStore
 from tests.integration.tasks.conftest import (
     BACKENDS,
     Harness,
+    Verification,
+    complete_task,
     fresh_database,
-    passing_summary,
     start_harness,
+    start_tasks,
 )
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 async def ah(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    verification: Verification,
 ) -> AsyncIterator[Harness]:
     """The tasks service with its background scheduler off: each test runs passes itself."""
     server = request.getfixturevalue("postgres_server_url") if request.param != "sqlite" else None
     async with fresh_database(request.param, server, tmp_path_factory.mktemp("apps")) as url:
-        harness = await start_harness(request.param, url, SCHEDULER_ENABLED="false")
+        harness = await start_harness(
+            request.param, url, verification=verification, SCHEDULER_ENABLED="false"
+        )
         yield harness
         await harness.close()
 
@@ -158,8 +164,8 @@ async def test_scheduler_creates_each_due_task_once_and_trust_status_follows(ah:
 
     # The first app's task passes: its trust status is that task, due again in 24 h.
     task_id = (await stub.GetApp(apps_pb2.GetAppRequest(id=mine[0].id))).app.latest_task_id
-    await ah.stub.StartTask(tasks_pb2.StartTaskRequest(id=task_id, worker_id="w"))
-    await ah.stub.CompleteTask(tasks_pb2.CompleteTaskRequest(id=task_id, summary=passing_summary()))
+    [attempt] = await start_tasks(ah, task_id)
+    assert await complete_task(ah, task_id, attempt) == 0
     got = await stub.GetApp(apps_pb2.GetAppRequest(id=mine[0].id))
     assert got.trust_task.id == task_id
     assert got.trust_task.status == tasks_pb2.TASK_STATUS_COMPLETED

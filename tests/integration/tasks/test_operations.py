@@ -21,20 +21,28 @@ from verifier.verification.v1 import verification_pb2
 from tests.integration.tasks.conftest import (
     BACKENDS,
     Harness,
+    Verification,
+    complete_task,
     create_request,
+    fail_task,
     fresh_database,
     passing_summary,
     start_harness,
+    start_tasks,
 )
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 async def oh(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    verification: Verification,
 ) -> AsyncIterator[Harness]:
     server = request.getfixturevalue("postgres_server_url") if request.param != "sqlite" else None
     async with fresh_database(request.param, server, tmp_path_factory.mktemp("ops")) as url:
-        harness = await start_harness(request.param, url, SCHEDULER_ENABLED="false")
+        harness = await start_harness(
+            request.param, url, verification=verification, SCHEDULER_ENABLED="false"
+        )
         yield harness
         await harness.close()
 
@@ -45,8 +53,8 @@ def ops(h: Harness) -> operations_pb2_grpc.TaskOperationsServiceStub:
 
 async def failed_task(h: Harness, app_id: str, error: str = "evidence malformed") -> str:
     task = (await h.stub.CreateTask(create_request(app_id))).task
-    await h.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id, worker_id="w"))
-    await h.stub.FailTask(tasks_pb2.FailTaskRequest(id=task.id, error_message=error))
+    [attempt] = await start_tasks(h, task.id)
+    assert await fail_task(h, task.id, attempt, error) == 0
     return task.id
 
 
@@ -98,17 +106,12 @@ async def test_dead_letters_list_each_attempts_last_error_not_verdicts(oh: Harne
     app_id = uuid.uuid4().hex[:12]
     task_id = await failed_task(oh, app_id, "first attempt: collateral unreachable")
     await ops(oh).RetryTask(operations_pb2.RetryTaskRequest(id=task_id))
-    await oh.stub.StartTask(tasks_pb2.StartTaskRequest(id=task_id, worker_id="w"))
-    await oh.stub.FailTask(
-        tasks_pb2.FailTaskRequest(id=task_id, error_message="gave up after 2 attempts")
-    )
+    [attempt] = await start_tasks(oh, task_id)
+    assert await fail_task(oh, task_id, attempt, "gave up after 2 attempts") == 0
     verdict_failed = (await oh.stub.CreateTask(create_request(app_id))).task
-    await oh.stub.StartTask(tasks_pb2.StartTaskRequest(id=verdict_failed.id, worker_id="w"))
-    await oh.stub.CompleteTask(
-        tasks_pb2.CompleteTaskRequest(
-            id=verdict_failed.id, summary=passing_summary(verdict=verification_pb2.VERDICT_FAILED)
-        )
-    )
+    [attempt] = await start_tasks(oh, verdict_failed.id)
+    summary = passing_summary(verdict=verification_pb2.VERDICT_FAILED)
+    assert await complete_task(oh, verdict_failed.id, attempt, summary) == 0
     letters = await ops(oh).ListDeadLetters(operations_pb2.ListDeadLettersRequest(app_id=app_id))
     assert [d.task.id for d in letters.dead_letters] == [task_id]
     attempts = [(a.attempt, a.error) for a in letters.dead_letters[0].attempts]
@@ -128,6 +131,7 @@ async def test_retention_by_count_audits_removals_and_keeps_the_apps_latest(
         h = await start_harness(
             oh.backend,
             url,
+            verification=oh.verification,
             SCHEDULER_ENABLED="false",
             RETENTION_FAILED_MAX_COUNT="2",
             RETENTION_FAILED_MAX_AGE_SECONDS="0",
@@ -147,14 +151,12 @@ async def test_retention_by_count_audits_removals_and_keeps_the_apps_latest(
                 )
             ).app
             latest = (await apps.TriggerSchedule(apps_pb2.TriggerScheduleRequest(id=app.id))).task
-            await h.stub.StartTask(tasks_pb2.StartTaskRequest(id=latest.id, worker_id="w"))
-            await h.stub.FailTask(tasks_pb2.FailTaskRequest(id=latest.id, error_message="x"))
+            [attempt] = await start_tasks(h, latest.id)
+            assert await fail_task(h, latest.id, attempt) == 0
             others = [await failed_task(h, uuid.uuid4().hex[:12]) for _ in range(4)]
             done = (await h.stub.CreateTask(create_request("abcdef01"))).task  # completed: kept
-            await h.stub.StartTask(tasks_pb2.StartTaskRequest(id=done.id, worker_id="w"))
-            await h.stub.CompleteTask(
-                tasks_pb2.CompleteTaskRequest(id=done.id, summary=passing_summary())
-            )
+            [attempt] = await start_tasks(h, done.id)
+            assert await complete_task(h, done.id, attempt) == 0
 
             result = await ops(h).RunRetention(operations_pb2.RunRetentionRequest())
             assert result.removed == 2

@@ -13,7 +13,15 @@ from google.rpc import error_details_pb2, status_pb2
 from verifier.tasks.v1 import tasks_pb2
 from verifier.verification.v1 import verification_pb2
 
-from .conftest import Harness, create_request, passing_summary, wait_for_status
+from .conftest import (
+    Harness,
+    complete_task,
+    create_request,
+    passing_summary,
+    report_progress,
+    start_tasks,
+    wait_for_status,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -288,7 +296,7 @@ async def test_paging_is_stable_under_concurrent_inserts(h: Harness, app_id: str
 async def test_cancel_of_pending_queued_or_active_task_cancels_it(h: Harness) -> None:
     pending = await _create(h)
     active = await _create(h)
-    await h.stub.StartTask(tasks_pb2.StartTaskRequest(id=active.id, worker_id="w"))
+    await start_tasks(h, active.id)
     for task in (pending, active):
         cancelled = (
             await h.stub.CancelTask(tasks_pb2.CancelTaskRequest(id=task.id, reason="not needed"))
@@ -300,8 +308,8 @@ async def test_cancel_of_pending_queued_or_active_task_cancels_it(h: Harness) ->
 
 async def test_cancel_of_completed_task_is_failed_precondition(h: Harness) -> None:
     task = await _create(h)
-    await h.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id))
-    await h.stub.CompleteTask(tasks_pb2.CompleteTaskRequest(id=task.id, summary=passing_summary()))
+    [attempt] = await start_tasks(h, task.id)
+    assert await complete_task(h, task.id, attempt) == 0
     error = await _error(h.stub.CancelTask(tasks_pb2.CancelTaskRequest(id=task.id)))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "completed" in (error.details() or "")
@@ -462,20 +470,18 @@ async def test_fail_records_the_reason_and_is_idempotent(h: Harness) -> None:
 async def test_every_state_change_is_in_the_audit_trail(h: Harness) -> None:
     task = await _create(h)
     await wait_for_status(h.stub, task.id, QUEUED)
-    await h.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id, worker_id="worker-7"))
-    await h.stub.UpdateTaskProgress(
-        tasks_pb2.UpdateTaskProgressRequest(id=task.id, progress=50, message="quote verified")
-    )
-    await h.stub.CompleteTask(tasks_pb2.CompleteTaskRequest(id=task.id, summary=passing_summary()))
+    [attempt] = await start_tasks(h, task.id, worker_id="worker-7")
+    assert await report_progress(h, task.id, attempt, 50, "quote verified") == 0
+    assert await complete_task(h, task.id, attempt) == 0
     events = (await h.stub.ListTaskEvents(tasks_pb2.ListTaskEventsRequest(id=task.id))).events
+    # One row per state change; progress is not one.
     assert [(e.type, e.from_status, e.to_status) for e in events] == [
         ("created", tasks_pb2.TASK_STATUS_UNSPECIFIED, PENDING),
         ("queued", PENDING, QUEUED),
         ("started", QUEUED, ACTIVE),
-        ("progress", ACTIVE, ACTIVE),
         ("completed", ACTIVE, COMPLETED),
     ]
-    assert "worker-7" in events[2].message and events[3].message == "quote verified"
+    assert "worker-7" in events[2].message
     assert [e.id for e in events] == sorted(e.id for e in events)
     assert all(e.task_id == task.id and e.request_id for e in events)
 
@@ -488,14 +494,17 @@ async def test_watch_streams_every_change_until_the_task_finishes(h: Harness) ->
     first = await stream.__anext__()
     assert first.task.status == QUEUED and not first.HasField("event")
 
-    await h.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id))
-    await h.stub.UpdateTaskProgress(tasks_pb2.UpdateTaskProgressRequest(id=task.id, progress=30))
-    await h.stub.UpdateTaskProgress(tasks_pb2.UpdateTaskProgressRequest(id=task.id, progress=70))
-    await h.stub.CompleteTask(tasks_pb2.CompleteTaskRequest(id=task.id, summary=passing_summary()))
+    [attempt] = await start_tasks(h, task.id)
+    assert await report_progress(h, task.id, attempt, 30) == 0
+    assert await report_progress(h, task.id, attempt, 70) == 0
+    assert await complete_task(h, task.id, attempt) == 0
 
     rest = [message async for message in stream]
-    assert [m.event.type for m in rest] == ["started", "progress", "progress", "completed"]
-    assert [m.event.progress for m in rest] == [0, 30, 70, 100]
+    # State changes come with their audit event; progress (held in memory and
+    # published) comes as the task with its progress, without one.
+    assert [m.event.type for m in rest if m.HasField("event")] == ["started", "completed"]
+    progress = [m.task.progress for m in rest]
+    assert progress == sorted(progress) and progress[-1] == 100
     assert rest[-1].task.status == COMPLETED
     assert await call.code() == grpc.StatusCode.OK
 

@@ -25,11 +25,14 @@ from tests.support import servers
 
 from .conftest import (
     BACKENDS,
+    Verification,
+    complete_task,
     create_request,
+    fail_task,
     fresh_database,
-    passing_summary,
     start_harness,
     start_queue_standin,
+    start_tasks,
     wait_for_status,
 )
 
@@ -110,10 +113,10 @@ async def test_stale_task_still_held_by_the_queue_gets_no_requeue_event(
 
 
 async def test_stats_count_by_status_and_measure_processing_time(
-    fresh: tuple[str, str],
+    fresh: tuple[str, str], verification: Verification
 ) -> None:
     backend, url = fresh
-    h = await start_harness(backend, url)
+    h = await start_harness(backend, url, verification=verification)
     try:
         store = h.service.store
         base = datetime(2026, 1, 1, tzinfo=UTC)
@@ -121,14 +124,12 @@ async def test_stats_count_by_status_and_measure_processing_time(
         for index, seconds in enumerate(durations):
             store.clock = lambda: base
             task = (await h.stub.CreateTask(create_request())).task
-            await h.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id))
+            [attempt] = await start_tasks(h, task.id)
             store.clock = lambda seconds=seconds: base + timedelta(seconds=seconds)
             if index % 2:
-                await h.stub.FailTask(tasks_pb2.FailTaskRequest(id=task.id, error_message="x"))
+                assert await fail_task(h, task.id, attempt) == 0
             else:
-                await h.stub.CompleteTask(
-                    tasks_pb2.CompleteTaskRequest(id=task.id, summary=passing_summary())
-                )
+                assert await complete_task(h, task.id, attempt) == 0
         store.clock = lambda: base
         cancelled = (await h.stub.CreateTask(create_request())).task
         await h.stub.CancelTask(tasks_pb2.CancelTaskRequest(id=cancelled.id))

@@ -9,11 +9,9 @@ summaries with the private key that service loaded from its data folder."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -22,13 +20,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from verifier.tasks.v1 import tasks_pb2, worker_pb2, worker_pb2_grpc
 from verifier.verification.v1 import verification_pb2
 
-from services.verification.main import build_spec as verification_spec
-from services.verification.report import load_or_create_signing_key
-from shared.config import load_settings
-from shared.grpc_server import RunningServer, start_server
-from tests.support.servers import free_port
-
-from .conftest import BACKENDS, Harness, create_request, passing_summary, start_harness
+from .conftest import (
+    BACKENDS,
+    Harness,
+    Verification,
+    create_request,
+    passing_summary,
+    start_harness,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -36,36 +35,6 @@ OK = grpc.StatusCode.OK.value[0]
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION.value[0]
 NOT_FOUND = grpc.StatusCode.NOT_FOUND.value[0]
-
-
-@dataclasses.dataclass
-class Verification:
-    running: RunningServer
-    key: Ed25519PrivateKey
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.running.port}"
-
-
-@pytest.fixture(scope="module")
-async def verification(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Verification]:
-    data = tmp_path_factory.mktemp("verification")
-    port = free_port()
-    settings = dataclasses.replace(
-        load_settings(env={}),
-        data_dir=str(data),
-        verification_listen_addr=f"127.0.0.1:{port}",
-        verification_processes=1,
-        health_probe_interval_seconds=1.0,
-        shutdown_grace_seconds=0.5,
-        verification_metrics_listen_addr="",
-    )
-    running = await start_server(verification_spec(settings))
-    # The key the service loaded (created on its first start) from its data folder.
-    key = load_or_create_signing_key(Path(data) / "keys" / "report-signing.pem")
-    yield Verification(running, key)
-    await running.stop(0.5)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -79,7 +48,7 @@ async def wh(
         url: str = request.getfixturevalue("postgres_url")
     else:
         url = f"sqlite:///{tmp_path_factory.mktemp('worker-sqlite') / 'tasks.db'}"
-    harness = await start_harness(backend, url, VERIFICATION_ADDR=verification.target)
+    harness = await start_harness(backend, url, verification=verification)
     yield harness
     await harness.close()
 
