@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
@@ -292,17 +293,29 @@ async def bench_real_tasks(args: argparse.Namespace, stack: PipelineStack) -> No
         await _verify_leases(stub, await leases(args.batch), args.batch)  # warm up
         chunk = args.tasks // args.rounds
         batch_rates, single_rates = [], []
+        proc = stack.service("verification").proc
+        assert proc is not None
         for round_ in range(args.rounds):
             todo = await leases(2 * chunk)
+            cpu = _cpu_seconds(proc.pid)
             started = time.perf_counter()
             await _verify_leases(stub, todo[:chunk], args.batch)
             batch_rates.append(chunk / (time.perf_counter() - started))
+            batch_cpu = [
+                1000 * (b - a) / chunk for a, b in zip(cpu, _cpu_seconds(proc.pid), strict=True)
+            ]
+            cpu = _cpu_seconds(proc.pid)
             started = time.perf_counter()
             await _verify_one_at_a_time(stub, [t for t, _ in todo[chunk:]])
             single_rates.append(chunk / (time.perf_counter() - started))
+            single_cpu = [
+                1000 * (b - a) / chunk for a, b in zip(cpu, _cpu_seconds(proc.pid), strict=True)
+            ]
             print(
                 f"round={round_ + 1} real_tasks verify_tasks_batch{args.batch}="
-                f"{batch_rates[-1]:.1f}/s verify_one_at_a_time={single_rates[-1]:.1f}/s",
+                f"{batch_rates[-1]:.1f}/s verify_one_at_a_time={single_rates[-1]:.1f}/s "
+                f"cpu_ms_per_task(main,pool): batch={batch_cpu[0]:.2f},{batch_cpu[1]:.2f} "
+                f"single={single_cpu[0]:.2f},{single_cpu[1]:.2f}",
                 flush=True,
             )
     batch = sum(batch_rates) / len(batch_rates)
@@ -312,6 +325,19 @@ async def bench_real_tasks(args: argparse.Namespace, stack: PipelineStack) -> No
         f"verify_tasks_per_s={batch:.1f} verify_one_at_a_time_per_s={single:.1f} "
         f"ratio={batch / single:.2f}"
     )
+
+
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """(the process's own, its children's) CPU seconds so far, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    own = float(sum(int(x) for x in Path(f"/proc/{pid}/stat").read_text().split()[13:15]))
+    children = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{child}/stat").read_text().split()
+                children += int(fields[13]) + int(fields[14])
+    return own / ticks, children / ticks
 
 
 async def _verify_leases(
