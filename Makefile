@@ -65,7 +65,7 @@ migrate: proto
 
 ## run: the whole stack in the foreground on embedded defaults (or what the environment configures)
 run: proto
-	$(PY) -m shared.stack
+	$(PY) -m services.stack
 
 run-tasks: proto
 	$(PY) -m services.tasks
@@ -82,7 +82,7 @@ worker: proto
 
 ## check-config: print the effective configuration, secrets masked
 check-config: proto
-	$(PY) -m shared.config --check-config
+	$(PY) -m services.stack --check-config
 
 ## test: the whole test suite (unit, integration, end-to-end, operator)
 test: proto

@@ -216,12 +216,13 @@ def _queue_noop_worker(url: str, queue: str, count: int) -> None:
     from collections.abc import Sequence
 
     from services.queue.model import Job, JobResult, Outcome
+    from services.queue.settings import QueueSettings
     from services.queue.worker import redis_worker
     from shared.config import load_settings
 
     logging.getLogger().setLevel(logging.WARNING)
     settings = dataclasses.replace(
-        load_settings(env={}),
+        load_settings(QueueSettings, env={}),
         redis_url=url,
         queue_name=queue,
         queue_concurrency=64,
@@ -255,9 +256,12 @@ async def _enqueue_all(url: str, queue: str, count: int) -> float:
     import dataclasses
 
     from services.queue.redis_backend import RedisQueue
+    from services.queue.settings import QueueSettings
     from shared.config import load_settings
 
-    settings = dataclasses.replace(load_settings(env={}), redis_url=url, queue_name=queue)
+    settings = dataclasses.replace(
+        load_settings(QueueSettings, env={}), redis_url=url, queue_name=queue
+    )
     backend = RedisQueue(settings)
     await backend.start()
     started = time.time()

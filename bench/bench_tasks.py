@@ -394,7 +394,7 @@ def main() -> None:
         print(f"PostgreSQL: {server_url.rsplit('@', 1)[-1]}; {os.cpu_count()} cores")
         for phase in ("calls", "list"):
             with servers.postgres_database(server_url, prefix=f"verifier_bench_{phase}") as url:
-                migrate.upgrade(url.replace("postgresql://", "postgresql+psycopg://"))
+                migrate.upgrade(url)
                 if phase == "list":
                     print(f"loading {args.rows:,} rows ...", flush=True)
                     print(f"  loaded and analysed in {load_rows(url, args.rows):.1f} s")

@@ -45,6 +45,7 @@ from verifier.verification.v1 import engine_pb2, engine_pb2_grpc  # noqa: E402
 from verifier.verification.v1 import verification_pb2 as pb  # noqa: E402
 
 from services.verification.main import build_spec  # noqa: E402
+from services.verification.settings import VerificationSettings  # noqa: E402
 from shared.config import load_settings  # noqa: E402
 from shared.grpc_client import create_channel  # noqa: E402
 from shared.grpc_server import start_server  # noqa: E402
@@ -183,6 +184,7 @@ async def bench(args: argparse.Namespace, s3: servers.S3Server) -> None:
     await tasks_server.start()
     data = Path(tempfile.mkdtemp(prefix="bench-verify-tasks-"))
     settings = load_settings(
+        VerificationSettings,
         env={
             "DATA_DIR": str(data),
             "VERIFICATION_LISTEN_ADDR": "127.0.0.1:0",
@@ -194,7 +196,7 @@ async def bench(args: argparse.Namespace, s3: servers.S3Server) -> None:
             "S3_BUCKET": f"bench-{uuid.uuid4().hex[:10]}",
             "S3_ACCESS_KEY_ID": s3.access_key_id or "bench",
             "S3_SECRET_ACCESS_KEY": s3.secret_access_key or "bench",
-        }
+        },
     )
     running = await start_server(build_spec(settings))
     try:

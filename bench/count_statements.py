@@ -22,6 +22,7 @@ import hashlib
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -34,8 +35,10 @@ from verifier.verification.v1 import verification_pb2  # noqa: E402
 from services.tasks import migrate  # noqa: E402
 from services.tasks.dispatch import Enqueued  # noqa: E402
 from services.tasks.main import build_service  # noqa: E402
+from services.tasks.settings import TasksSettings  # noqa: E402
 from services.verification.main import build_spec as verification_spec  # noqa: E402
 from services.verification.report import load_or_create_signing_key  # noqa: E402
+from services.verification.settings import VerificationSettings  # noqa: E402
 from shared.config import load_settings  # noqa: E402
 from shared.grpc_client import create_channel  # noqa: E402
 from shared.grpc_server import start_server  # noqa: E402
@@ -114,28 +117,29 @@ WHERE (query ILIKE '%tasks%' OR query ILIKE '%task_events%')
 
 
 async def measure(url: str, args: argparse.Namespace, data: Path) -> None:
-    settings = dataclasses.replace(
-        load_settings(env={}),
-        data_dir=str(data),
+    common: dict[str, Any] = {"data_dir": str(data), "health_probe_interval_seconds": 3600}
+    verification_settings = dataclasses.replace(
+        load_settings(VerificationSettings, env={}),
         verification_listen_addr=f"127.0.0.1:{free_port()}",
         verification_processes=1,
         verification_metrics_listen_addr="",
-        tasks_metrics_listen_addr="",
-        health_probe_interval_seconds=3600,
+        **common,
     )
-    verification = await start_server(verification_spec(settings))
+    verification = await start_server(verification_spec(verification_settings))
     key = load_or_create_signing_key(data / "keys" / "report-signing.pem")
     key_id = hashlib.sha256(
         key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     ).hexdigest()
     settings = dataclasses.replace(
-        settings,
+        load_settings(TasksSettings, env={}),
+        tasks_metrics_listen_addr="",
         database_url=url,
         tasks_listen_addr="127.0.0.1:0",
         verification_addr=f"127.0.0.1:{verification.port}",
         reconcile_interval_seconds=3600,
         reconcile_after_seconds=3600,
         scheduler_enabled=False,
+        **common,
     )
     await asyncio.to_thread(migrate.upgrade, url)
     service = build_service(settings, queue=MemoryQueue())

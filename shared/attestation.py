@@ -29,6 +29,24 @@ EVIDENCE_FIELDS: tuple[str, ...] = (
     "acme_info",
 )
 
+# The size bound of each inline evidence field, in bytes of the text as sent
+# (the quote as hex), as verification.v1.Evidence's comments state them. The
+# tasks service refuses a larger field at CreateTask; the verification service
+# refuses it again before parsing (fetched evidence included).
+EVIDENCE_LIMITS: dict[str, int] = {
+    "quote": 64 * 1024,
+    "event_log": 1024 * 1024,
+    "vm_config": 64 * 1024,
+    "report_data": 4 * 1024,
+    "app_compose": 256 * 1024,
+    "certificate_chain": 64 * 1024,
+    "collateral": 256 * 1024,
+    "acme_account_uri": 4 * 1024,
+    # The gateway's acme-info: a quote with its event log per certificate key.
+    "acme_info": 2 * 1024 * 1024,
+}
+assert set(EVIDENCE_LIMITS) == set(EVIDENCE_FIELDS)
+
 # What the evidence sources accept, checked by the tasks service at CreateTask
 # (a task that cannot be fetched is refused there, not failed later) and by
 # the verification service's fetchers before any request leaves the host.

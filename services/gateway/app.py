@@ -38,11 +38,11 @@ from services.gateway.docs import render_docs
 from services.gateway.errors import MethodNotAllowed, PayloadTooLarge, RouteNotFound
 from services.gateway.health import detailed_health
 from services.gateway.openapi import build_document
+from services.gateway.settings import GatewaySettings
 from services.gateway.status import domain_error_response, error_body, rpc_error_response
 from services.gateway.transcode import build_request, dumps, message_to_json, response_to_json
 from services.gateway.upstream import Upstreams, parse_timeout
 from shared import errors, metrics
-from shared.config import Settings
 from shared.context import (
     REQUEST_ID_METADATA_KEY,
     bind_request_id,
@@ -72,7 +72,7 @@ SSE_RESUME_FIELD = "after_event_id"
 class GatewayState:
     """Everything the endpoints share; built at start, channels opened in the lifespan."""
 
-    settings: Settings
+    settings: GatewaySettings
     routes: RouteTable
     upstreams: Upstreams
     openapi: bytes
@@ -413,7 +413,9 @@ async def docs(request: Request) -> Response:
 # --- assembly -------------------------------------------------------------------------------
 
 
-def service_targets(settings: Settings, services: Sequence[ServiceDescriptor]) -> dict[str, str]:
+def service_targets(
+    settings: GatewaySettings, services: Sequence[ServiceDescriptor]
+) -> dict[str, str]:
     """Each service's gRPC target from the `<key>_addr` setting (tasks_addr, ...)."""
     targets: dict[str, str] = {}
     for service in services:
@@ -425,7 +427,7 @@ def service_targets(settings: Settings, services: Sequence[ServiceDescriptor]) -
 
 
 def create_app(
-    settings: Settings,
+    settings: GatewaySettings,
     *,
     services: Sequence[ServiceDescriptor] | None = None,
     targets: Mapping[str, str] | None = None,

@@ -15,12 +15,13 @@ from types import FrameType
 import uvicorn
 
 from services.gateway.app import GatewayApp, GatewayState, create_app
+from services.gateway.settings import GatewaySettings
 from shared import metrics
-from shared.config import Settings, add_config_arguments, settings_from_args
+from shared.config import add_config_arguments, settings_from_args
 from shared.log import configure_logging
 
 
-def uvicorn_config(settings: Settings, app: GatewayApp) -> uvicorn.Config:
+def uvicorn_config(settings: GatewaySettings, app: GatewayApp) -> uvicorn.Config:
     fast = importlib.util.find_spec("uvloop") is not None
     return uvicorn.Config(
         app,
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m services.gateway", description=__doc__)
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    settings = settings_from_args(args)
+    settings = settings_from_args(GatewaySettings, args)
     configure_logging("gateway", settings.log_level, settings.log_format)
     metrics.configure(settings.metrics_enabled)
     app = create_app(settings)

@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from shared.config import Settings
 from shared.context import current_request_id
 from shared.log import get_logger
 
@@ -37,6 +36,7 @@ from .model import (
     WorkerState,
     new_job_id,
 )
+from .settings import QueueSettings
 
 log = get_logger(__name__)
 
@@ -49,7 +49,7 @@ class EmbeddedQueue(QueueBackend):
     probe_name: ClassVar[str] = "embedded-queue"
     in_process_workers: ClassVar[bool] = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: QueueSettings) -> None:
         self.settings = settings
         self._waiting: deque[Delivery] = deque()
         self._delayed: list[tuple[float, int, Job]] = []  # (due, seq, job), a heap

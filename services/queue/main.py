@@ -22,7 +22,7 @@ from verifier.queue.v1 import queue_pb2_grpc
 from verifier.tasks.v1 import tasks_pb2_grpc
 
 from shared import metrics
-from shared.config import Settings, add_config_arguments, settings_from_args
+from shared.config import add_config_arguments, settings_from_args
 from shared.grpc_client import create_channel
 from shared.grpc_server import DependencyProbe, ServiceSpec, serve
 from shared.log import configure_logging, get_logger
@@ -39,19 +39,22 @@ from .redis_backend import RedisQueue
 from .requeue import requeue_unfinished
 from .server import INTAKE_SERVICE_NAME, SERVICE_NAME, QueueIntakeServicer, QueueServicer
 from .service import QueueControl
+from .settings import QueueSettings
 from .state import QueueState
 
 log = get_logger(__name__)
 
 
-def create_backend(settings: Settings) -> QueueBackend:
+def create_backend(settings: QueueSettings) -> QueueBackend:
     """The backend the configuration selects: Redis when REDIS_URL is set."""
     if settings.redis_url:
         return RedisQueue(settings)
     return EmbeddedQueue(settings)
 
 
-def create_worker(settings: Settings, backend: QueueBackend, record: WorkerRecord) -> BatchWorker:
+def create_worker(
+    settings: QueueSettings, backend: QueueBackend, record: WorkerRecord
+) -> BatchWorker:
     return BatchWorker(
         backend,
         record=record,
@@ -79,7 +82,7 @@ async def _run_service_jobs(control: QueueControl) -> None:
 
 
 async def _requeue_over(
-    settings: Settings, enqueue_many: Callable[[Sequence[str]], Awaitable[list[EnqueueResult]]]
+    settings: QueueSettings, enqueue_many: Callable[[Sequence[str]], Awaitable[list[EnqueueResult]]]
 ) -> int:
     channel = create_channel(settings.tasks_addr)
     try:
@@ -93,7 +96,7 @@ async def _requeue_over(
 
 
 async def _run_in_process_worker(
-    settings: Settings, backend: QueueBackend, handler: BatchHandler | None
+    settings: QueueSettings, backend: QueueBackend, handler: BatchHandler | None
 ) -> None:
     record = WorkerRecord.create(
         settings.queue_concurrency, started_at=time.time(), suffix="embedded"
@@ -112,7 +115,7 @@ async def _run_in_process_worker(
 
 
 def build_spec(
-    settings: Settings,
+    settings: QueueSettings,
     backend: QueueBackend | None = None,
     *,
     handler: BatchHandler | None = None,
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    settings = settings_from_args(args)
+    settings = settings_from_args(QueueSettings, args)
     configure_logging("queue", settings.log_level, settings.log_format)
     metrics.configure(settings.metrics_enabled)
     asyncio.run(serve(build_spec(settings)))

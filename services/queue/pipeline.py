@@ -37,7 +37,6 @@ from google.rpc import code_pb2
 from verifier.tasks.v1 import worker_pb2, worker_pb2_grpc
 from verifier.verification.v1 import engine_pb2, engine_pb2_grpc, verification_pb2
 
-from shared.config import Settings
 from shared.grpc_client import create_channel
 from shared.log import get_logger
 from shared.retry import Backoff
@@ -45,6 +44,7 @@ from shared.retry import Backoff
 from . import policy
 from .health import ServingGate
 from .model import Job, JobResult, Outcome
+from .settings import QueueSettings
 
 log = get_logger(__name__)
 
@@ -392,7 +392,7 @@ class PipelineConnection:
     and the gates that follow their health. Build it inside the running event
     loop (grpc.aio channels bind to it)."""
 
-    def __init__(self, settings: Settings, worker_id: str) -> None:
+    def __init__(self, settings: QueueSettings, worker_id: str) -> None:
         self._channels = [
             create_channel(settings.tasks_addr),
             create_channel(settings.verification_addr),

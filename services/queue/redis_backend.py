@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 
 from redis.exceptions import RedisError, ResponseError
 
-from shared.config import Settings
 from shared.context import current_request_id
 from shared.log import get_logger
 
@@ -51,6 +50,7 @@ from .model import (
     new_job_id,
     worker_info_from_json,
 )
+from .settings import QueueSettings
 
 log = get_logger(__name__)
 
@@ -81,7 +81,7 @@ class RedisQueue(QueueBackend):
     probe_name: ClassVar[str] = "redis"
     in_process_workers: ClassVar[bool] = False
 
-    def __init__(self, settings: Settings, *, consumer_name: str | None = None) -> None:
+    def __init__(self, settings: QueueSettings, *, consumer_name: str | None = None) -> None:
         self.settings = settings
         self.broker = VerifierStreamBroker(
             settings.redis_url,

@@ -17,20 +17,20 @@ import sys
 import time
 
 from shared import metrics
-from shared.config import Settings, add_config_arguments, settings_from_args
+from shared.config import add_config_arguments, settings_from_args
 from shared.log import configure_logging, get_logger
 
-from . import policy
 from .consumer import BatchWorker
 from .main import create_worker
 from .model import WorkerRecord
 from .pipeline import PipelineConnection
 from .redis_backend import RedisQueue
+from .settings import QueueSettings
 
 log = get_logger(__name__)
 
 
-def redis_worker(settings: Settings) -> BatchWorker:
+def redis_worker(settings: QueueSettings) -> BatchWorker:
     """A worker on its own RedisQueue, whose consumer is named after the worker.
     Close `worker.backend` after `run`."""
     record = WorkerRecord.create(settings.queue_concurrency, started_at=time.time())
@@ -39,7 +39,7 @@ def redis_worker(settings: Settings) -> BatchWorker:
     return create_worker(settings, RedisQueue(settings, consumer_name=record.id), record)
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def run_worker(settings: QueueSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -63,17 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    settings = settings_from_args(args)
+    settings = settings_from_args(QueueSettings, args)
     configure_logging("worker", settings.log_level, settings.log_format)
     metrics.configure(settings.metrics_enabled)
-    problem = policy.timing_problem(
-        settings.worker_heartbeat_seconds,
-        settings.job_idle_timeout_seconds,
-        settings.worker_offline_after_seconds,
-    )
-    if problem is not None:
-        print(f"invalid configuration: {problem[0]}: {problem[1]}", file=sys.stderr)
-        raise SystemExit(2)
     if not settings.redis_url:
         print(
             "REDIS_URL is not set: in the embedded mode the queue service "

@@ -25,7 +25,7 @@ from shared.log import get_logger
 from shared.retry import Backoff, Outage, keep_running
 
 from .errors import ChangeFeedUnavailable
-from .store import libpq_url
+from .settings import database_url
 from .tables import NOTIFY_CHANNEL
 
 log = get_logger(__name__)
@@ -103,7 +103,7 @@ class PostgresListener:
     """The one LISTEN connection of the process; a background job of the server."""
 
     def __init__(self, url: str, feed: ChangeFeed, retry_seconds: float = 1.0) -> None:
-        self.url = libpq_url(url)
+        self.url = database_url(url, "libpq")
         self.feed = feed
         self.backoff = Backoff(base_seconds=retry_seconds, cap_seconds=max(retry_seconds, 10.0))
         self.connected = False

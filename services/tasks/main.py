@@ -16,7 +16,7 @@ import grpc
 from verifier.tasks.v1 import apps_pb2_grpc, operations_pb2_grpc, tasks_pb2_grpc, worker_pb2_grpc
 
 from shared import metrics
-from shared.config import Settings, add_config_arguments, settings_from_args
+from shared.config import add_config_arguments, settings_from_args
 from shared.grpc_server import DependencyProbe, ServiceSpec, serve
 from shared.log import configure_logging, get_logger
 
@@ -38,8 +38,9 @@ from .progress import ProgressBoard
 from .scheduler import Scheduler
 from .server import SERVICE_NAME, TaskServicer
 from .service import TaskApp
+from .settings import TasksSettings, database_url
 from .signing import SigningKeys
-from .store import TaskStore, async_url, open_store
+from .store import TaskStore, open_store
 from .store_sqlite import SqliteTaskStore
 from .verification_client import SigningKeyClient
 from .worker import WorkerApp
@@ -70,19 +71,15 @@ class TasksService:
     worker: WorkerApp
 
 
-def database_url(settings: Settings) -> str:
-    return settings.effective_database_url
-
-
-def apply_migrations(settings: Settings) -> None:
-    url = database_url(settings)
+def apply_migrations(settings: TasksSettings) -> None:
+    url = settings.effective_database_url
     migrate.upgrade(url)
     log.info("database.migrated", revision=migrate.current_revision(url))
 
 
-def build_service(settings: Settings, *, queue: QueueClient | None = None) -> TasksService:
+def build_service(settings: TasksSettings, *, queue: QueueClient | None = None) -> TasksService:
     """Wire the store, change feed, dispatcher and servicer into a ServiceSpec."""
-    url = database_url(settings)
+    url = settings.effective_database_url
     is_sqlite = url.startswith("sqlite")
     feed = ChangeFeed(needs_listener=not is_sqlite)
     store = open_store(
@@ -117,7 +114,7 @@ def build_service(settings: Settings, *, queue: QueueClient | None = None) -> Ta
     app_store = (
         AppStore(store.engine)
         if isinstance(store, SqliteTaskStore)
-        else AppStore.open(async_url(url), pool_size=4)
+        else AppStore.open(database_url(url, "async"), pool_size=4)
     )
     scheduler = Scheduler(
         app_store,
@@ -201,7 +198,7 @@ def build_service(settings: Settings, *, queue: QueueClient | None = None) -> Ta
     )
 
 
-def retention_policy(settings: Settings) -> RetentionPolicy:
+def retention_policy(settings: TasksSettings) -> RetentionPolicy:
     rules = tuple(
         StatusRule(
             status,
@@ -227,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    settings = settings_from_args(args)
+    settings = settings_from_args(TasksSettings, args)
     configure_logging("tasks", settings.log_level, settings.log_format)
     metrics.configure(settings.metrics_enabled)
     if args.command == "migrate":

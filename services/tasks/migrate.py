@@ -8,19 +8,16 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from .settings import database_url
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-
-
-def sync_url(url: str) -> str:
-    """The URL for a synchronous engine (migrations run synchronously)."""
-    return url.replace("sqlite+aiosqlite://", "sqlite://")
 
 
 def alembic_config(url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # ConfigParser interpolates %; a URL-encoded password must survive it.
-    config.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
+    config.set_main_option("sqlalchemy.url", database_url(url, "sync").replace("%", "%%"))
     return config
 
 
@@ -39,7 +36,7 @@ def upgrade(url: str, revision: str = "head") -> None:
 def current_revision(url: str) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    engine = sa.create_engine(sync_url(url), poolclass=sa.NullPool)
+    engine = sa.create_engine(database_url(url, "sync"), poolclass=sa.NullPool)
     try:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()

@@ -37,6 +37,7 @@ from .model import (
     TaskView,
 )
 from .rows import Audit, LeaseRow, Row, event_from_row, task_from_row, utc
+from .settings import database_url
 
 Clock = Callable[[], datetime]
 OnChange = Callable[[str], None]
@@ -45,24 +46,6 @@ Builder = Callable[[], Any]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def async_url(url: str) -> str:
-    """The SQLAlchemy URL for the async drivers (psycopg 3 async, aiosqlite)."""
-    if url.startswith("sqlite://"):
-        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
-
-
-def libpq_url(url: str) -> str:
-    """The URL psycopg itself takes."""
-    for prefix in ("postgresql+psycopg://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql://" + url[len(prefix) :]
-    return url
 
 
 class TaskStore(abc.ABC):
@@ -336,7 +319,7 @@ def open_store(
     from .store_postgres import PostgresTaskStore
     from .store_sqlite import SqliteTaskStore
 
-    url = async_url(url)
+    url = database_url(url, "async")
     if url.startswith("sqlite"):
         return SqliteTaskStore(url, clock=clock, on_change=on_change)
     return PostgresTaskStore(url, pool_size=pool_size, clock=clock)

@@ -29,7 +29,8 @@ from shared.log import get_logger
 from . import statements as st
 from .model import Task
 from .rows import Audit, LeaseRow, Row, lease_row, task_from_row
-from .store import Builder, Clock, TaskStore, libpq_url
+from .settings import database_url
+from .store import Builder, Clock, TaskStore
 from .tables import BASIC_COLUMNS, TaskId, task_events, tasks
 
 log = get_logger(__name__)
@@ -174,7 +175,7 @@ class PostgresTaskStore(TaskStore):
 
     def __init__(self, url: str, *, pool_size: int, clock: Clock) -> None:
         super().__init__(clock)
-        self.url = libpq_url(url)
+        self.url = database_url(url, "libpq")
         self._pool = AsyncConnectionPool(
             self.url,
             min_size=min(2, pool_size),

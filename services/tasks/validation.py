@@ -13,7 +13,7 @@ from typing import Any
 
 from shared.attestation import (
     CHECK_NAMES,
-    EVIDENCE_FIELDS,
+    EVIDENCE_LIMITS,
     PHALA_CLOUD_APP_ID,
     REDPILL_MODEL,
 )
@@ -41,19 +41,6 @@ MAX_SUMMARY_BYTES = 256 * 1024
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
-# Bounds of verification.v1.Evidence, as its comments state them.
-EVIDENCE_LIMITS: dict[str, int] = {
-    "quote": 64 * 1024,
-    "event_log": 1024 * 1024,
-    "vm_config": 64 * 1024,
-    "report_data": 4 * 1024,
-    "app_compose": 256 * 1024,
-    "certificate_chain": 64 * 1024,
-    "collateral": 256 * 1024,
-    "acme_account_uri": 4 * 1024,
-    "acme_info": 2 * 1024 * 1024,
-}
-assert set(EVIDENCE_LIMITS) == set(EVIDENCE_FIELDS)
 
 _APP_ID = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _CONTRACT = re.compile(r"^0x[0-9a-fA-F]{40}$")

@@ -20,6 +20,7 @@ from .errors import VerificationError
 from .evidence import MAX_DOCUMENT_BYTES, parse_evidence_json
 from .hexutil import normalize_hex
 from .model import CHECK_ORDER, Evidence, VerificationFlags, VerificationRequest
+from .os_image_store import OsImageCatalog, load_entry_files
 from .phala_cloud import parse_system_info
 from .settings import VerificationSettings
 
@@ -161,10 +162,17 @@ def run_verify(args: argparse.Namespace) -> int:
     defaults = VerificationSettings()
     settings = replace(
         defaults,
-        os_allowlist_paths=defaults.os_allowlist_paths + tuple(args.os_allowlist),
         allowed_tcb_statuses=defaults.allowed_tcb_statuses + tuple(args.allow_tcb_status),
     )
-    engine = VerificationEngine(settings, collateral_store=_collateral_store(args.collateral))
+    # The CLI reads OS image entries from files only, never a service's store.
+    os_catalog = OsImageCatalog(
+        load_entry_files(defaults.os_allowlist_paths + tuple(args.os_allowlist)),
+        None,
+        defaults.os_images_cache_seconds,
+    )
+    engine = VerificationEngine(
+        settings, collateral_store=_collateral_store(args.collateral), os_catalog=os_catalog
+    )
     report = engine.verify(request)
     json.dump(report.to_dict(), sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")

@@ -140,8 +140,7 @@ class VerificationEngine:
             )
         self.os_catalog = os_catalog
         self.collateral_store = collateral_store or CollateralStore(
-            local_dir=s.collateral_dir,
-            cache=LocalCollateralCache(s.collateral_cache_dir) if s.collateral_cache_dir else None,
+            local_dir=s.collateral_path, cache=LocalCollateralCache(s.collateral_cache_path)
         )
         if compose_registry is None and s.eth_rpc_url:
             from .onchain import EthRpcComposeRegistry

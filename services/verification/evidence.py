@@ -5,21 +5,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from . import settings as limits
+from shared.attestation import EVIDENCE_LIMITS
+
 from .errors import EvidenceMalformed
 from .hexutil import decode_hex
 from .model import Evidence
 
+# The text fields' bounds; the quote's is on its hex text, so its bytes get half.
 _TEXT_FIELDS: dict[str, int] = {
-    "event_log": limits.MAX_EVENT_LOG_BYTES,
-    "vm_config": limits.MAX_VM_CONFIG_BYTES,
-    "app_compose": limits.MAX_APP_COMPOSE_BYTES,
-    "certificate_chain": limits.MAX_CERT_CHAIN_BYTES,
-    "collateral": limits.MAX_COLLATERAL_BYTES,
-    "report_data": limits.MAX_SMALL_FIELD_BYTES,
-    "acme_account_uri": limits.MAX_SMALL_FIELD_BYTES,
-    "acme_info": limits.MAX_ACME_INFO_BYTES,
+    name: limit for name, limit in EVIDENCE_LIMITS.items() if name != "quote"
 }
+MAX_QUOTE_BYTES = EVIDENCE_LIMITS["quote"] // 2
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 
 
@@ -32,7 +28,7 @@ def validate_evidence(evidence: Evidence) -> None:
     """Size bounds on every input (cheap; run on every request)."""
     if not evidence.quote:
         raise EvidenceMalformed("quote", "missing")
-    _bounded("quote", evidence.quote, limits.MAX_QUOTE_BYTES)
+    _bounded("quote", evidence.quote, MAX_QUOTE_BYTES)
     for name, limit in _TEXT_FIELDS.items():
         _bounded(name, getattr(evidence, name), limit)
 
@@ -58,7 +54,8 @@ def evidence_from_dict(doc: Any) -> Evidence:
     quote_value = doc.get("quote")
     if not isinstance(quote_value, str) or not quote_value:
         raise EvidenceMalformed("quote", "missing (expected a hex string)")
-    _bounded("quote", quote_value, 2 * limits.MAX_QUOTE_BYTES + 2)
+    # Hex text, with an optional 0x.
+    _bounded("quote", quote_value, EVIDENCE_LIMITS["quote"] + 2)
     evidence = Evidence(
         quote=decode_hex(quote_value, "quote"),
         event_log=_text(doc, "event_log"),

@@ -8,10 +8,9 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from shared import metrics
-from shared.config import Settings, add_config_arguments, key_bytes, settings_from_args
+from shared.config import add_config_arguments, settings_from_args
 from shared.grpc_server import DependencyProbe, ServiceSpec, serve
 from shared.log import configure_logging
 from shared.retry import Backoff, keep_running
@@ -33,7 +32,7 @@ from .server import (
     VerificationServicer,
 )
 from .service import VerificationService
-from .settings import DEFAULT_OS_ALLOWLIST, ReportStoreSettings, VerificationSettings
+from .settings import VerificationSettings
 from .task_inputs import GrpcTaskInputs
 from .version import VERIFIER_VERSION
 
@@ -41,52 +40,8 @@ from .version import VERIFIER_VERSION
 BUCKET_BACKOFF = Backoff(base_seconds=0.5, cap_seconds=10.0)
 
 
-def verification_settings(settings: Settings) -> VerificationSettings:
-    """The engine's settings from the shared configuration."""
-    data = Path(settings.data_dir)
-    allowlists = [DEFAULT_OS_ALLOWLIST] if settings.os_images_shipped else []
-    if settings.os_allowlist_path:
-        allowlists.append(Path(settings.os_allowlist_path))
-    uses_s3 = bool(settings.s3_endpoint)
-    return VerificationSettings(
-        allowed_tcb_statuses=settings.allowed_tcb_statuses,
-        os_allowlist_paths=tuple(allowlists),
-        collateral_dir=Path(settings.collateral_dir) if settings.collateral_dir else None,
-        collateral_cache_dir=data / "collateral-cache",
-        pccs_url=settings.pccs_url,
-        eth_rpc_url=settings.eth_rpc_url,
-        doh_url=settings.doh_url,
-        ct_log_url=settings.ct_log_url,
-        phala_cloud_api_url=settings.phala_cloud_api_url,
-        redpill_api_url=settings.redpill_api_url,
-        redpill_api_key=settings.redpill_api_key,
-        fetch_timeout_seconds=settings.fetch_timeout_seconds,
-        allowed_fetch_hosts=settings.allowed_fetch_hosts,
-        os_images_in_store=True,
-        os_images_cache_seconds=settings.os_images_cache_seconds,
-        allow_dev_os_images=settings.allow_dev_os_images,
-        fetch_allow_private_networks=settings.fetch_allow_private_networks,
-        trusted_kms_ca_pubkeys=settings.trusted_kms_ca_pubkeys,
-        signing_key_path=Path(settings.signing_key_path or data / "keys" / "report-signing.pem"),
-        report_store=ReportStoreSettings(
-            local_dir=data,
-            s3_endpoint=settings.s3_endpoint,
-            s3_bucket=settings.s3_bucket if uses_s3 else "",
-            s3_region=settings.s3_region,
-            s3_access_key_id=settings.s3_access_key_id,
-            s3_secret_access_key=settings.s3_secret_access_key,
-            s3_sse=settings.s3_sse,
-            s3_sse_kms_key_id=settings.s3_sse_kms_key_id,
-            local_encryption_key=key_bytes(settings.report_encryption_key)
-            if settings.report_encryption_key
-            else b"",
-        ),
-    )
-
-
-def build_spec(settings: Settings) -> ServiceSpec:
-    engine_settings = verification_settings(settings)
-    store_settings = engine_settings.report_store
+def build_spec(settings: VerificationSettings) -> ServiceSpec:
+    store_settings = settings.report_store
     store: ReportStore
     if store_settings.uses_s3:
         s3_store = S3ReportStore(store_settings)
@@ -124,22 +79,20 @@ def build_spec(settings: Settings) -> ServiceSpec:
         store_name = "local-folder"
 
     collateral = CollateralStore(
-        local_dir=engine_settings.collateral_dir,
-        cache=LocalCollateralCache(engine_settings.collateral_cache_dir)
-        if engine_settings.collateral_cache_dir
-        else None,
-        pccs=DcapPccsClient(engine_settings.pccs_url) if engine_settings.pccs_url else None,
+        local_dir=settings.collateral_path,
+        cache=LocalCollateralCache(settings.collateral_cache_path),
+        pccs=DcapPccsClient(settings.pccs_url) if settings.pccs_url else None,
     )
     pool = VerificationPool(
-        engine_settings,
+        settings,
         max_workers=settings.verification_processes or None,
         collateral_store=collateral,
     )
     service = VerificationService(
         pool=pool,
         store=store,
-        signing_key=load_or_create_signing_key(engine_settings.signing_key_path),
-        fetcher=EvidenceFetcher(engine_settings),
+        signing_key=load_or_create_signing_key(settings.signing_key_file),
+        fetcher=EvidenceFetcher(settings),
         bucket=store_settings.s3_bucket,
     )
 
@@ -161,7 +114,7 @@ def build_spec(settings: Settings) -> ServiceSpec:
         )
 
     os_images = OsImageCatalogService(
-        build_os_image_store(store_settings), load_entry_files(engine_settings.os_allowlist_paths)
+        build_os_image_store(store_settings), load_entry_files(settings.os_allowlist_paths)
     )
 
     def register(server: object) -> None:
@@ -205,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     parser = argparse.ArgumentParser(prog="python -m services.verification serve")
     add_config_arguments(parser)
-    settings = settings_from_args(parser.parse_args(argv))
+    settings = settings_from_args(VerificationSettings, parser.parse_args(argv))
     configure_logging("verification", settings.log_level, settings.log_format)
     metrics.configure(settings.metrics_enabled)
     asyncio.run(serve(build_spec(settings)))

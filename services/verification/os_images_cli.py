@@ -236,9 +236,7 @@ def run_measure(args: argparse.Namespace, store: OsImageStore) -> int:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from .main import verification_settings
-
-    engine_settings: VerificationSettings = verification_settings(settings_from_args(args))
+    engine_settings = settings_from_args(VerificationSettings, args)
     store = build_os_image_store(engine_settings.report_store)
     try:
         if args.action == "list":

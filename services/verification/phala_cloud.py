@@ -18,10 +18,9 @@ from typing import Any
 from .chain import PART_GATEWAY, PART_KMS, ChainEvidence, PartEvidence, instance_part
 from .errors import EvidenceMalformed
 from .eventlog import parse_event_log
-from .evidence import evidence_from_dict
+from .evidence import MAX_QUOTE_BYTES, evidence_from_dict
 from .hexutil import decode_hex
 from .model import Evidence
-from .settings import MAX_QUOTE_BYTES
 
 ATTESTATIONS_PATH = "/api/v1/apps/{app_id}/attestations"
 MAX_INSTANCES = 64

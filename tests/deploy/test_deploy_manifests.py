@@ -13,13 +13,15 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
 
+from services.stack import SETTINGS, load_stack_settings
 from shared import metrics
-from shared.config import Settings, load_settings
+from shared.config import secret_names, setting_names
 from shared.grpc_server import ServiceSpec, start_server
 from tests.support.servers import free_port
 
@@ -29,13 +31,17 @@ DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 K8S = ROOT / "deploy" / "k8s"
 HEALTHCHECK = ROOT / "deploy" / "healthcheck.py"
 
-DEFAULTS = load_settings(env={})
-SETTING_NAMES = {field.name.upper() for field in dataclasses.fields(Settings)}
-SECRET_SETTINGS = {
-    field.name.upper()
-    for field in dataclasses.fields(Settings)
-    if field.metadata.get("secret") or field.metadata.get("secret_url")
-}
+# Every service's default settings in one namespace (shared ones agree).
+_STACK_DEFAULTS = load_stack_settings(env={})
+DEFAULTS = SimpleNamespace(
+    **{
+        name: value
+        for service in SETTINGS
+        for name, value in dataclasses.asdict(getattr(_STACK_DEFAULTS, service)).items()
+    }
+)
+SETTING_NAMES = {name.upper() for cls in SETTINGS.values() for name in setting_names(cls)}
+SECRET_SETTINGS = {name.upper() for cls in SETTINGS.values() for name in secret_names(cls)}
 # Our image's services and the setting that gives each one's listen address.
 GRPC_SERVICES = {"tasks": 50051, "queue": 50052, "verification": 50053}
 OUR_SERVICES = {*GRPC_SERVICES, "gateway", "worker", "migrate"}
@@ -119,7 +125,7 @@ def test_compose_variables_are_settings_with_the_reference_names() -> None:
         environment = services[name]["environment"]
         unknown = set(environment) - SETTING_NAMES
         assert not unknown, (name, unknown)
-        load_settings(env={key: str(value) for key, value in environment.items()})
+        load_stack_settings(env={key: str(value) for key, value in environment.items()})
     environment = services["gateway"]["environment"]
     reference = {
         "DATABASE_URL",
@@ -252,7 +258,7 @@ def test_configmap_and_secret_hold_settings_and_secrets_only_in_the_secret() -> 
     assert set(secret) <= SETTING_NAMES
     assert not set(config) & SECRET_SETTINGS
     assert {"DATABASE_URL", "REDIS_URL", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"} <= set(secret)
-    load_settings(env={**config, **secret})
+    load_stack_settings(env={**config, **secret})
     for deployment in by_kind("Deployment").values():
         sources = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
         assert {"configMapRef": {"name": "verifier-config"}} in sources

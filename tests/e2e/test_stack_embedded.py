@@ -45,7 +45,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
         env[f"{name.upper()}_ADDR"] = f"127.0.0.1:{ports[name]}"
     log = open(tmp_path_factory.mktemp("stack-log") / "stack.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.stack"], cwd=ROOT, env=env, stdout=log, stderr=log
+        [sys.executable, "-m", "services.stack"], cwd=ROOT, env=env, stdout=log, stderr=log
     )
     try:
         deadline = time.monotonic() + 90

@@ -23,6 +23,8 @@ from pathlib import Path
 import psycopg
 import redis
 
+from services.tasks.settings import database_url
+
 VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 
 
@@ -72,7 +74,7 @@ def postgres_server() -> Iterator[str]:
     """A server-level URL (database postgres) of a reachable PostgreSQL."""
     env_url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
     if env_url:
-        yield env_url.replace("postgresql+psycopg://", "postgresql://")
+        yield database_url(env_url, "libpq")
         return
     local = "postgresql://postgres@127.0.0.1:5432/postgres"
     if _pg_answers(local):

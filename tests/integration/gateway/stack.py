@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,25 +17,27 @@ from redis.asyncio import Redis
 
 from services.queue.main import build_spec as queue_spec
 from services.queue.pipeline import PipelineConnection
+from services.queue.settings import QueueSettings
 from services.queue.worker import redis_worker
+from services.stack import StackSettings
 from services.tasks.main import apply_migrations, build_service
 from services.verification.main import build_spec as verification_spec
-from shared.config import Settings, load_settings
 from shared.grpc_server import RunningServer, start_server
 from tests.integration.gateway.support import running_gateway
 from tests.support.servers import S3Server, free_port
+from tests.support.settings import stack_settings_from
 
 
 @dataclass
 class Stack:
-    settings: Settings
+    settings: StackSettings
     base_url: str
     servers: dict[str, RunningServer]
 
 
 def stack_settings(
     postgres_url: str, redis_url: str, data_dir: Path, s3: S3Server | None = None, **extra: Any
-) -> Settings:
+) -> StackSettings:
     ports = {name: free_port() for name in ("tasks", "queue", "verification")}
     values: dict[str, Any] = {
         "database_url": postgres_url,
@@ -67,10 +68,10 @@ def stack_settings(
             "s3_bucket": f"gateway-{uuid.uuid4().hex[:10]}",
         }
     values.update(extra)
-    return dataclasses.replace(load_settings(env={}), **values)
+    return stack_settings_from(values)
 
 
-async def _run_worker(settings: Settings, stop: asyncio.Event) -> None:
+async def _run_worker(settings: QueueSettings, stop: asyncio.Event) -> None:
     worker = redis_worker(settings)
     connection = PipelineConnection(settings, worker.id)
     try:
@@ -97,18 +98,20 @@ async def wait_ready(base_url: str, within_seconds: float = 60.0) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_stack(settings: Settings, *, with_worker: bool = False) -> AsyncIterator[Stack]:
-    await asyncio.to_thread(apply_migrations, settings)
+async def running_stack(
+    settings: StackSettings, *, with_worker: bool = False
+) -> AsyncIterator[Stack]:
+    await asyncio.to_thread(apply_migrations, settings.tasks)
     servers: dict[str, RunningServer] = {}
     stop_worker = asyncio.Event()
     worker_task: asyncio.Task[None] | None = None
     try:
-        servers["verification"] = await start_server(verification_spec(settings))
-        servers["queue"] = await start_server(queue_spec(settings))
-        servers["tasks"] = await start_server(build_service(settings).spec)
+        servers["verification"] = await start_server(verification_spec(settings.verification))
+        servers["queue"] = await start_server(queue_spec(settings.queue))
+        servers["tasks"] = await start_server(build_service(settings.tasks).spec)
         if with_worker:
-            worker_task = asyncio.create_task(_run_worker(settings, stop_worker))
-        async with running_gateway(settings) as base_url:
+            worker_task = asyncio.create_task(_run_worker(settings.queue, stop_worker))
+        async with running_gateway(settings.gateway) as base_url:
             await wait_ready(base_url)
             yield Stack(settings, base_url, servers)
     finally:
@@ -118,8 +121,8 @@ async def running_stack(settings: Settings, *, with_worker: bool = False) -> Asy
         for name in ("tasks", "queue", "verification"):
             if name in servers:
                 await servers[name].stop(0.5)
-        redis = Redis.from_url(settings.redis_url)
-        keys = [key async for key in redis.scan_iter(f"*{settings.queue_name}*")]
+        redis = Redis.from_url(settings.queue.redis_url)
+        keys = [key async for key in redis.scan_iter(f"*{settings.queue.queue_name}*")]
         if keys:
             await redis.delete(*keys)
         await redis.aclose()

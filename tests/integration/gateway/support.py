@@ -14,21 +14,22 @@ import uvicorn
 from google.protobuf.descriptor import ServiceDescriptor
 
 from services.gateway.app import create_app
+from services.gateway.settings import GatewaySettings
 from shared import errors
-from shared.config import Settings, load_settings
+from shared.config import load_settings
 from shared.context import current_request_id
 from shared.grpc_server import RunningServer, ServiceSpec, start_server
 from tests.unit.gateway.things import compiled
 
 
-def gateway_settings(**overrides: Any) -> Settings:
-    base = load_settings(env={})
+def gateway_settings(**overrides: Any) -> GatewaySettings:
+    base = load_settings(GatewaySettings, env={})
     return dataclasses.replace(base, host="127.0.0.1", port=0, **overrides)
 
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    settings: Settings,
+    settings: GatewaySettings,
     *,
     services: Sequence[ServiceDescriptor] | None = None,
     targets: Mapping[str, str] | None = None,

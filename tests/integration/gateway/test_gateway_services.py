@@ -208,7 +208,7 @@ async def test_queue_status_pause_resume_and_workers(
     client: httpx.AsyncClient, gateway_stack: Stack
 ) -> None:
     status = (await client.get("/api/v1/queue/status")).json()
-    assert status["queueName"] == gateway_stack.settings.queue_name
+    assert status["queueName"] == gateway_stack.settings.queue.queue_name
     assert status["backend"] == "redis"
     assert isinstance(status["waiting"], int)
     paused = await client.post("/api/v1/queue/pause")

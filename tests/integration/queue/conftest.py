@@ -15,7 +15,7 @@ from verifier.queue.v1 import queue_pb2, queue_pb2_grpc
 from services.queue.backend import QueueBackend
 from services.queue.consumer import BatchWorker
 from services.queue.main import build_spec, create_backend
-from shared.config import Settings
+from services.queue.settings import QueueSettings
 from shared.grpc_client import create_channel
 from shared.grpc_server import RunningServer, start_server
 from tests.integration.queue.support import (
@@ -27,7 +27,7 @@ from tests.integration.queue.support import (
 )
 
 
-def queue_test_settings(redis_url: str, data_dir: Path, **overrides: Any) -> Settings:
+def queue_test_settings(redis_url: str, data_dir: Path, **overrides: Any) -> QueueSettings:
     values: dict[str, Any] = {
         "redis_url": redis_url,
         "queue_name": unique_queue_name(),
@@ -50,7 +50,7 @@ def queue_test_settings(redis_url: str, data_dir: Path, **overrides: Any) -> Set
 class QueueHarness:
     """The service (over gRPC) and, in Redis mode, one worker process's machinery."""
 
-    settings: Settings
+    settings: QueueSettings
     backend: QueueBackend
     server: RunningServer
     client: queue_pb2_grpc.QueueServiceStub
@@ -78,7 +78,7 @@ class QueueHarness:
 
 @contextlib.asynccontextmanager
 async def queue_harness(
-    settings: Settings, handler: RecordingHandler
+    settings: QueueSettings, handler: RecordingHandler
 ) -> AsyncIterator[QueueHarness]:
     backend = create_backend(settings)
     server = await start_server(build_spec(settings, backend, handler=handler))

@@ -17,13 +17,14 @@ from redis.asyncio import Redis
 
 from services.queue.consumer import BatchWorker
 from services.queue.model import Job, JobResult, Outcome
+from services.queue.settings import QueueSettings
 from services.queue.worker import redis_worker
-from shared.config import Settings, load_settings
+from shared.config import load_settings
 
 
-def make_settings(**overrides: Any) -> Settings:
+def make_settings(**overrides: Any) -> QueueSettings:
     """Defaults (no environment) with the test's overrides."""
-    return dataclasses.replace(load_settings(env={}), **overrides)
+    return dataclasses.replace(load_settings(QueueSettings, env={}), **overrides)
 
 
 def unique_queue_name() -> str:
@@ -89,7 +90,7 @@ class RecordingHandler:
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings: Settings, handler: Any) -> AsyncIterator[BatchWorker]:
+async def running_worker(settings: QueueSettings, handler: Any) -> AsyncIterator[BatchWorker]:
     """A Redis worker in this process, reading, until the block ends (then a clean stop)."""
     worker = redis_worker(settings)
     stop = asyncio.Event()

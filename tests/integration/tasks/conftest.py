@@ -27,8 +27,10 @@ from verifier.verification.v1 import verification_pb2
 
 from services.tasks import migrate
 from services.tasks.main import TasksService, build_service
+from services.tasks.settings import TasksSettings
 from services.verification.main import build_spec as verification_spec
 from services.verification.report import load_or_create_signing_key
+from services.verification.settings import VerificationSettings
 from shared import errors
 from shared.config import load_settings
 from shared.grpc_client import create_channel
@@ -133,7 +135,7 @@ async def verification(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
     """The verification service, in-process on a real socket (one engine process)."""
     data = tmp_path_factory.mktemp("verification")
     settings = dataclasses.replace(
-        load_settings(env={}),
+        load_settings(VerificationSettings, env={}),
         data_dir=str(data),
         verification_listen_addr=f"127.0.0.1:{servers.free_port()}",
         verification_processes=1,
@@ -233,7 +235,9 @@ async def start_harness(
         **overrides,
     }
     # Port 0 (any free port) is for tests only, so it bypasses the config check.
-    settings = dataclasses.replace(load_settings(env=env), tasks_listen_addr="127.0.0.1:0")
+    settings = dataclasses.replace(
+        load_settings(TasksSettings, env=env), tasks_listen_addr="127.0.0.1:0"
+    )
     service = build_service(settings)
     running = await start_server(service.spec)
     channel = create_channel(f"127.0.0.1:{running.port}")

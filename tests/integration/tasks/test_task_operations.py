@@ -20,6 +20,7 @@ from verifier.ops.v1 import diagnostics_pb2, diagnostics_pb2_grpc
 from verifier.tasks.v1 import tasks_pb2, worker_pb2, worker_pb2_grpc
 
 from services.tasks import migrate
+from services.tasks.settings import database_url
 from services.tasks.tables import metadata
 from tests.support import servers
 
@@ -191,9 +192,7 @@ async def test_migrations_create_every_column_the_store_uses(fresh: tuple[str, s
     _, url = fresh
     await asyncio.to_thread(migrate.upgrade, url)
     await asyncio.to_thread(migrate.upgrade, url)  # a second run is a no-op
-    engine = sa.create_engine(
-        migrate.sync_url(url).replace("postgresql://", "postgresql+psycopg://")
-    )
+    engine = sa.create_engine(database_url(url, "sync"))
     try:
         inspector = sa.inspect(engine)
         for table in metadata.tables.values():

@@ -24,7 +24,8 @@ from verifier.verification.v1 import verification_pb2 as pb
 
 from services.verification.main import build_spec
 from services.verification.report import canonical_json, verify_report_signature
-from shared.config import Settings, load_settings
+from services.verification.settings import VerificationSettings
+from shared.config import load_settings
 from shared.grpc_client import create_channel
 from shared.grpc_server import RunningServer, start_server
 from shared.jsonnum import whole_numbers
@@ -34,7 +35,7 @@ from tests.support.vectors import dstack_app_id, dstack_compose_hash, dstack_evi
 pytestmark = pytest.mark.integration
 
 
-def _settings(tmp_path: Path, s3: S3Server | None, key: str = "key") -> Settings:
+def _settings(tmp_path: Path, s3: S3Server | None, key: str = "key") -> VerificationSettings:
     env = {
         "DATA_DIR": str(tmp_path),
         "VERIFICATION_LISTEN_ADDR": "127.0.0.1:0",
@@ -49,7 +50,7 @@ def _settings(tmp_path: Path, s3: S3Server | None, key: str = "key") -> Settings
             "S3_ACCESS_KEY_ID": s3.access_key_id,
             "S3_SECRET_ACCESS_KEY": s3.secret_access_key,
         }
-    return load_settings(env=env)
+    return load_settings(VerificationSettings, env=env)
 
 
 def _verify_request(task_id: str) -> pb.VerifyRequest:
@@ -65,7 +66,9 @@ def _verify_request(task_id: str) -> pb.VerifyRequest:
 
 
 @pytest.fixture(params=["s3", "local-folder"])
-async def settings(request: pytest.FixtureRequest, tmp_path: Path, s3: S3Server) -> Settings:
+async def settings(
+    request: pytest.FixtureRequest, tmp_path: Path, s3: S3Server
+) -> VerificationSettings:
     return _settings(tmp_path, s3 if request.param == "s3" else None)
 
 
@@ -80,7 +83,7 @@ class _Stubs:
         self.GetSigningKey = public.GetSigningKey
 
 
-async def _serve(settings: Settings) -> AsyncIterator[_Stubs]:
+async def _serve(settings: VerificationSettings) -> AsyncIterator[_Stubs]:
     running: RunningServer = await start_server(build_spec(settings))
     try:
         async with create_channel(f"127.0.0.1:{running.port}") as channel:
@@ -95,7 +98,7 @@ async def _jwks(stub: _Stubs) -> dict[str, object]:
 
 
 async def test_token_verifies_with_a_jose_library_and_carries_the_result(
-    settings: Settings,
+    settings: VerificationSettings,
 ) -> None:
     async for stub in _serve(settings):
         await stub.Verify(_verify_request("task-token"))
@@ -131,7 +134,7 @@ async def test_token_verifies_with_a_jose_library_and_carries_the_result(
         jwt.decode(forged, keys, algorithms=["EdDSA"])
 
 
-async def test_report_struct_round_trips_to_the_signed_text(settings: Settings) -> None:
+async def test_report_struct_round_trips_to_the_signed_text(settings: VerificationSettings) -> None:
     async for stub in _serve(settings):
         await stub.Verify(_verify_request("task-round-trip"))
         stored = await stub.GetReport(pb.GetReportRequest(task_id="task-round-trip"))

@@ -17,7 +17,7 @@ from verifier.verification.v1 import os_images_pb2 as pb
 from verifier.verification.v1 import verification_pb2 as vpb
 
 from services.verification.main import build_spec
-from services.verification.settings import DEFAULT_OS_ALLOWLIST
+from services.verification.settings import DEFAULT_OS_ALLOWLIST, VerificationSettings
 from shared.config import load_settings
 from shared.grpc_client import create_channel
 from shared.grpc_server import start_server
@@ -79,7 +79,7 @@ async def channel(
             "S3_ACCESS_KEY_ID": s3.access_key_id,
             "S3_SECRET_ACCESS_KEY": s3.secret_access_key,
         }
-    settings = load_settings(env=env)
+    settings = load_settings(VerificationSettings, env=env)
     spec = build_spec(settings)
     running = await start_server(spec)
     try:

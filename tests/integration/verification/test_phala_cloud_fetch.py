@@ -22,6 +22,7 @@ from verifier.verification.v1 import engine_pb2_grpc
 from verifier.verification.v1 import verification_pb2 as pb
 
 from services.verification.main import build_spec
+from services.verification.settings import VerificationSettings
 from shared.config import load_settings
 from shared.grpc_client import create_channel
 from shared.grpc_server import start_server
@@ -44,13 +45,14 @@ async def _service(
     tmp_path: Path, env: dict[str, str]
 ) -> AsyncIterator[engine_pb2_grpc.VerificationEngineServiceStub]:
     settings = load_settings(
+        VerificationSettings,
         env={
             "DATA_DIR": str(tmp_path),
             "VERIFICATION_LISTEN_ADDR": "127.0.0.1:0",
             "VERIFICATION_PROCESSES": "1",
             "COLLATERAL_DIR": str(DCAP),
             **env,
-        }
+        },
     )
     running = await start_server(build_spec(settings))
     try:

@@ -19,7 +19,8 @@ from verifier.verification.v1 import verification_pb2 as pb
 
 from services.verification.main import build_spec
 from services.verification.report import canonical_json, verify_report_signature
-from shared.config import Settings, load_settings
+from services.verification.settings import VerificationSettings
+from shared.config import load_settings
 from shared.grpc_client import create_channel
 from shared.grpc_server import RunningServer, start_server
 from tests.support.servers import S3Server, free_port
@@ -32,7 +33,7 @@ from tests.support.vectors import (
 pytestmark = pytest.mark.integration
 
 
-def _settings(tmp_path: Path, s3: S3Server | None) -> Settings:
+def _settings(tmp_path: Path, s3: S3Server | None) -> VerificationSettings:
     env = {
         "DATA_DIR": str(tmp_path),
         "VERIFICATION_LISTEN_ADDR": "127.0.0.1:0",
@@ -46,7 +47,7 @@ def _settings(tmp_path: Path, s3: S3Server | None) -> Settings:
             "S3_ACCESS_KEY_ID": s3.access_key_id,
             "S3_SECRET_ACCESS_KEY": s3.secret_access_key,
         }
-    return load_settings(env=env)
+    return load_settings(VerificationSettings, env=env)
 
 
 def _verify_request(task_id: str, **overrides: object) -> pb.VerifyRequest:

@@ -7,12 +7,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from services.verification.main import verification_settings
+from services.verification.settings import VerificationSettings
 from shared.config import ConfigError, load_settings
 
 
 def test_defaults_are_bare_bases_whose_hosts_are_allowed() -> None:
-    settings = verification_settings(load_settings(env={}))
+    settings = load_settings(VerificationSettings, env={})
     assert settings.phala_cloud_api_url == "https://cloud-api.phala.com"
     assert settings.redpill_api_url == "https://api.redpill.ai"
     for url in (settings.phala_cloud_api_url, settings.redpill_api_url):
@@ -29,13 +29,13 @@ def test_operator_settings_reach_the_engine() -> None:
         "TRUSTED_KMS_CA_PUBKEYS": "0x3059aa,3059bb",
         "PHALA_CLOUD_API_URL": "http://127.0.0.1:8080",
     }
-    settings = verification_settings(load_settings(env=env))
+    settings = load_settings(VerificationSettings, env=env)
     assert settings.redpill_api_key == "k-123"
     assert settings.fetch_allow_private_networks == ("10.1.0.0/16", "127.0.0.1/32")
     assert settings.trusted_kms_ca_pubkeys == ("0x3059aa", "3059bb")
     assert settings.phala_cloud_api_url == "http://127.0.0.1:8080"
     assert "k-123" not in repr(settings)
-    assert load_settings(env=env).masked()["redpill_api_key"] == "********"
+    assert load_settings(VerificationSettings, env=env).masked()["redpill_api_key"] == "********"
 
 
 @pytest.mark.parametrize(
@@ -44,5 +44,5 @@ def test_operator_settings_reach_the_engine() -> None:
 )
 def test_a_bad_value_names_its_setting(name: str, value: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_settings(env={name: value})
+        load_settings(VerificationSettings, env={name: value})
     assert caught.value.field == name.lower()

@@ -10,11 +10,10 @@ import pytest
 from services.verification.engine import VerificationEngine
 from services.verification.errors import EvidenceMalformed
 from services.verification.eventlog import parse_event_log
-from services.verification.evidence import evidence_from_dict, parse_evidence_json
+from services.verification.evidence import MAX_QUOTE_BYTES, evidence_from_dict, parse_evidence_json
 from services.verification.hexutil import decode_hex
 from services.verification.model import VerificationFlags
 from services.verification.quote import parse_quote
-from services.verification.settings import MAX_QUOTE_BYTES
 
 from .support import DCAP, DSTACK, quote_report_evidence, quote_report_request
 

@@ -21,6 +21,7 @@ from verifier.verification.v1 import verification_pb2 as pb
 
 from services.verification.main import build_spec
 from services.verification.report import verify_report_signature
+from services.verification.settings import VerificationSettings
 from shared.config import load_settings
 from shared.grpc_client import create_channel
 from shared.grpc_server import RunningServer, start_server
@@ -103,13 +104,14 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     tasks_port = tasks_server.add_insecure_port("127.0.0.1:0")
     await tasks_server.start()
     settings = load_settings(
+        VerificationSettings,
         env={
             "DATA_DIR": str(tmp_path),
             "VERIFICATION_LISTEN_ADDR": "127.0.0.1:0",
             "VERIFICATION_PROCESSES": "1",
             "TASKS_ADDR": f"127.0.0.1:{tasks_port}",
             "METRICS_ENABLED": "false",
-        }
+        },
     )
     running: RunningServer = await start_server(build_spec(settings))
     try:
@@ -220,6 +222,7 @@ async def test_too_many_tasks_is_invalid_argument_naming_the_field(stack: Stack)
 
 async def test_tasks_service_down_makes_every_item_unavailable(tmp_path: Path) -> None:
     settings = load_settings(
+        VerificationSettings,
         env={
             "DATA_DIR": str(tmp_path),
             "VERIFICATION_LISTEN_ADDR": "127.0.0.1:0",
@@ -227,7 +230,7 @@ async def test_tasks_service_down_makes_every_item_unavailable(tmp_path: Path) -
             "TASKS_ADDR": f"127.0.0.1:{free_port()}",
             "CALL_TIMEOUT_SECONDS": "2",
             "METRICS_ENABLED": "false",
-        }
+        },
     )
     running = await start_server(build_spec(settings))
     try:

@@ -10,21 +10,77 @@ environment, so DATABASE_URL, REDIS_URL, S3_* configure the whole stack.
 Ctrl-C or SIGTERM stops the children gracefully (SIGTERM, then SIGKILL after
 the grace period). If one child dies, the rest are stopped and the exit code
 is non-zero: a half-running stack is worse than a clear failure.
+
+`--check-config` (`make check-config`) loads every service's settings from the
+same environment and file, prints them (secrets masked) and refuses a file key
+that no service declares. This module is not a service: it imports each
+service's settings module and nothing else of them (tests/unit/test_import_rules.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from shared.config import PROJECT_ROOT, Settings, add_config_arguments, settings_from_args
+from services.gateway.settings import GatewaySettings
+from services.queue.settings import QueueSettings
+from services.tasks.settings import TasksSettings
+from services.verification.settings import VerificationSettings
+from shared.config import (
+    PROJECT_ROOT,
+    CommonSettings,
+    ConfigError,
+    add_config_arguments,
+    check_known_keys,
+    config_file_path,
+    load_settings,
+    setting_names,
+)
+
+# Each service's settings class, by the name of its process (workers are the queue's).
+SETTINGS: dict[str, type[CommonSettings]] = {
+    "tasks": TasksSettings,
+    "queue": QueueSettings,
+    "verification": VerificationSettings,
+    "gateway": GatewaySettings,
+}
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """Every service's settings, loaded from one environment and file."""
+
+    tasks: TasksSettings
+    queue: QueueSettings
+    verification: VerificationSettings
+    gateway: GatewaySettings
+
+    def masked(self) -> dict[str, dict[str, Any]]:
+        return {name: getattr(self, name).masked() for name in SETTINGS}
+
+
+def load_stack_settings(
+    env: Mapping[str, str] | None = None, config_file: str | Path | None = None
+) -> StackSettings:
+    """Load and check every service's settings; a ConfigError names the service."""
+    loaded: dict[str, Any] = {}
+    for name, cls in SETTINGS.items():
+        try:
+            loaded[name] = load_settings(cls, env, config_file)
+        except ConfigError as exc:
+            raise ConfigError(f"{name}.{exc.field}", exc.message) from None
+    known = set().union(*(setting_names(cls) for cls in SETTINGS.values()))
+    check_known_keys(config_file_path(env, config_file), known)
+    return StackSettings(**loaded)
 
 
 @dataclass(frozen=True)
@@ -43,15 +99,16 @@ class Component:
         return cmd
 
 
-def components(settings: Settings) -> list[Component]:
+def components(stack: StackSettings) -> list[Component]:
     """The processes of the stack, in start order (dependencies first)."""
+    settings = stack.gateway  # the peers' addresses are the same in every service's settings
     parts = [
         Component("verification", "services.verification", ("serve",), settings.verification_addr),
         Component("queue", "services.queue", (), settings.queue_addr),
         Component("tasks", "services.tasks", (), settings.tasks_addr),
         Component("gateway", "services.gateway"),
     ]
-    if settings.redis_url:
+    if stack.queue.redis_url:
         parts.insert(2, Component("worker", "services.queue.worker"))
     return parts
 
@@ -107,7 +164,8 @@ def _stop_all(procs: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
             proc.wait()
 
 
-def run(settings: Settings, config: str | None) -> int:
+def run(stack: StackSettings, config: str | None) -> int:
+    settings = stack.gateway
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     # Children find the project and its generated stubs whatever the caller's cwd.
@@ -126,17 +184,17 @@ def run(settings: Settings, config: str | None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    mode = "redis" if settings.redis_url else "embedded queue"
-    store = "postgresql" if settings.database_url else f"sqlite ({settings.data_dir})"
-    reports = settings.s3_endpoint or f"local folder ({settings.data_dir})"
+    mode = "redis" if stack.queue.redis_url else "embedded queue"
+    store = "postgresql" if stack.tasks.database_url else f"sqlite ({settings.data_dir})"
+    reports = stack.verification.s3_endpoint or f"local folder ({settings.data_dir})"
     print(
         f"stack: database={store} queue={mode} reports={reports}\n"
         f"stack: REST http://{settings.host}:{settings.port}"
-        f"  tasks gRPC {settings.tasks_listen_addr}",
+        f"  tasks gRPC {stack.tasks.tasks_listen_addr}",
         file=sys.stderr,
         flush=True,
     )
-    parts = components(settings)
+    parts = components(stack)
     for part in parts:
         if part.name == "gateway" and not _wait_serving(
             parts, procs, within=60, stopping=lambda: stopping
@@ -160,11 +218,18 @@ def run(settings: Settings, config: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m shared.stack", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m services.stack", description=__doc__)
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    settings = settings_from_args(args)
-    raise SystemExit(run(settings, args.config))
+    try:
+        stack = load_stack_settings(config_file=args.config)
+    except ConfigError as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.check_config:
+        print(json.dumps(stack.masked(), indent=2, sort_keys=True))
+        raise SystemExit(0)
+    raise SystemExit(run(stack, args.config))
 
 
 if __name__ == "__main__":
