@@ -10,7 +10,7 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 STAMP_VENV := $(VENV)/.installed
 STAMP_GEN := $(GEN)/.generated
 
-.PHONY: all venv proto lint format migrate run run-tasks run-verification run-queue run-gateway worker test test-unit test-integration bench check-config clean
+.PHONY: all venv proto lint format migrate run run-tasks run-verification run-queue run-gateway worker test test-unit test-integration test-faults bench check-config clean
 
 all: proto
 
@@ -90,6 +90,10 @@ test: proto
 
 test-unit: proto
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+## test-faults: the fault suite (real servers restarted, killed, stopped), one line per fault
+test-faults: proto
+	$(PY) -m pytest tests/fault -p no:cacheprovider $(PYTEST_ARGS)
 
 ## bench: every benchmark, figures printed
 bench: proto

@@ -32,3 +32,13 @@ def redis_url() -> Iterator[str]:
 def s3() -> Iterator[servers.S3Server]:
     with servers.s3_server() as server:
         yield server
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault suite's table (tests/fault/test_fault_suite.py), one line per fault."""
+    from tests.fault.rows import TABLE
+
+    if TABLE:
+        terminalreporter.section("fault table")
+        for line in TABLE:
+            terminalreporter.write_line(line)

@@ -120,11 +120,14 @@ class Process:
 
 class RedisProcess:
     """A private redis-server on a fixed port that can be stopped and started
-    again (it comes back empty: no persistence, the harshest case)."""
+    again. Without persistence (the default) it comes back empty, the harshest
+    case; `use_aof()` turns on the append-only file (fsync always), so a
+    restart keeps every key."""
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.appendonly = False
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -134,11 +137,16 @@ class RedisProcess:
     def start(self) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server not installed"
+        persistence = (
+            ("--appendonly", "yes", "--appendfsync", "always")
+            if self.appendonly
+            else ("--appendonly", "no")
+        )
         self.proc = subprocess.Popen(
             [
                 binary,
                 *("--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", str(self.workdir)),
+                *("--save", "", *persistence, "--dir", str(self.workdir)),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -146,11 +154,28 @@ class RedisProcess:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                if redis.Redis.from_url(self.url, socket_timeout=1).ping():
+                client = redis.Redis.from_url(self.url, socket_timeout=1)
+                # With AOF, LOADING answers ping with an error until the file is read.
+                if client.ping() and client.info("persistence").get("loading") == 0:
                     return
             except redis.RedisError:
                 time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
+
+    def use_aof(self) -> None:
+        """Turn the append-only file on in the running server (its current keys
+        are written to it) and keep it on across restarts."""
+        client = redis.Redis.from_url(self.url, socket_timeout=5)
+        client.config_set("appendfsync", "always")
+        client.config_set("appendonly", "yes")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            info = client.info("persistence")
+            if info.get("aof_enabled") == 1 and not info.get("aof_rewrite_in_progress"):
+                self.appendonly = True
+                return
+            time.sleep(0.05)
+        raise RuntimeError("Redis did not turn its append-only file on")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

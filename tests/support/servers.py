@@ -265,6 +265,82 @@ def _s3_answers(endpoint: str) -> bool:
         return False
 
 
+class SeaweedProcess:
+    """A throwaway SeaweedFS (master, volume, filer and S3 in one `weed server`)
+    that can be stopped and started again on the same folder and ports: its
+    buckets, objects and bucket versioning survive the restart."""
+
+    def __init__(self) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="verifier-s3-"))
+        self.ports = [_weed_port() for _ in range(4)]
+        self.endpoint = f"http://127.0.0.1:{self.ports[3]}"
+        # SSE-S3 (S3_SSE=AES256) needs a key-encryption key; without one
+        # SeaweedFS answers such a PUT with InternalError. Kept across restarts.
+        self.kek = os.urandom(32).hex()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def server(self) -> S3Server:
+        return S3Server(
+            self.endpoint, "test-access-key", "test-secret-key", data_dir=str(self.workdir)
+        )
+
+    def start(self, timeout: float = 60.0) -> None:
+        weed = shutil.which("weed") or str(VENV_BIN / "weed")
+        master, volume, filer, s3 = self.ports
+        # An anonymous-access SeaweedFS: credentials are accepted and ignored.
+        self.proc = subprocess.Popen(
+            [
+                weed,
+                "server",
+                f"-dir={self.workdir}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                f"-master.port={master}",
+                f"-volume.port={volume}",
+                f"-filer.port={filer}",
+                "-s3",
+                f"-s3.port={s3}",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-master.volumeSizeLimitMB=64",
+                # Each bucket is a collection that grows its own volumes (several at
+                # a time); the default cap of 8 leaves the third bucket with "no
+                # writable volumes". Volumes are not preallocated, so many cost little.
+                "-volume.max=400",
+            ],
+            stdout=open(self.workdir / "weed.log", "ab"),  # noqa: SIM115 - closed with the process
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "WEED_S3_SSE_KEK": self.kek},
+        )
+        _wait_for(lambda: _s3_answers(self.endpoint), "SeaweedFS S3", timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_s3() -> Iterator[SeaweedProcess]:
+    """A SeaweedFS of the caller's own (a test may stop and start it), removed afterwards."""
+    process = SeaweedProcess()
+    try:
+        process.start()
+        yield process
+    finally:
+        process.remove()
+
+
 @contextlib.contextmanager
 def s3_server() -> Iterator[S3Server]:
     """S3 over HTTP: S3_ENDPOINT when set, else a throwaway SeaweedFS server."""
@@ -276,44 +352,5 @@ def s3_server() -> Iterator[S3Server]:
             os.environ.get("S3_SECRET_ACCESS_KEY", ""),
         )
         return
-    weed = shutil.which("weed") or str(VENV_BIN / "weed")
-    workdir = Path(tempfile.mkdtemp(prefix="verifier-s3-"))
-    ports = [_weed_port() for _ in range(4)]
-    # An anonymous-access SeaweedFS: credentials are accepted and ignored.
-    proc = subprocess.Popen(
-        [
-            weed,
-            "server",
-            f"-dir={workdir}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            f"-master.port={ports[0]}",
-            f"-volume.port={ports[1]}",
-            f"-filer.port={ports[2]}",
-            "-s3",
-            f"-s3.port={ports[3]}",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            "-master.volumeSizeLimitMB=64",
-            # Each bucket is a collection that grows its own volumes (several at
-            # a time); the default cap of 8 leaves the third bucket with "no
-            # writable volumes". Volumes are not preallocated, so many cost little.
-            "-volume.max=400",
-        ],
-        stdout=open(workdir / "weed.log", "wb"),  # noqa: SIM115 - closed with the process
-        stderr=subprocess.STDOUT,
-        # SSE-S3 (S3_SSE=AES256) needs a key-encryption key; without one
-        # SeaweedFS answers such a PUT with InternalError.
-        env={**os.environ, "WEED_S3_SSE_KEK": os.urandom(32).hex()},
-    )
-    endpoint = f"http://127.0.0.1:{ports[3]}"
-    try:
-        _wait_for(lambda: _s3_answers(endpoint), "SeaweedFS S3", timeout=60)
-        yield S3Server(endpoint, "test-access-key", "test-secret-key", data_dir=str(workdir))
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(3)
-        if proc.poll() is None:
-            proc.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with throwaway_s3() as process:
+        yield process.server
