@@ -4,7 +4,8 @@ Runs `python -m services.tasks` as its own process on a dedicated database it
 creates (and drops), with a QueueService stand-in process answering
 EnqueueTask, and measures from this process over gRPC:
   - CreateTask and GetTask calls per second, p50/p99 latency, 32 concurrent callers;
-  - the worker lifecycle (StartTask + UpdateTaskProgress + CompleteTask) per second;
+  - the worker lifecycle (TaskWorkerService StartTasks + ReportProgress + FailTasks,
+    one task a call) per second;
   - ListTasks latency (page of 50, p50/p99) with 1,000,000 rows, at the first,
     a middle and the last page, unfiltered and with each filter.
 It finds PostgreSQL as the tests do (tests.support.servers). Not a test: it prints.
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "shared" / "gen"))
 
 from verifier.queue.v1 import queue_pb2, queue_pb2_grpc  # noqa: E402
-from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc  # noqa: E402
+from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc, worker_pb2, worker_pb2_grpc  # noqa: E402
 from verifier.verification.v1 import verification_pb2  # noqa: E402
 
 from services.tasks import migrate  # noqa: E402
@@ -136,17 +137,6 @@ def _create_request(index: int) -> tasks_pb2.CreateTaskRequest:
     )
 
 
-def _summary() -> verification_pb2.ReportSummary:
-    summary = verification_pb2.ReportSummary(
-        verdict=verification_pb2.VERDICT_PASSED, tcb_status="UpToDate", s3_key="r.json"
-    )
-    for check in (1, 2, 3, 4, 5):
-        summary.checks.add(check=check, status=verification_pb2.CHECK_STATUS_PASSED, reason="ok")
-    for check in (6, 7):
-        summary.checks.add(check=check, status=verification_pb2.CHECK_STATUS_SKIPPED)
-    return summary
-
-
 async def bench_calls(target: str, calls: int, concurrency: int) -> None:
     async with grpc.aio.insecure_channel(target) as channel:
         stub = tasks_pb2_grpc.TaskServiceStub(channel)
@@ -159,15 +149,27 @@ async def bench_calls(target: str, calls: int, concurrency: int) -> None:
         async def get(index: int) -> None:
             await stub.GetTask(tasks_pb2.GetTaskRequest(id=ids[index % calls]))
 
-        summary = _summary()
+        worker = worker_pb2_grpc.TaskWorkerServiceStub(channel)
 
         async def lifecycle(index: int) -> None:
+            # The worker contract, one task a call (no verification service here,
+            # so the task ends by FailTasks rather than a signed CompleteTasks).
             task_id = ids[index]
-            await stub.StartTask(tasks_pb2.StartTaskRequest(id=task_id, worker_id="bench"))
-            await stub.UpdateTaskProgress(
-                tasks_pb2.UpdateTaskProgressRequest(id=task_id, progress=50)
+            started = await worker.StartTasks(
+                worker_pb2.StartTasksRequest(worker_id="bench", task_ids=[task_id])
             )
-            await stub.CompleteTask(tasks_pb2.CompleteTaskRequest(id=task_id, summary=summary))
+            lease = worker_pb2.TaskAttempt(task_id=task_id, attempt=started.tasks[0].attempt)
+            await worker.ReportProgress(
+                worker_pb2.ReportProgressRequest(
+                    progress=[worker_pb2.TaskProgress(task=lease, progress=50)]
+                )
+            )
+            await worker.FailTasks(
+                worker_pb2.FailTasksRequest(
+                    worker_id="bench",
+                    tasks=[worker_pb2.TaskFailure(task=lease, error_message="bench")],
+                )
+            )
 
         print(f"calls with {concurrency} concurrent callers (server: its own process):")
         latencies, elapsed = await _concurrently(calls, concurrency, create)
@@ -177,7 +179,7 @@ async def bench_calls(target: str, calls: int, concurrency: int) -> None:
         latencies, elapsed = await _concurrently(calls, concurrency, lifecycle)
         ms = sorted(latency * 1000 for latency in latencies)
         print(
-            f"  {'Start+Progress+Complete (3 RPCs)':<34} {len(ms) / elapsed:8.0f} tasks/s   "
+            f"  {'StartTasks+Progress+FailTasks (3)':<34} {len(ms) / elapsed:8.0f} tasks/s   "
             f"p50 {_percentile(ms, 0.5):6.2f} ms   p99 {_percentile(ms, 0.99):6.2f} ms"
         )
 

@@ -1,12 +1,13 @@
-"""Statements and audit rows per task on the tasks service's PostgreSQL: the
-public per-task worker RPCs (StartTask, UpdateTaskProgress, CompleteTask) and
+"""Statements and audit rows per task on the tasks service's PostgreSQL for
 the batched worker contract (TaskWorkerService), counted by pg_stat_statements
-on a throwaway server of this run.
+on a throwaway server of this run. (Before the worker contract, the per-task
+RPCs StartTask, UpdateTaskProgress and CompleteTask cost 6 statements and 5
+audit rows a task: insert, acknowledgement, start, progress, read + complete.)
 
     .venv/bin/python bench/count_statements.py [--tasks 200] [--batch 50]
 
-Both paths run the same task life: CreateTask, the dispatcher's enqueue and
-its acknowledgement, start, one progress report, completion. The queue is an
+The task life: CreateTask, the dispatcher's enqueue and its acknowledgement,
+start, one progress report, completion with a signed summary. The queue is an
 in-process stand-in of the QueueClient protocol (only PostgreSQL is counted);
 the verification service runs for real, for the key that signs summaries.
 Counted: statements touching the tasks or task_events tables (health probes,
@@ -178,17 +179,6 @@ async def measure(url: str, args: argparse.Namespace, data: Path) -> None:
         await wait_queued(db, ids)
         return ids
 
-    async def per_task() -> list[str]:
-        ids = await create_all("aa01")
-        for task_id in ids:
-            await tasks.StartTask(tasks_pb2.StartTaskRequest(id=task_id, worker_id="w"))
-            await tasks.UpdateTaskProgress(
-                tasks_pb2.UpdateTaskProgressRequest(id=task_id, progress=50)
-            )
-            result = summary(task_id, 1, key_id)
-            await tasks.CompleteTask(tasks_pb2.CompleteTaskRequest(id=task_id, summary=result))
-        return ids
-
     async def batched() -> list[str]:
         ids = await create_all("bb02")
         for start in range(0, len(ids), args.batch):
@@ -222,7 +212,6 @@ async def measure(url: str, args: argparse.Namespace, data: Path) -> None:
         return ids
 
     try:
-        await counted("per_task_rpcs", per_task)
         await counted(f"batched_worker_contract_batch{args.batch}", batched)
     finally:
         await db.close()

@@ -29,7 +29,6 @@ from .model import (
     ReportSummary,
     Task,
     TaskStatus,
-    VerificationFlags,
 )
 from .validation import MAX_ERROR_MESSAGE
 
@@ -74,7 +73,7 @@ COMPLETE = Transition(
     allowed_from=frozenset({TaskStatus.ACTIVE}),
     noop_from=FINISHED_STATUSES,
     event=EventType.COMPLETED,
-    hint="StartTask first",
+    hint="StartTasks first",
 )
 FAIL = Transition(
     "fail",
@@ -161,30 +160,6 @@ def outcome_of(summary: ReportSummary) -> tuple[TaskStatus, str]:
     return TaskStatus.FAILED, truncate(
         "verification failed: " + (reasons or "the engine's verdict is FAILED")
     )
-
-
-def decide_outcome(summary: ReportSummary, flags: VerificationFlags) -> tuple[TaskStatus, str]:
-    """COMPLETED only when the verdict passed AND every enabled check reported
-    PASSED; else FAILED with each failing check and its reason. The verdict alone
-    is not trusted: a PASSED verdict with an enabled check skipped, missing or in
-    error still fails the task."""
-    reported = {result.check: result for result in summary.checks}
-    enabled = flags.enabled()
-    failures: list[str] = []
-    for name in enabled:
-        result = reported.get(name)
-        if result is None:
-            failures.append(f"{name}: enabled but not reported")
-        elif result.status != "passed":
-            failures.append(_describe(name, result.status, result.reason))
-    for result in summary.checks:
-        if result.check not in enabled and result.status in ("failed", "error"):
-            failures.append(_describe(result.check, result.status, result.reason))
-    if summary.verdict != "passed" and not failures:
-        failures.append("the verdict is FAILED though no check failed")
-    if not failures:
-        return TaskStatus.COMPLETED, ""
-    return TaskStatus.FAILED, truncate("verification failed: " + "; ".join(failures))
 
 
 def _describe(name: str, status: str, reason: str) -> str:

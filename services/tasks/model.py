@@ -193,7 +193,7 @@ class Task:
     started_at: datetime | None
     finished_at: datetime | None
     has_evidence: bool
-    # Only loaded for the FULL view and StartTask.
+    # Only loaded for the FULL view and GetTaskInputs.
     evidence: dict[str, str] | None = None
     created_by: str = "api"
     # Why it is WAITING, and when it is expected to run again.

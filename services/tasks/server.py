@@ -10,7 +10,6 @@ import grpc
 from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 
 from . import mapping
-from .model import TaskView
 from .service import TaskApp
 
 SERVICE_NAME = tasks_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
@@ -76,30 +75,3 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         return tasks_pb2.ListTaskEventsResponse(
             events=[mapping.event_to_proto(event) for event in events]
         )
-
-    async def StartTask(
-        self, request: tasks_pb2.StartTaskRequest, context: grpc.aio.ServicerContext
-    ) -> tasks_pb2.StartTaskResponse:
-        task = await self.app.start(request.id, request.worker_id)
-        return tasks_pb2.StartTaskResponse(task=mapping.task_to_proto(task, TaskView.FULL))
-
-    async def UpdateTaskProgress(
-        self, request: tasks_pb2.UpdateTaskProgressRequest, context: grpc.aio.ServicerContext
-    ) -> tasks_pb2.UpdateTaskProgressResponse:
-        task = await self.app.update_progress(request.id, request.progress, request.message)
-        return tasks_pb2.UpdateTaskProgressResponse(task=mapping.task_to_proto(task))
-
-    async def CompleteTask(
-        self, request: tasks_pb2.CompleteTaskRequest, context: grpc.aio.ServicerContext
-    ) -> tasks_pb2.CompleteTaskResponse:
-        summary = (
-            mapping.summary_from_proto(request.summary) if request.HasField("summary") else None
-        )
-        task = await self.app.complete(request.id, summary)
-        return tasks_pb2.CompleteTaskResponse(task=mapping.task_to_proto(task))
-
-    async def FailTask(
-        self, request: tasks_pb2.FailTaskRequest, context: grpc.aio.ServicerContext
-    ) -> tasks_pb2.FailTaskResponse:
-        task = await self.app.fail(request.id, request.error_message)
-        return tasks_pb2.FailTaskResponse(task=mapping.task_to_proto(task))

@@ -20,12 +20,10 @@ from .model import (
     ListFilter,
     ListQuery,
     NewTask,
-    ReportSummary,
     Task,
     TaskEvent,
     TaskPage,
     TaskStats,
-    TaskStatus,
     TaskView,
 )
 from .paging import decode_page_token, encode_page_token
@@ -156,68 +154,6 @@ class TaskApp:
                     # A finished task never changes again: its last event ends the stream.
                     if event.to_status.finished:
                         return
-
-    # --- worker lifecycle ---------------------------------------------------
-
-    async def start(self, task_id: str, worker_id: str) -> Task:
-        task_id = validation.validate_task_id(task_id)
-        bind_task_id(task_id)
-        worker_id = validation.validate_worker_id(worker_id)
-        message = f"worker {worker_id}" if worker_id else ""
-        task = await self._change_or_refuse(
-            lifecycle.START,
-            task_id,
-            await self.store.start(task_id, self._audit(EventType.STARTED, message)),
-            TaskView.FULL,
-        )
-        log.info("task.started", attempt=task.attempts, worker_id=worker_id)
-        return task
-
-    async def update_progress(self, task_id: str, progress: int, message: str) -> Task:
-        task_id = validation.validate_task_id(task_id)
-        bind_task_id(task_id)
-        progress = validation.validate_progress(progress)
-        message = validation.validate_progress_message(message)
-        return await self._change_or_refuse(
-            lifecycle.PROGRESS,
-            task_id,
-            await self.store.update_progress(
-                task_id, progress, self._audit(EventType.PROGRESS, message)
-            ),
-        )
-
-    async def complete(self, task_id: str, summary: ReportSummary | None) -> Task:
-        """COMPLETED or FAILED as the summary decides against the task's enabled checks."""
-        task_id = validation.validate_task_id(task_id)
-        bind_task_id(task_id)
-        summary = validation.validate_summary(summary)
-        current = await self.store.get_task(task_id)
-        if current.status not in lifecycle.COMPLETE.allowed_from:
-            return lifecycle.COMPLETE.refuse_or_noop(current)
-        status, error = lifecycle.decide_outcome(summary, current.verification_flags)
-        event = EventType.COMPLETED if status is TaskStatus.COMPLETED else EventType.FAILED
-        entry = self._audit(event, error or "every enabled check passed")
-        task = await self._change_or_refuse(
-            lifecycle.COMPLETE,
-            task_id,
-            await self.store.finish(task_id, status, error, summary, entry),
-        )
-        log.info("task.finished", status=task.status.value, verdict=task.verdict)
-        return task
-
-    async def fail(self, task_id: str, error_message: str) -> Task:
-        task_id = validation.validate_task_id(task_id)
-        bind_task_id(task_id)
-        error_message = validation.validate_error_message(error_message)
-        task = await self._change_or_refuse(
-            lifecycle.FAIL,
-            task_id,
-            await self.store.fail(
-                task_id, error_message, self._audit(EventType.FAILED, error_message)
-            ),
-        )
-        log.info("task.finished", status=task.status.value, error=task.error_message[:200])
-        return task
 
     # --- the decisions around the store ---------------------------------------
 

@@ -28,7 +28,6 @@ from .model import (
     ListQuery,
     ProgressReport,
     QueueState,
-    ReportSummary,
     Task,
     TaskEvent,
     TaskPage,
@@ -102,33 +101,6 @@ class TaskStore(abc.ABC):
         return rows[0] if rows else None
 
     # --- guarded writes (None: the guard refused) ---------------------------
-
-    async def start(self, task_id: str, audit: Audit) -> Task | None:
-        """ACTIVE, one attempt more; returned with its evidence."""
-        return await self._apply(_change("start", task_id, audit))
-
-    async def update_progress(self, task_id: str, progress: int, audit: Audit) -> Task | None:
-        return await self._apply(_change("progress", task_id, audit, progress=progress))
-
-    async def finish(
-        self, task_id: str, status: TaskStatus, error: str, summary: ReportSummary, audit: Audit
-    ) -> Task | None:
-        """An ACTIVE task ends in `status` with the report's results."""
-        return await self._apply(
-            _change(
-                "complete",
-                task_id,
-                audit,
-                to_status=status.value,
-                error_message=error,
-                check_results=[c.to_dict() for c in summary.checks],
-                verdict=summary.verdict,
-                tcb_status=summary.tcb_status,
-                s3_bucket=summary.s3_bucket,
-                s3_key=summary.s3_key,
-                s3_filename=summary.s3_filename,
-            )
-        )
 
     async def fail(self, task_id: str, error_message: str, audit: Audit) -> Task | None:
         return await self._apply(_change("fail", task_id, audit, error_message=error_message))

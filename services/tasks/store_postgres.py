@@ -166,7 +166,7 @@ async def _configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     # returns a task, and were a tenth of a ListTasks page's time.
     set_json_loads(orjson.loads, conn)
     # And writes them: CreateTask stores the inline evidence (tens of KB) and
-    # CompleteTask the check results, where json.dumps showed in the profile.
+    # CompleteTasks the check results, where json.dumps showed in the profile.
     set_json_dumps(orjson.dumps, conn)
 
 

@@ -125,7 +125,8 @@ class WorkerApp:
             self.progress.forget(task_id)
             log.info("task.started", task_id=task_id, attempt=row.new_attempt, worker_id=worker_id)
             return ItemResult(task_id, attempt=row.new_attempt)
-        return ItemResult(task_id, self._refusal(lifecycle.START, row, 0))
+        # A start carries no attempt: only the status can refuse it (or no task).
+        return ItemResult(task_id, self._refusal(lifecycle.START, row, 0, Refusal.STATUS))
 
     async def _fail_poisoned(self, task_id: str, count: int) -> ItemResult:
         message = (

@@ -93,7 +93,7 @@ def test_list_shows_the_task_service_health_and_reflection(tasks_addr: str) -> N
 def test_describe_shows_the_rpcs_and_messages(tasks_addr: str) -> None:
     service = grpcurl(tasks_addr, "describe", "verifier.tasks.v1.TaskService")
     assert service.returncode == 0, service.stderr
-    for rpc in ("CreateTask", "GetTask", "ListTasks", "CancelTask", "WatchTask", "StartTask"):
+    for rpc in ("CreateTask", "GetTask", "ListTasks", "CancelTask", "WatchTask", "ListTaskEvents"):
         assert f"rpc {rpc}" in service.stdout
     message = grpcurl(tasks_addr, "describe", "verifier.tasks.v1.Task")
     assert message.returncode == 0 and "app_config_type" in message.stdout

@@ -17,7 +17,6 @@ from .conftest import (
     Harness,
     complete_task,
     create_request,
-    passing_summary,
     report_progress,
     start_tasks,
     wait_for_status,
@@ -214,12 +213,6 @@ async def test_list_with_bad_parameter_is_invalid_argument_naming_it(
     assert await _invalid_field(h.stub.ListTasks(request)) == field
 
 
-async def test_progress_out_of_range_is_invalid_argument(h: Harness) -> None:
-    task = await _create(h)
-    request = tasks_pb2.UpdateTaskProgressRequest(id=task.id, progress=101)
-    assert await _invalid_field(h.stub.UpdateTaskProgress(request)) == "progress"
-
-
 # --- list --------------------------------------------------------------------------
 
 
@@ -325,143 +318,6 @@ async def test_cancel_of_cancelled_task_is_a_no_op(h: Harness) -> None:
 
 
 # --- worker lifecycle --------------------------------------------------------------
-
-
-async def test_start_returns_the_evidence_and_counts_attempts(h: Harness) -> None:
-    evidence = verification_pb2.Evidence(quote="abcd")
-    task = await _create(h, evidence=evidence)
-    started = (await h.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id, worker_id="w1"))).task
-    assert started.status == ACTIVE and started.attempts == 1
-    assert started.evidence == evidence and started.started_at.seconds > 0
-    redelivered = (
-        await h.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id, worker_id="w2"))
-    ).task
-    assert redelivered.status == ACTIVE and redelivered.attempts == 2
-
-
-async def test_start_of_finished_task_is_failed_precondition(h: Harness) -> None:
-    task = await _create(h)
-    await h.stub.CancelTask(tasks_pb2.CancelTaskRequest(id=task.id))
-    error = await _error(h.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id)))
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "cancelled" in (error.details() or "")
-
-
-async def test_progress_never_goes_backwards(h: Harness) -> None:
-    task = await _create(h)
-    await h.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id))
-    update = h.stub.UpdateTaskProgress
-    assert (
-        await update(tasks_pb2.UpdateTaskProgressRequest(id=task.id, progress=40))
-    ).task.progress == 40
-    assert (
-        await update(tasks_pb2.UpdateTaskProgressRequest(id=task.id, progress=20))
-    ).task.progress == 40
-    assert (
-        await update(tasks_pb2.UpdateTaskProgressRequest(id=task.id, progress=60))
-    ).task.progress == 60
-    events = (await h.stub.ListTaskEvents(tasks_pb2.ListTaskEventsRequest(id=task.id))).events
-    assert [e.progress for e in events if e.type == "progress"] == [40, 60]
-
-
-async def test_progress_of_a_task_not_active_is_failed_precondition(h: Harness) -> None:
-    task = await _create(h)
-    error = await _error(
-        h.stub.UpdateTaskProgress(tasks_pb2.UpdateTaskProgressRequest(id=task.id, progress=10))
-    )
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-
-
-async def test_complete_with_passed_verdict_completes_and_stores_the_summary(h: Harness) -> None:
-    task = await _create(h)
-    await h.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id))
-    done = (
-        await h.stub.CompleteTask(
-            tasks_pb2.CompleteTaskRequest(id=task.id, summary=passing_summary())
-        )
-    ).task
-    assert done.status == COMPLETED and done.progress == 100 and not done.error_message
-    assert done.verdict == verification_pb2.VERDICT_PASSED and done.tcb_status == "UpToDate"
-    assert (done.s3_bucket, done.s3_key, done.s3_filename) == (
-        "verification-results",
-        "reports/x.json",
-        "x.json",
-    )
-    assert len(done.check_results) == 7 and done.finished_at.seconds > 0
-
-
-async def test_repeated_complete_is_a_no_op_returning_the_task(h: Harness) -> None:
-    task = await _create(h)
-    await h.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id))
-    request = tasks_pb2.CompleteTaskRequest(id=task.id, summary=passing_summary())
-    first = (await h.stub.CompleteTask(request)).task
-    failing = passing_summary(verdict=verification_pb2.VERDICT_FAILED)
-    again = (
-        await h.stub.CompleteTask(tasks_pb2.CompleteTaskRequest(id=task.id, summary=failing))
-    ).task
-    assert again == first
-    failed_later = (
-        await h.stub.FailTask(tasks_pb2.FailTaskRequest(id=task.id, error_message="late"))
-    ).task
-    assert failed_later.status == COMPLETED
-
-
-async def test_completed_task_is_never_active_again(h: Harness) -> None:
-    task = await _create(h)
-    await h.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id))
-    await h.stub.CompleteTask(tasks_pb2.CompleteTaskRequest(id=task.id, summary=passing_summary()))
-    error = await _error(h.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id)))
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    fetched = (await h.stub.GetTask(tasks_pb2.GetTaskRequest(id=task.id))).task
-    assert fetched.status == COMPLETED
-
-
-async def test_failed_check_fails_the_task_naming_the_check_and_reason(h: Harness) -> None:
-    task = await _create(h)
-    await h.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id))
-    summary = passing_summary(verdict=verification_pb2.VERDICT_FAILED)
-    summary.checks[1].status = verification_pb2.CHECK_STATUS_FAILED
-    summary.checks[1].reason = "MRTD matches no known OS image"
-    done = (
-        await h.stub.CompleteTask(tasks_pb2.CompleteTaskRequest(id=task.id, summary=summary))
-    ).task
-    assert done.status == FAILED
-    assert "os failed: MRTD matches no known OS image" in done.error_message
-    assert done.verdict == verification_pb2.VERDICT_FAILED
-
-
-async def test_passed_verdict_with_an_enabled_check_skipped_still_fails(h: Harness) -> None:
-    task = await _create(h)
-    await h.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id))
-    summary = passing_summary()
-    summary.checks[0].status = verification_pb2.CHECK_STATUS_SKIPPED
-    done = (
-        await h.stub.CompleteTask(tasks_pb2.CompleteTaskRequest(id=task.id, summary=summary))
-    ).task
-    assert done.status == FAILED and "hardware skipped" in done.error_message
-
-
-async def test_complete_before_start_is_failed_precondition(h: Harness) -> None:
-    task = await _create(h)
-    error = await _error(
-        h.stub.CompleteTask(tasks_pb2.CompleteTaskRequest(id=task.id, summary=passing_summary()))
-    )
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-
-
-async def test_fail_records_the_reason_and_is_idempotent(h: Harness) -> None:
-    task = await _create(h)
-    await h.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id))
-    request = tasks_pb2.FailTaskRequest(id=task.id, error_message="retries exhausted: timeout")
-    first = (await h.stub.FailTask(request)).task
-    assert first.status == FAILED and first.error_message == "retries exhausted: timeout"
-    assert (await h.stub.FailTask(request)).task == first
-    assert (
-        await _invalid_field(
-            h.stub.FailTask(tasks_pb2.FailTaskRequest(id=task.id, error_message=""))
-        )
-        == "error_message"
-    )
 
 
 # --- audit trail and watch ---------------------------------------------------------

@@ -224,7 +224,7 @@ async def test_watch_sees_changes_made_through_another_instance(
             call = first.stub.WatchTask(tasks_pb2.WatchTaskRequest(id=task.id), timeout=30)
             stream = call.__aiter__()
             assert (await stream.__anext__()).task.status == tasks_pb2.TASK_STATUS_QUEUED
-            await second.stub.StartTask(tasks_pb2.StartTaskRequest(id=task.id))
+            await start_tasks(second, task.id)
             await second.stub.CancelTask(tasks_pb2.CancelTaskRequest(id=task.id))
             rest = [message.event.type async for message in stream]
             assert rest == ["started", "cancelled"]

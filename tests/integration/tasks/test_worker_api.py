@@ -438,3 +438,51 @@ async def test_queue_state_is_durable_and_counts_come_from_the_tasks(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.GetQueueState(worker_pb2.GetQueueStateRequest(queue_name=""))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_finished_task_is_never_started_again(
+    wh: Harness, verification: Verification
+) -> None:
+    task_id = await new_task(wh)
+    await start(wh, task_id)
+    assert await complete(wh, completion(task_id, 1, signed(verification.key, task_id, 1))) == [OK]
+    again = await start(wh, task_id)
+    assert again[0].status.code == FAILED_PRECONDITION and again[0].attempt == 0
+    assert "completed" in again[0].status.message
+    assert (await get(wh, task_id)).attempts == 1
+
+
+async def test_a_completion_before_any_start_is_stale(
+    wh: Harness, verification: Verification
+) -> None:
+    task_id = await new_task(wh)
+    codes = await complete(wh, completion(task_id, 1, signed(verification.key, task_id, 1)))
+    assert codes == [FAILED_PRECONDITION]
+    assert (await get(wh, task_id)).status in (
+        tasks_pb2.TASK_STATUS_PENDING,
+        tasks_pb2.TASK_STATUS_QUEUED,
+    )
+
+
+async def test_progress_out_of_range_or_backwards(wh: Harness) -> None:
+    task_id = await new_task(wh)
+    await start(wh, task_id)
+    lease = worker_pb2.TaskAttempt(task_id=task_id, attempt=1)
+    response = await worker(wh).ReportProgress(
+        worker_pb2.ReportProgressRequest(
+            progress=[
+                worker_pb2.TaskProgress(task=lease, progress=101),
+                worker_pb2.TaskProgress(task=lease, progress=60),
+            ]
+        )
+    )
+    first, second = response.acks
+    assert first.status.code == INVALID_ARGUMENT and "progress" in first.status.message
+    assert second.status.code == OK
+    backwards = await worker(wh).ReportProgress(
+        worker_pb2.ReportProgressRequest(
+            progress=[worker_pb2.TaskProgress(task=lease, progress=20)]
+        )
+    )
+    assert backwards.acks[0].status.code == OK
+    assert (await get(wh, task_id)).progress == 60

@@ -55,7 +55,8 @@ def test_internal_rpcs_without_http_rules_are_absent(document: dict[str, Any]) -
     }
     assert "TaskService_GetTask" in operation_ids
     assert not {
-        "TaskService_StartTask",
+        "TaskWorkerService_StartTasks",
+        "TaskWorkerService_CompleteTasks",
         "QueueService_EnqueueTask",
         "VerificationService_Verify",
         "VerificationEngineService_Verify",

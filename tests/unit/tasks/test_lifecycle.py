@@ -64,40 +64,25 @@ def _task(status: TaskStatus) -> Task:
     )
 
 
-def test_every_enabled_check_passed_completes() -> None:
-    assert lifecycle.decide_outcome(_summary(), VerificationFlags()) == (TaskStatus.COMPLETED, "")
+def test_a_passed_verdict_completes_as_the_engine_signed_it() -> None:
+    # Not recomputed: the engine decided, even with a check it skipped.
+    summary = _summary("passed", hardware="skipped")
+    assert lifecycle.outcome_of(summary) == (TaskStatus.COMPLETED, "")
 
 
-def test_failed_check_fails_naming_check_and_reason() -> None:
-    status, message = lifecycle.decide_outcome(
-        _summary("failed", os="failed", source_code="error"), VerificationFlags()
-    )
+def test_a_failed_verdict_fails_naming_the_checks_that_failed() -> None:
+    status, message = lifecycle.outcome_of(_summary("failed", os="failed", source_code="error"))
     assert status is TaskStatus.FAILED
     assert "os failed: os reason" in message
     assert "source_code error: source_code reason" in message
+    assert "hardware" not in message
 
 
-def test_passed_verdict_is_not_trusted_over_the_checks() -> None:
-    status, message = lifecycle.decide_outcome(
-        _summary("passed", hardware="skipped"), VerificationFlags()
-    )
+def test_a_failed_verdict_without_a_failed_check_names_what_did_not_pass() -> None:
+    status, message = lifecycle.outcome_of(_summary("failed", hardware="skipped"))
     assert status is TaskStatus.FAILED and "hardware skipped" in message
-
-
-def test_an_enabled_check_missing_from_the_summary_fails() -> None:
-    summary = ReportSummary(verdict="passed", checks=(CheckResult("hardware", "passed"),))
-    status, message = lifecycle.decide_outcome(summary, VerificationFlags())
-    assert status is TaskStatus.FAILED and "os: enabled but not reported" in message
-
-
-def test_failed_verdict_without_a_failed_check_still_fails() -> None:
-    status, message = lifecycle.decide_outcome(_summary("failed"), VerificationFlags())
-    assert status is TaskStatus.FAILED and "verdict" in message
-
-
-def test_a_disabled_check_that_failed_still_fails_the_task() -> None:
-    status, _ = lifecycle.decide_outcome(_summary("failed", dns_caa="failed"), VerificationFlags())
-    assert status is TaskStatus.FAILED
+    status, message = lifecycle.outcome_of(ReportSummary(verdict="failed"))
+    assert status is TaskStatus.FAILED and "verdict is FAILED" in message
 
 
 def test_failure_message_is_bounded() -> None:
@@ -105,7 +90,7 @@ def test_failure_message_is_bounded() -> None:
         verdict="failed",
         checks=tuple(CheckResult(name, "failed", "r" * 2000) for name in CHECK_NAMES),
     )
-    _, message = lifecycle.decide_outcome(summary, VerificationFlags())
+    _, message = lifecycle.outcome_of(summary)
     assert len(message) == 4096 and message.endswith("...")
 
 
