@@ -67,8 +67,16 @@ class Process:
     def start(self) -> Process:
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} runs already"
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        # Its own process group: kill() takes the service with its children
+        # (the verification pool), as a container runtime would, and leaves
+        # no orphans behind the test.
         self.proc = subprocess.Popen(
-            [sys.executable, *self.argv], cwd=ROOT, env=self.env, stdout=log, stderr=log
+            [sys.executable, *self.argv],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
         )
         log.close()
         return self
@@ -99,10 +107,11 @@ class Process:
             self.proc.wait(10)
 
     def kill(self) -> None:
-        """kill -9: no cleanup of any kind."""
+        """kill -9 of the process and its children: no cleanup of any kind."""
         if self.running:
             assert self.proc is not None
-            self.proc.send_signal(signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
     def freeze(self, frozen: bool = True) -> None:
