@@ -53,24 +53,41 @@ def _python_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.py") if "gen" not in p.relative_to(ROOT).parts)
 
 
-def violations() -> list[str]:
-    found: list[str] = []
-    for service in SERVICES:
-        for path in _python_files(ROOT / "services" / service):
-            for line, module in _imports(path):
-                other = _service_of(module)
-                if other is not None and other != service:
-                    found.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
-    for path in _python_files(ROOT / "shared"):
-        for line, module in _imports(path):
-            if module == "services" or module.startswith("services."):
-                found.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+def _where(path: Path, line: int, module: str) -> str:
+    return f"{path.relative_to(ROOT)}:{line} imports {module}"
+
+
+def _service_violations() -> list[str]:
+    return [
+        _where(path, line, module)
+        for service in SERVICES
+        for path in _python_files(ROOT / "services" / service)
+        for line, module in _imports(path)
+        if _service_of(module) not in (None, service)
+    ]
+
+
+def _shared_violations() -> list[str]:
+    return [
+        _where(path, line, module)
+        for path in _python_files(ROOT / "shared")
+        for line, module in _imports(path)
+        if module == "services" or module.startswith("services.")
+    ]
+
+
+def _stack_violations() -> list[str]:
+    found = []
     for path in sorted((ROOT / "services").glob("*.py")):
         for line, module in _imports(path):
             service = _service_of(module)
             if service is not None and module != f"services.{service}.settings":
-                found.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+                found.append(_where(path, line, module))
     return found
+
+
+def violations() -> list[str]:
+    return [*_service_violations(), *_shared_violations(), *_stack_violations()]
 
 
 def test_the_tree_follows_the_import_rule() -> None:
