@@ -54,13 +54,15 @@ WORKER_DIED_GAP = (
     "is not adopted; CompleteTask accepts only the current attempt's summary)"
 )
 TASKS_DOWN_GAP = (
-    "CompleteTask UNAVAILABLE (tasks service down) after the report was stored: the "
-    "worker retries the whole job (StartTask again, a new attempt, a second "
-    "verification) instead of retrying CompleteTask with the signed summary it holds"
+    "the tasks service down longer than CompleteTasks is retried (COMPLETE_TRIES, about "
+    "3 s, services/queue/pipeline.py) after the batch's reports were stored: the batch is "
+    "deferred with its signed summaries dropped, and the job's next start opens a new "
+    "attempt that is verified again"
 )
 VERIFICATION_KILLED_GAP = (
     "the verification service killed after storing a report and before its result "
-    "reached the worker: the worker's retry starts a new attempt and verifies again"
+    "reached the worker: the job is deferred, and its next start opens a new attempt "
+    "that is verified again"
 )
 SERVICE_GAPS = {"tasks": TASKS_DOWN_GAP, "verification": VERIFICATION_KILLED_GAP}
 
@@ -421,14 +423,14 @@ async def test_worker_dying_after_its_reports_were_stored_costs_no_second_verifi
             if taken:
                 break
         _require(bool(taken), "the task never reached the stream")
-        async with stack.channel("tasks") as channel:
+        async with stack.internal_channel("tasks") as channel:
             started = await worker_pb2_grpc.TaskWorkerServiceStub(channel).StartTasks(
                 worker_pb2.StartTasksRequest(worker_id="died-1", task_ids=[created.id]),
                 timeout=30,
             )
         (lease,) = started.tasks
         _require(lease.attempt == 1, f"started as {lease}")
-        async with stack.channel("verification") as channel:
+        async with stack.internal_channel("verification") as channel:
             items = [
                 item
                 async for item in engine_pb2_grpc.VerificationEngineServiceStub(
