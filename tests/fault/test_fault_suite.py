@@ -36,7 +36,8 @@ from tests.support import servers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.faults]
 
-TASKS_PER_FAULT = 40
+# Enough that a batch is still in hand when the fault is injected on an idle machine.
+TASKS_PER_FAULT = 100
 OUTAGE_S = 60.0
 # Drain target after the fault heals: 30 s, plus the budgeted wait of a job
 # deferred during the fault (the retry delay is capped at 15 s, policy.py) and
@@ -135,7 +136,7 @@ async def _until(
                 return
         except grpc.aio.AioRpcError:
             pass
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}\n{stack.logs()}")
 
 
