@@ -10,7 +10,7 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 STAMP_VENV := $(VENV)/.installed
 STAMP_GEN := $(GEN)/.generated
 
-.PHONY: all venv proto lint format migrate run run-tasks run-verification run-queue run-gateway worker test test-unit test-integration test-faults bench check-config clean
+.PHONY: all venv proto lint format migrate certs api-key run run-tasks run-verification run-queue run-gateway worker test test-unit test-integration test-faults bench check-config clean
 
 all: proto
 
@@ -62,6 +62,14 @@ format: venv
 ## migrate: apply the database migrations (DATABASE_URL, or the embedded SQLite file)
 migrate: proto
 	$(PY) -m services.tasks migrate
+
+## certs: a dev CA and a certificate per service under TLS_DIR (default data/certs)
+certs: proto
+	$(PY) -m shared.tls $(ARGS)
+
+## api-key: manage API keys, e.g. make api-key ARGS="create --name ci --scopes tasks.submit"
+api-key: proto
+	$(PY) -m services.tasks api-key $(or $(ARGS),--help)
 
 ## run: the whole stack in the foreground on embedded defaults (or what the environment configures)
 run: proto

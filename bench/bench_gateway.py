@@ -8,7 +8,11 @@ processes, as deployed (`python -m services.tasks`, `python -m services.gateway`
 The HTTP load comes from a minimal keep-alive client on raw sockets so the
 client's own cost stays small next to what is measured.
 
-    .venv/bin/python bench/bench_gateway.py [--clients 64] [--seconds 8]
+    .venv/bin/python bench/bench_gateway.py [--clients 64] [--seconds 8] [--modes off,key]
+
+Each mode is its own stack: `off` runs with AUTH_ENABLED=false, `key` with
+authentication on and every request carrying an API key (the gateway passes
+it through; the tasks service validates it, cached).
 
 Target: the gateway adds under 5 ms at p99.
 """
@@ -36,6 +40,7 @@ from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc  # noqa: E402
 from verifier.verification.v1 import verification_pb2  # noqa: E402
 
 from shared.grpc_client import CHANNEL_OPTIONS  # noqa: E402
+from shared.tls import ensure_dev_certs  # noqa: E402
 
 
 def free_port() -> int:
@@ -78,9 +83,10 @@ async def run_load(
 class KeepAliveHttp:
     """GET one path over a pool of persistent HTTP/1.1 connections (one per client)."""
 
-    def __init__(self, host: str, port: int, path: str, clients: int) -> None:
+    def __init__(self, host: str, port: int, path: str, clients: int, key: str = "") -> None:
         self.host, self.port = host, port
-        self.request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        auth = f"Authorization: Bearer {key}\r\n" if key else ""
+        self.request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n".encode()
         self.pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
             asyncio.Queue()
         )
@@ -162,7 +168,10 @@ async def measure(
     light_clients: int,
     seconds: float,
     pids: dict[str, int],
-) -> None:
+    key: str = "",
+) -> dict[int, dict[str, float]]:
+    metadata = (("authorization", f"Bearer {key}"),) if key else ()
+    figures: dict[int, dict[str, float]] = {}
     async with grpc.aio.insecure_channel(tasks_target, options=CHANNEL_OPTIONS) as channel:
         stub = tasks_pb2_grpc.TaskServiceStub(channel)
         created = await stub.CreateTask(
@@ -171,12 +180,16 @@ async def measure(
                 app_name="bench",
                 app_config_type=verification_pb2.APP_CONFIG_TYPE_REDPILL,
                 model_or_domain="example.com",
-            )
+            ),
+            metadata=metadata,
         )
         task_id = created.task.id
         request = tasks_pb2.GetTaskRequest(id=task_id)
         for count in (clients, light_clients) if light_clients else (clients,):
-            await compare(stub, request, task_id, gateway_port, count, seconds, pids)
+            figures[count] = await compare(
+                stub, request, task_id, gateway_port, count, seconds, pids, key
+            )
+    return figures
 
 
 async def compare(
@@ -187,11 +200,14 @@ async def compare(
     clients: int,
     seconds: float,
     pids: dict[str, int],
-) -> None:
-    async def direct() -> None:
-        await stub.GetTask(request)
+    key: str = "",
+) -> dict[str, float]:
+    metadata = (("authorization", f"Bearer {key}"),) if key else ()
 
-    http = KeepAliveHttp("127.0.0.1", gateway_port, f"/api/v1/tasks/{task_id}", clients)
+    async def direct() -> None:
+        await stub.GetTask(request, metadata=metadata)
+
+    http = KeepAliveHttp("127.0.0.1", gateway_port, f"/api/v1/tasks/{task_id}", clients, key)
     await http.open()
     print(f"\nGetTask of one task, {clients} concurrent clients, {seconds:.0f} s per run")
     # Interleaved runs, so drift (other load, caches) affects both alike.
@@ -221,6 +237,66 @@ async def compare(
     print(f"gateway CPU per request: about {per_request:.0f} us")
     verdict = "met" if added_p99 < 5.0 else "NOT met"
     print(f"target (gateway adds < 5 ms at p99): {verdict}")
+    return {
+        "grpc_rate": grpc_rate,
+        "gateway_rate": gateway_rate,
+        "grpc_p50": best("grpc", "p50"),
+        "grpc_p99": best("grpc", "p99"),
+        "gateway_p50": best("gateway", "p50"),
+        "gateway_p99": best("gateway", "p99"),
+    }
+
+
+def print_auth_cost(results: dict[str, dict[int, dict[str, float]]]) -> None:
+    """Each mode next to AUTH_ENABLED=false, per client count (ratio to "off")."""
+    base = results.get("off", {})
+    print("\nthe cost of authentication (API key on every request), ratio to off:")
+    for mode, by_clients in results.items():
+        for clients, f in by_clients.items():
+            b = base.get(clients)
+            ratio = ""
+            if b and mode != "off":
+                ratio = (
+                    f"  (x{f['gateway_rate'] / b['gateway_rate']:.2f} REST rate,"
+                    f" x{f['grpc_rate'] / b['grpc_rate']:.2f} gRPC rate)"
+                )
+            print(
+                f"  {mode:<4} {clients:>3} clients: REST {f['gateway_rate']:6.0f}/s"
+                f" p50 {f['gateway_p50']:.2f} p99 {f['gateway_p99']:.2f} ms;"
+                f" gRPC {f['grpc_rate']:6.0f}/s p50 {f['grpc_p50']:.2f}"
+                f" p99 {f['grpc_p99']:.2f} ms{ratio}"
+            )
+
+
+def auth_env(mode: str) -> dict[str, str]:
+    if mode == "off":
+        return {"AUTH_ENABLED": "false"}
+    certs = Path(os.environ.get("TMPDIR", "/tmp")) / "bench-gateway-certs"
+    ensure_dev_certs(certs)
+    return {
+        "AUTH_ENABLED": "true",
+        "TLS_DIR": str(certs),
+        "TASKS_INTERNAL_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
+        # No queue runs (as without auth): tasks stay pending.
+        "QUEUE_INTERNAL_ADDR": f"127.0.0.1:{free_port()}",
+        "ADMIN_KEY_FILE": str(certs / f"admin-{uuid.uuid4().hex[:6]}.key"),
+        # Buckets computed on every call, never refusing at this load.
+        "RATE_LIMIT_READ_PER_SECOND": "1000000",
+        "RATE_LIMIT_READ_BURST": "1000000",
+    }
+
+
+def make_key(env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "services.tasks", "api-key", "create", "--name", "bench",
+         "--scopes", "tasks.submit,tasks.read"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return next(
+        line.split(":", 1)[1].strip()
+        for line in done.stdout.splitlines()
+        if line.startswith("key:")
+    )
 
 
 def main() -> None:
@@ -230,7 +306,16 @@ def main() -> None:
         "--light-clients", type=int, default=4, help="a second, unsaturated run (0: none)"
     )
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--modes", default="off,key", help="auth modes, each its own stack")
     args = parser.parse_args()
+    load = os.getloadavg()
+    print(f"machine load (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    results = {mode: run_mode(args, mode) for mode in args.modes.split(",")}
+    print_auth_cost(results)
+
+
+def run_mode(args: argparse.Namespace, mode: str) -> dict[int, dict[str, float]]:
+    print(f"\n== auth mode {mode!r}")
 
     server_url = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
     database = f"bench_gateway_{uuid.uuid4().hex[:8]}"
@@ -254,8 +339,10 @@ def main() -> None:
             "PORT": str(gateway_port),
             "LOG_LEVEL": "error",
             "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "shared" / "gen")]),
+            **auth_env(mode),
         }
     )
+    key = make_key(env) if mode != "off" else ""
     procs = [
         subprocess.Popen([sys.executable, "-m", "services.tasks"], cwd=ROOT, env=env),
         subprocess.Popen([sys.executable, "-m", "services.gateway"], cwd=ROOT, env=env),
@@ -264,7 +351,7 @@ def main() -> None:
         asyncio.run(wait_grpc(f"127.0.0.1:{tasks_port}"))
         wait_http(f"http://127.0.0.1:{gateway_port}/health")
         pids = {"tasks": procs[0].pid, "gateway": procs[1].pid}
-        asyncio.run(
+        return asyncio.run(
             measure(
                 f"127.0.0.1:{tasks_port}",
                 gateway_port,
@@ -272,6 +359,7 @@ def main() -> None:
                 args.light_clients,
                 args.seconds,
                 pids,
+                key,
             )
         )
     finally:

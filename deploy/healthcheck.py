@@ -1,25 +1,59 @@
-"""Container health checks for docker compose (Kubernetes uses its native gRPC
-and HTTP probes instead). Exit 0 when healthy, 1 otherwise.
+"""Container health checks (docker compose, and the Kubernetes exec probes of
+services whose public port speaks TLS). Exit 0 when healthy, 1 otherwise.
 
     python deploy/healthcheck.py grpc HOST:PORT       grpc.health.v1 says SERVING
     python deploy/healthcheck.py http URL             the URL answers 200
     python deploy/healthcheck.py worker QUEUE_ADDR    a worker on this host is online
+
+With TLS_PUBLIC=true the grpc check speaks TLS, trusting TLS_DIR/ca.crt. The
+worker check asks the queue's internal (mutual-TLS) port with the queue's
+certificate when authentication is on, so it needs no API key.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import urllib.request
+from typing import Any
 
 TIMEOUT_SECONDS = 3.0
 
 
-def grpc_serving(target: str) -> bool:
+def _tls_dir() -> str:
+    return os.environ.get("TLS_DIR") or os.path.join(os.environ.get("DATA_DIR", "data"), "certs")
+
+
+def _on(name: str, default: str) -> bool:
+    return os.environ.get(name, default).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _channel(target: str, *, client_cert: bool) -> Any:
+    """TLS trusting our CA (with the queue's certificate for mutual TLS), or plaintext."""
     import grpc
+
+    if client_cert and not _on("AUTH_ENABLED", "true"):
+        return grpc.insecure_channel(target)
+    if not client_cert and not _on("TLS_PUBLIC", "false"):
+        return grpc.insecure_channel(target)
+    folder = _tls_dir()
+    with open(os.path.join(folder, "ca.crt"), "rb") as ca:
+        root = ca.read()
+    if not client_cert:
+        return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root))
+    with (
+        open(os.path.join(folder, "queue.key"), "rb") as k,
+        open(os.path.join(folder, "queue.crt"), "rb") as c,
+    ):
+        creds = grpc.ssl_channel_credentials(root, k.read(), c.read())
+    return grpc.secure_channel(target, creds)
+
+
+def grpc_serving(target: str) -> bool:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(target) as channel:
+    with _channel(target, client_cert=False) as channel:
         response = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=TIMEOUT_SECONDS
         )
@@ -33,10 +67,9 @@ def http_ok(url: str) -> bool:
 
 def worker_online(queue_target: str) -> bool:
     """The queue service lists a worker of this host (container) as online."""
-    import grpc
     from verifier.queue.v1 import queue_pb2, queue_pb2_grpc
 
-    with grpc.insecure_channel(queue_target) as channel:
+    with _channel(queue_target, client_cert=True) as channel:
         workers = queue_pb2_grpc.QueueServiceStub(channel).ListWorkers(
             queue_pb2.ListWorkersRequest(), timeout=TIMEOUT_SECONDS
         )

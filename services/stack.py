@@ -45,6 +45,7 @@ from shared.config import (
     load_settings,
     setting_names,
 )
+from shared.tls import ensure_dev_certs
 
 # Each service's settings class, by the name of its process (workers are the queue's).
 SETTINGS: dict[str, type[CommonSettings]] = {
@@ -164,6 +165,28 @@ def _stop_all(procs: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
             proc.wait()
 
 
+def prepare_auth(settings: CommonSettings, config: str | None, env: dict[str, str]) -> None:
+    """First start with authentication on: the dev certificates when missing, and
+    the admin key (written to ADMIN_KEY_FILE, mode 0600), so the stack starts
+    with two commands and the operator knows where its key is."""
+    if not settings.auth_enabled:
+        print("stack: AUTH_ENABLED=false: every caller may do everything", file=sys.stderr)
+        return
+    made = ensure_dev_certs(settings.effective_tls_dir)
+    if made:
+        print(
+            f"stack: made dev certificates for {', '.join(made)} in {settings.effective_tls_dir}",
+            file=sys.stderr,
+        )
+    cmd = [sys.executable, "-m", "services.tasks", "api-key", "bootstrap"]
+    if config:
+        cmd += ["--config", config]
+    done = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"stack: cannot create the admin key:\n{done.stderr[-2000:]}")
+    print(f"stack: {done.stdout.strip()}", file=sys.stderr, flush=True)
+
+
 def run(stack: StackSettings, config: str | None) -> int:
     settings = stack.gateway
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -175,6 +198,7 @@ def run(stack: StackSettings, config: str | None) -> int:
         )
     )
     env.setdefault("PYTHONUNBUFFERED", "1")
+    prepare_auth(settings, config, env)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 

@@ -123,6 +123,11 @@ def check_positive(value: Any) -> None:
         raise ValueError(f"must be positive, got {value}")
 
 
+def check_not_negative(value: Any) -> None:
+    if value < 0:
+        raise ValueError(f"must not be negative, got {value}")
+
+
 def url_check(*schemes: str) -> Check:
     def check(value: Any) -> None:
         if not value:
@@ -189,6 +194,30 @@ class CommonSettings:
     verification_addr: str = peer("127.0.0.1:50053")
     # Deadline of an ordinary (unary) call to a peer service.
     call_timeout_seconds: float = positive(30.0)
+    # --- authentication and service identity (shared.auth, shared.security) ---
+    # API keys on every external RPC, service certificates on the internal ones.
+    auth_enabled: bool = True
+    # Folder of ca.crt and NAME.crt/NAME.key per service. Empty: data_dir/certs.
+    tls_dir: str = ""
+    # Serve the public ports over TLS (the service's certificate; no client certificate).
+    tls_public: bool = False
+    # Each service's internal (mutual TLS only) port, and where peers reach it.
+    tasks_internal_listen_addr: str = listen("127.0.0.1:50061")
+    queue_internal_listen_addr: str = listen("127.0.0.1:50062")
+    verification_internal_listen_addr: str = listen("127.0.0.1:50063")
+    tasks_internal_addr: str = peer("127.0.0.1:50061")
+    queue_internal_addr: str = peer("127.0.0.1:50062")
+    verification_internal_addr: str = peer("127.0.0.1:50063")
+    # Seconds a validated API key is trusted before asking again (a revocation
+    # takes effect everywhere within this).
+    identity_cache_seconds: float = positive(10.0)
+    # Where the first start writes the admin key. Empty: data_dir/admin.key.
+    admin_key_file: str = ""
+    # Per-key token buckets: requests per second and burst; a rate of 0 turns one off.
+    rate_limit_create_per_second: float = setting(20.0, check=check_not_negative)
+    rate_limit_create_burst: int = positive(100)
+    rate_limit_read_per_second: float = setting(200.0, check=check_not_negative)
+    rate_limit_read_burst: int = positive(400)
     # --- settings two services read (each defined here, once) ---
     # A job delivered more often than this (every worker that took it died with
     # it: a crash, a kill, out of memory) fails its task instead of killing more
@@ -201,6 +230,14 @@ class CommonSettings:
     def validate(self) -> None:
         """Rules across fields; raises ConfigError naming the field. Subclasses
         extend it (calling super) for their own rules."""
+
+    @property
+    def effective_tls_dir(self) -> str:
+        return self.tls_dir or str(Path(self.data_dir) / "certs")
+
+    @property
+    def effective_admin_key_file(self) -> str:
+        return self.admin_key_file or str(Path(self.data_dir) / "admin.key")
 
     def masked(self) -> dict[str, Any]:
         """Every setting, secrets replaced by a mask and URL passwords hidden."""

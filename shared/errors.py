@@ -45,5 +45,9 @@ class DeadlineExceeded(DomainError):
     """A dependency did not answer in time; the caller may retry."""
 
 
+class Unauthenticated(DomainError):
+    """The caller did not say who it is, or what it said is not valid."""
+
+
 class PermissionDenied(DomainError):
     """The caller may not do this (for example an evidence URL to a disallowed host)."""

@@ -78,31 +78,49 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-def _with_request_id(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+def _with_request_id(
+    details: grpc.aio.ClientCallDetails, authorization: str
+) -> grpc.aio.ClientCallDetails:
     metadata = list(details.metadata or ())
     if not any(key == REQUEST_ID_METADATA_KEY for key, _ in metadata):
         metadata.append((REQUEST_ID_METADATA_KEY, current_request_id() or new_request_id()))
+    if authorization and not any(key == "authorization" for key, _ in metadata):
+        metadata.append(("authorization", authorization))
     return grpc.aio.ClientCallDetails(
         details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
     )
 
 
 class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, authorization: str) -> None:
+        self.authorization = authorization
+
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
-        return await continuation(_with_request_id(details), request)
+        return await continuation(_with_request_id(details, self.authorization), request)
 
 
 class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, authorization: str) -> None:
+        self.authorization = authorization
+
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
-        return await continuation(_with_request_id(details), request)
+        return await continuation(_with_request_id(details, self.authorization), request)
 
 
-def create_channel(target: str) -> grpc.aio.Channel:
-    """An insecure channel to a peer service that forwards the request id."""
-    return grpc.aio.insecure_channel(
-        target, options=CHANNEL_OPTIONS, interceptors=[_UnaryUnary(), _UnaryStream()]
-    )
+def create_channel(
+    target: str, credentials: grpc.ChannelCredentials | None = None, api_key: str = ""
+) -> grpc.aio.Channel:
+    """A channel to a peer service that forwards the request id: TLS with
+    `credentials` (shared.security builds them), else plaintext. With `api_key`,
+    every call carries `authorization: Bearer <api_key>` (clients, tests, benches)."""
+    authorization = f"Bearer {api_key}" if api_key else ""
+    interceptors = [_UnaryUnary(authorization), _UnaryStream(authorization)]
+    if credentials is not None:
+        return grpc.aio.secure_channel(
+            target, credentials, options=CHANNEL_OPTIONS, interceptors=interceptors
+        )
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)

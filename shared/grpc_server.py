@@ -24,7 +24,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -34,9 +34,15 @@ from verifier.ops.v1 import diagnostics_pb2, diagnostics_pb2_grpc
 
 import shared
 from shared import errors, metrics, reflection
+from shared.auth import WWW_AUTHENTICATE, Authorizer, peer_common_name
 from shared.context import REQUEST_ID_METADATA_KEY, bind_request_id, sanitize_request_id
 from shared.log import get_logger
+from shared.principal import bind_identity
 from shared.retry import Backoff, keep_running
+from shared.tls import server_credentials
+
+if TYPE_CHECKING:
+    from shared.security import Security
 
 log = get_logger(__name__)
 
@@ -50,7 +56,11 @@ _STATUS_BY_ERROR: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
+# Trailers that tell an HTTP client what to do next (the gateway copies them).
+WWW_AUTHENTICATE_METADATA_KEY = "www-authenticate"
+RETRY_AFTER_METADATA_KEY = "retry-after"
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 SERVER_OPTIONS: list[tuple[str, Any]] = [
@@ -96,13 +106,19 @@ async def _abort_for(
     if isinstance(exc, errors.DomainError):
         code = status_code_for(exc)
         log.info("rpc.error", method=method, code=code.name, error=str(exc), ms=elapsed_ms)
+        trailers: list[tuple[str, str | bytes]] = [
+            (REQUEST_ID_METADATA_KEY, request_id),
+            ("grpc-status-details-bin", _status_details(exc, code)),
+        ]
+        if isinstance(exc, errors.Unauthenticated):
+            trailers.append((WWW_AUTHENTICATE_METADATA_KEY, WWW_AUTHENTICATE))
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            trailers.append((RETRY_AFTER_METADATA_KEY, str(retry_after)))
         await context.abort(
             code,
             str(exc),  # str() keeps the "field: " prefix subclasses may strip from .message
-            trailing_metadata=(
-                (REQUEST_ID_METADATA_KEY, request_id),
-                ("grpc-status-details-bin", _status_details(exc, code)),
-            ),
+            trailing_metadata=tuple(trailers),
         )
     log.exception("rpc.internal_error", method=method, ms=elapsed_ms, exc_info=exc)
     await context.abort(
@@ -113,7 +129,12 @@ async def _abort_for(
 
 
 class RequestContextInterceptor(grpc.aio.ServerInterceptor):
-    """Binds the request id and maps domain errors, around every handler."""
+    """Binds the request id, checks the caller (shared.auth's policy, when an
+    authorizer is given) and binds its identity, and maps domain errors, around
+    every handler."""
+
+    def __init__(self, authorizer: Authorizer | None = None) -> None:
+        self.authorizer = authorizer
 
     async def intercept_service(
         self,
@@ -128,10 +149,21 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
         request_id = sanitize_request_id(metadata.get(REQUEST_ID_METADATA_KEY))
         quiet = method.startswith(("/grpc.health", "/grpc.reflection"))
 
+        authorizer = self.authorizer
+
         def enter(context: grpc.aio.ServicerContext) -> float:
             bind_request_id(request_id)
             context.set_trailing_metadata(((REQUEST_ID_METADATA_KEY, request_id),))
             return time.perf_counter()
+
+        async def check(context: grpc.aio.ServicerContext) -> None:
+            if authorizer is None:
+                return
+            identity = await authorizer.authorize(
+                method, metadata, lambda: peer_common_name(context.auth_context())
+            )
+            if identity is not None:
+                bind_identity(identity)
 
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
@@ -139,6 +171,7 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 started = enter(context)
                 try:
+                    await check(context)
                     response = await inner_uu(request, context)
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     raise
@@ -165,6 +198,7 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
             ) -> AsyncIterator[Any]:
                 started = enter(context)
                 try:
+                    await check(context)
                     stream = inner_us(request, context)
                     if hasattr(stream, "__aiter__"):
                         async for item in stream:
@@ -282,6 +316,8 @@ class ServiceSpec:
     shutdown_grace_seconds: float = 10.0
     # HOST:PORT of this service's Prometheus /metrics; empty: none.
     metrics_listen_addr: str = ""
+    # Authentication (shared.security.service_security); None: every call allowed.
+    security: Security | None = None
 
 
 @dataclass
@@ -300,6 +336,9 @@ class RunningServer:
         """The bound /metrics port, 0 when metrics are not served."""
         return self.metrics.port if self.metrics is not None else 0
 
+    # The bound mutual-TLS port of the internal RPCs (0 without security).
+    internal_port: int = 0
+
     async def stop(self, grace: float | None = None) -> None:
         grace = self.spec.shutdown_grace_seconds if grace is None else grace
         log.info("server.stopping", grace_seconds=grace)
@@ -310,7 +349,10 @@ class RunningServer:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for hook in self.spec.on_stop:
+        hooks = list(self.spec.on_stop)
+        if self.spec.security is not None:
+            hooks += self.spec.security.on_stop
+        for hook in hooks:
             try:
                 await hook()
             except Exception:
@@ -345,7 +387,9 @@ async def _health_loop(spec: ServiceSpec, servicer: health.aio.HealthServicer) -
 
 async def start_server(spec: ServiceSpec) -> RunningServer:
     """Build, register and start the server; returns once it listens."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [RequestContextInterceptor()]
+    security = spec.security
+    authorizer = security.authorizer if security is not None else None
+    interceptors: list[grpc.aio.ServerInterceptor] = [RequestContextInterceptor(authorizer)]
     if metrics.enabled():
         # Outermost: it sees the status code the error mapping chose.
         interceptors.insert(0, metrics.MetricsInterceptor())
@@ -364,23 +408,58 @@ async def start_server(spec: ServiceSpec) -> RunningServer:
             diagnostics_pb2.DESCRIPTOR.services_by_name["DiagnosticsService"].full_name,
         ],
     )
-    port = server.add_insecure_port(spec.listen_addr)
+    internal_port = 0
+    if security is None:
+        port = server.add_insecure_port(spec.listen_addr)
+    else:
+        if security.public_tls:
+            public_creds: Any = server_credentials(security.certs, require_client_auth=False)
+            port = server.add_secure_port(spec.listen_addr, public_creds)
+        else:
+            _refuse_plaintext_beyond_loopback(spec.listen_addr, security.environment)
+            port = server.add_insecure_port(spec.listen_addr)
+        internal_creds: Any = server_credentials(security.certs, require_client_auth=True)
+        internal_port = server.add_secure_port(security.internal_listen_addr, internal_creds)
+        if internal_port == 0:
+            raise OSError(f"cannot listen on {security.internal_listen_addr}")
     if port == 0:
         raise OSError(f"cannot listen on {spec.listen_addr}")
     await server.start()
-    running = RunningServer(spec, server, port, health_servicer)
+    running = RunningServer(spec, server, port, health_servicer, internal_port=internal_port)
     running.metrics = metrics.serve_metrics(spec.metrics_listen_addr)
     running.tasks.append(asyncio.create_task(_health_loop(spec, health_servicer)))
     for job in spec.background:
         running.tasks.append(asyncio.create_task(_supervise(job)))
     log.info(
-        "server.started", listen=spec.listen_addr, port=port, services=list(spec.service_names)
+        "server.started",
+        listen=spec.listen_addr,
+        port=port,
+        internal_port=internal_port,
+        auth=security is not None,
+        tls=bool(security and security.public_tls),
+        services=list(spec.service_names),
     )
     return running
 
 
 # A crashed background job restarts after this backoff (a loop must never die silently).
 BACKGROUND_BACKOFF = Backoff(base_seconds=1.0, cap_seconds=30.0)
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
+
+
+def _refuse_plaintext_beyond_loopback(listen_addr: str, environment: str) -> None:
+    """API keys must not cross a network in clear: plaintext is for loopback.
+    Production refuses to start; elsewhere (docker compose's private network)
+    it is allowed with a warning."""
+    host = listen_addr.rpartition(":")[0]
+    if host in _LOOPBACK_HOSTS:
+        return
+    if environment == "production":
+        raise OSError(
+            f"refusing plaintext gRPC with authentication on {listen_addr}: "
+            "set TLS_PUBLIC=true (the service's certificate) or listen on 127.0.0.1"
+        )
+    log.warning("server.plaintext_beyond_loopback", listen=listen_addr)
 
 
 async def _supervise(job: Callable[[], Awaitable[None]]) -> None:

@@ -4,9 +4,34 @@ every line (bound through contextvars)."""
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+
+# Never logged: API keys (vk_...), PEM private keys, and fields that hold secrets.
+_SECRET_FIELDS = frozenset(
+    {"authorization", "api_key", "secret", "token", "private_key", "signing_key", "password"}
+)
+_SECRET_TEXT = re.compile(
+    r"vk_[A-Za-z0-9_-]{16,}|-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----",
+    re.DOTALL,
+)
+REDACTED = "[redacted]"
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A structlog processor: secrets out of every line, whatever logged them."""
+    for key, value in event_dict.items():
+        if key in _SECRET_FIELDS and value:
+            event_dict[key] = REDACTED
+        elif isinstance(value, str) and ("vk_" in value or "PRIVATE KEY" in value):
+            event_dict[key] = _SECRET_TEXT.sub(REDACTED, value)
+    return event_dict
 
 
 def configure_logging(service: str, level: str = "info", fmt: str = "json") -> None:
@@ -27,6 +52,7 @@ def configure_logging(service: str, level: str = "info", fmt: str = "json") -> N
             *shared_processors,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            redact_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -41,6 +67,7 @@ def configure_logging(service: str, level: str = "info", fmt: str = "json") -> N
         structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                redact_secrets,
                 renderer,
             ],
             foreign_pre_chain=[*shared_processors, structlog.stdlib.add_logger_name],

@@ -35,7 +35,12 @@ from services.gateway import catalog, dashboard
 from services.gateway.catalog import HttpRoute, RouteTable
 from services.gateway.comments import load_comments
 from services.gateway.docs import render_docs
-from services.gateway.errors import MethodNotAllowed, PayloadTooLarge, RouteNotFound
+from services.gateway.errors import (
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RouteNotFound,
+    UnsupportedMediaType,
+)
 from services.gateway.health import detailed_health
 from services.gateway.openapi import build_document
 from services.gateway.settings import GatewaySettings
@@ -43,13 +48,16 @@ from services.gateway.status import domain_error_response, error_body, rpc_error
 from services.gateway.transcode import build_request, dumps, message_to_json, response_to_json
 from services.gateway.upstream import Upstreams, parse_timeout
 from shared import errors, metrics
+from shared.auth import AUTHORIZATION_METADATA_KEY, WWW_AUTHENTICATE
 from shared.context import (
     REQUEST_ID_METADATA_KEY,
     bind_request_id,
     current_request_id,
     sanitize_request_id,
 )
+from shared.grpc_server import RETRY_AFTER_METADATA_KEY, WWW_AUTHENTICATE_METADATA_KEY
 from shared.log import get_logger
+from shared.security import public_channel_credentials
 
 log = get_logger(__name__)
 
@@ -60,7 +68,64 @@ FIXED_PATHS = frozenset(
     {"/health", "/health/detailed", "/openapi", "/openapi.json", "/docs", "/metrics"}
     | dashboard.PATHS
 )
-_READ_HEADERS = frozenset({b"content-length", b"x-timeout", b"grpc-timeout", b"last-event-id"})
+_READ_HEADERS = frozenset(
+    {
+        b"content-length",
+        b"content-type",
+        b"transfer-encoding",
+        b"x-timeout",
+        b"grpc-timeout",
+        b"authorization",
+        b"last-event-id",
+    }
+)
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def has_body(headers: Mapping[str, str]) -> bool:
+    length = headers.get("content-length")
+    if length is not None:
+        return length.strip() not in ("", "0")
+    return "transfer-encoding" in headers
+
+
+def require_json(method: str, headers: Mapping[str, str]) -> None:
+    """POST/PUT/PATCH with a body must say it is JSON (415 otherwise)."""
+    if method not in _BODY_METHODS or not has_body(headers):
+        return
+    content_type = headers.get("content-type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != JSON:
+        raise UnsupportedMediaType(content_type)
+
+
+def call_metadata(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The request id, and the caller's authorization passed through unchanged."""
+    authorization = headers.get("authorization")
+    if authorization:
+        return (
+            (REQUEST_ID_METADATA_KEY, current_request_id()),
+            (AUTHORIZATION_METADATA_KEY, authorization),
+        )
+    return ((REQUEST_ID_METADATA_KEY, current_request_id()),)
+
+
+def rpc_error_headers(exc: grpc.aio.AioRpcError) -> dict[str, str] | None:
+    """WWW-Authenticate on a 401, Retry-After on a 429, from the service's trailers."""
+    wanted = {
+        WWW_AUTHENTICATE_METADATA_KEY: "WWW-Authenticate",
+        RETRY_AFTER_METADATA_KEY: "Retry-After",
+    }
+    headers = {
+        wanted[key]: value
+        for key, value in exc.trailing_metadata() or ()
+        if key in wanted and isinstance(value, str)
+    }
+    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+        headers.setdefault("WWW-Authenticate", WWW_AUTHENTICATE)
+    return headers or None
+
+
 # Server-sent events resume by convention: a streaming RPC whose response has
 # `last_event_id` gets it as each event's `id:`, and one whose request has
 # `after_event_id` gets the client's Last-Event-ID there.
@@ -230,6 +295,7 @@ async def transcode(state: GatewayState, scope: Scope, receive: Receive) -> Resp
         if isinstance(found, list):
             raise MethodNotAllowed(method, found)
         route = found.route
+        require_json(method, headers)
         raw_body = b""
         if route.body:
             raw_body = await read_body(receive, headers, state.settings.max_body_bytes)
@@ -254,7 +320,7 @@ async def transcode(state: GatewayState, scope: Scope, receive: Receive) -> Resp
         return error_response(status, body, allow)
     except ClientGone:
         return Response(status_code=499)
-    metadata = ((REQUEST_ID_METADATA_KEY, current_request_id()),)
+    metadata = call_metadata(headers)
     if route.rpc.server_streaming:
         return await stream_events(state, route, message, timeout, metadata)
     call = state.upstreams.callable_for(route.rpc)
@@ -262,7 +328,7 @@ async def transcode(state: GatewayState, scope: Scope, receive: Receive) -> Resp
         response = await call(message, timeout=timeout, metadata=metadata)
     except grpc.aio.AioRpcError as exc:
         status, body = rpc_error_response(exc)
-        return error_response(status, body)
+        return error_response(status, body, rpc_error_headers(exc))
     return Response(dumps(response_to_json(route, response)), media_type=JSON)
 
 
@@ -308,7 +374,7 @@ async def stream_events(
         first = await call.read()
     except grpc.aio.AioRpcError as exc:
         status, body = rpc_error_response(exc)
-        return error_response(status, body)
+        return error_response(status, body, rpc_error_headers(exc))
     except BaseException:
         call.cancel()
         raise
@@ -444,7 +510,7 @@ def create_app(
     state = GatewayState(
         settings=settings,
         routes=routes,
-        upstreams=Upstreams(used),
+        upstreams=Upstreams(used, public_channel_credentials(settings, "gateway")),
         openapi=dumps(document),
         docs=render_docs(document),
     )

@@ -61,3 +61,14 @@ class MethodNotAllowed(errors.FailedPrecondition):
     def __init__(self, method: str, allowed: list[str]) -> None:
         super().__init__(f"method {method} not allowed; allowed: {', '.join(allowed)}")
         self.allowed = allowed
+
+
+class UnsupportedMediaType(errors.InvalidArgument):
+    """A body that is not JSON by its content-type (HTTP 415): a form or text/plain
+    POST is what a foreign web page can send without a CORS preflight."""
+
+    http_status = 415
+
+    def __init__(self, content_type: str) -> None:
+        shown = content_type or "none"
+        super().__init__("content-type", f"the body must be application/json, got {shown[:100]!r}")

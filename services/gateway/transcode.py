@@ -31,6 +31,7 @@ from google.protobuf.message import Message
 
 from services.gateway.catalog import HttpRoute
 from services.gateway.errors import BadRequest, MalformedJson, UnknownField
+from shared.json_numbers import non_finite_path, parse_constant, parse_float
 from shared.jsonnum import whole_numbers
 
 WELL_KNOWN_PREFIX = "google.protobuf."
@@ -359,9 +360,13 @@ def parse_body(raw: bytes) -> Any:
     if not raw.strip():
         return None
     try:
-        return json.loads(raw)
+        data = json.loads(raw, parse_constant=parse_constant, parse_float=parse_float)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8
         raise MalformedJson(str(exc)) from None
+    bad = non_finite_path(data)
+    if bad is not None:
+        raise BadRequest(bad, "NaN, Infinity and out-of-range numbers are not JSON numbers")
+    return data
 
 
 def build_request(

@@ -22,8 +22,12 @@ from shared.grpc_client import CHANNEL_OPTIONS
 class Upstreams:
     """The gateway's channels, keyed like the catalog's targets ("tasks", ...)."""
 
-    def __init__(self, targets: Mapping[str, str]) -> None:
+    def __init__(
+        self, targets: Mapping[str, str], credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
         self.targets = dict(targets)
+        # TLS to the services' public ports when they serve it (TLS_PUBLIC).
+        self.credentials = credentials
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._callables: dict[str, Any] = {}
 
@@ -32,7 +36,12 @@ class Upstreams:
         # The request id is passed explicitly per call, so the channels need no
         # interceptor (grpc.aio interceptors cost a task per call).
         for key, target in self.targets.items():
-            self._channels[key] = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            if self.credentials is not None:
+                self._channels[key] = grpc.aio.secure_channel(
+                    target, self.credentials, options=CHANNEL_OPTIONS
+                )
+            else:
+                self._channels[key] = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
 
     async def close(self, grace: float | None = None) -> None:
         for channel in self._channels.values():

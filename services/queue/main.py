@@ -23,10 +23,10 @@ from verifier.tasks.v1 import tasks_pb2_grpc
 
 from shared import metrics
 from shared.config import add_config_arguments, settings_from_args
-from shared.grpc_client import create_channel
 from shared.grpc_server import DependencyProbe, ServiceSpec, serve
 from shared.log import configure_logging, get_logger
 from shared.retry import keep_running
+from shared.security import internal_channel, service_security
 
 from . import gauges
 from .backend import QueueBackend
@@ -84,7 +84,8 @@ async def _run_service_jobs(control: QueueControl) -> None:
 async def _requeue_over(
     settings: QueueSettings, enqueue_many: Callable[[Sequence[str]], Awaitable[list[EnqueueResult]]]
 ) -> int:
-    channel = create_channel(settings.tasks_addr)
+    # ListTasks over the tasks service's internal port, as the queue service itself.
+    channel = internal_channel(settings, "tasks", "queue")
     try:
         return await requeue_unfinished(
             tasks_pb2_grpc.TaskServiceStub(channel),
@@ -161,6 +162,7 @@ def build_spec(
         health_probe_interval_seconds=settings.health_probe_interval_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         metrics_listen_addr=settings.queue_metrics_listen_addr,
+        security=service_security(settings, "queue"),
     )
 
 

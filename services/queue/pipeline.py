@@ -37,9 +37,9 @@ from google.rpc import code_pb2
 from verifier.tasks.v1 import worker_pb2, worker_pb2_grpc
 from verifier.verification.v1 import engine_pb2, engine_pb2_grpc, verification_pb2
 
-from shared.grpc_client import create_channel
 from shared.log import get_logger
 from shared.retry import Backoff
+from shared.security import internal_channel
 
 from . import policy
 from .health import ServingGate
@@ -393,9 +393,11 @@ class PipelineConnection:
     loop (grpc.aio channels bind to it)."""
 
     def __init__(self, settings: QueueSettings, worker_id: str) -> None:
+        # The workers' calls are internal RPCs: the peers' mutual-TLS ports,
+        # with the queue's certificate (plain public ports when auth is off).
         self._channels = [
-            create_channel(settings.tasks_addr),
-            create_channel(settings.verification_addr),
+            internal_channel(settings, "tasks", "queue"),
+            internal_channel(settings, "verification", "queue"),
         ]
         # Workers take no jobs while either peer is not SERVING.
         self.gates = [

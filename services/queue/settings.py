@@ -19,7 +19,7 @@ class QueueSettings(CommonSettings):
     queue_name: str = "verification-queue"
     # Jobs one worker runs at once.
     queue_concurrency: int = positive(5)
-    queue_listen_addr: str = listen("0.0.0.0:50052")
+    queue_listen_addr: str = listen("127.0.0.1:50052")
     # Prometheus /metrics of the service and of a worker process (empty: none).
     queue_metrics_listen_addr: str = optional_listen("0.0.0.0:9452")
     worker_metrics_listen_addr: str = optional_listen("")

@@ -63,15 +63,22 @@ class GrpcQueueClient:
     (QueueService.EnqueueTask per task against a queue that does not serve the
     batch RPC yet). The channel is created lazily, inside the running loop."""
 
-    def __init__(self, target: str, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        target: str,
+        timeout_seconds: float,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.target = target
         self.timeout_seconds = timeout_seconds
+        # mutual TLS to the queue's internal port (shared.security), or plaintext.
+        self.credentials = credentials
         self._channel: grpc.aio.Channel | None = None
         self._batch_rpc = True
 
     def _open(self) -> grpc.aio.Channel:
         if self._channel is None:
-            self._channel = create_channel(self.target)
+            self._channel = create_channel(self.target, self.credentials)
         return self._channel
 
     def _unavailable(self, exc: grpc.aio.AioRpcError) -> Unavailable:

@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
-from verifier.tasks.v1 import apps_pb2_grpc, operations_pb2_grpc, tasks_pb2_grpc, worker_pb2_grpc
+from verifier.tasks.v1 import (
+    apps_pb2_grpc,
+    identity_pb2_grpc,
+    operations_pb2_grpc,
+    tasks_pb2_grpc,
+    worker_pb2_grpc,
+)
 
 from shared import metrics
 from shared.config import add_config_arguments, settings_from_args
 from shared.grpc_server import DependencyProbe, ServiceSpec, serve
 from shared.log import configure_logging, get_logger
+from shared.security import internal_target, service_security
+from shared.tls import channel_credentials
 
 from . import migrate
 from .apps_server import SERVICE_NAME as APPS_SERVICE_NAME
@@ -28,6 +38,8 @@ from .apps_store import AppStore
 from .apps_sync import AppSync, PhalaCloudApps
 from .dispatch import Dispatcher, GrpcQueueClient, QueueClient, Reconciler
 from .feed import ChangeFeed, PostgresListener
+from .identity_server import API_KEY_SERVICE, IDENTITY_SERVICE, ApiKeyServicer, IdentityServicer
+from .keys_store import KeyStore
 from .model import Task, TaskStatus
 from .operations import RetentionPolicy, StatusRule
 from .operations_server import SERVICE_NAME as OPERATIONS_SERVICE_NAME
@@ -69,6 +81,7 @@ class TasksService:
     scheduler: Scheduler
     operations: TaskOperations
     worker: WorkerApp
+    keys: KeyStore
 
 
 def apply_migrations(settings: TasksSettings) -> None:
@@ -87,8 +100,11 @@ def build_service(settings: TasksSettings, *, queue: QueueClient | None = None) 
         pool_size=settings.database_pool_size,
         on_change=feed.publish if is_sqlite else None,
     )
+    keys = KeyStore(url)
+    security = service_security(settings, "tasks", lookup=keys.lookup)
+    queue_creds: Any = channel_credentials(security.certs) if security is not None else None
     queue_client: QueueClient = queue or GrpcQueueClient(
-        settings.queue_addr, settings.enqueue_timeout_seconds
+        internal_target(settings, "queue"), settings.enqueue_timeout_seconds, queue_creds
     )
     dispatcher = Dispatcher(store, queue_client)
     reconciler = Reconciler(
@@ -101,7 +117,9 @@ def build_service(settings: TasksSettings, *, queue: QueueClient | None = None) 
     progress = ProgressBoard(time.monotonic)
     app = TaskApp(store, dispatcher, feed, progress)
     app.on_finished = _count_finished
-    keys_client = SigningKeyClient(settings.verification_addr)
+    keys_client = SigningKeyClient(
+        internal_target(settings, "verification"), credentials=queue_creds
+    )
     worker = WorkerApp(
         store,
         SigningKeys(keys_client.fetch),
@@ -162,6 +180,12 @@ def build_service(settings: TasksSettings, *, queue: QueueClient | None = None) 
             TaskOperationsServicer(operations), server
         )
 
+        validator = security.authorizer.validator if security is not None else None
+        identity_pb2_grpc.add_ApiKeyServiceServicer_to_server(
+            ApiKeyServicer(keys, validator), server
+        )
+        identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(keys), server)
+
     spec = ServiceSpec(
         name="tasks",
         service_names=[
@@ -170,6 +194,8 @@ def build_service(settings: TasksSettings, *, queue: QueueClient | None = None) 
             OPERATIONS_SERVICE_NAME,
             WORKER_SERVICE_NAME,
             QUEUE_STATE_SERVICE_NAME,
+            API_KEY_SERVICE,
+            IDENTITY_SERVICE,
         ],
         register=register,
         listen_addr=settings.tasks_listen_addr,
@@ -178,10 +204,11 @@ def build_service(settings: TasksSettings, *, queue: QueueClient | None = None) 
             DependencyProbe("queue", queue_client.version, required=False),
         ],
         background=background,
-        on_stop=[close_apps, store.close, queue_client.close, keys_client.close],
+        on_stop=[close_apps, store.close, queue_client.close, keys_client.close, keys.close],
         health_probe_interval_seconds=settings.health_probe_interval_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         metrics_listen_addr=settings.tasks_metrics_listen_addr,
+        security=security,
     )
     return TasksService(
         spec,
@@ -195,6 +222,7 @@ def build_service(settings: TasksSettings, *, queue: QueueClient | None = None) 
         scheduler,
         operations,
         worker,
+        keys,
     )
 
 
@@ -216,11 +244,20 @@ def _count_finished(task: Task) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["api-key"]:
+        from . import keys_cli
+
+        return keys_cli.main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m services.tasks", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
-        "command", nargs="?", default="serve", choices=["serve", "migrate"], help="default: serve"
+        "command",
+        nargs="?",
+        default="serve",
+        choices=["serve", "migrate", "api-key"],
+        help="default: serve; api-key: see `api-key --help`",
     )
     add_config_arguments(parser)
     args = parser.parse_args(argv)

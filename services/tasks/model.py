@@ -155,6 +155,8 @@ class NewTask:
     evaluation_time: datetime | None
     # "api" (a client's CreateTask) or "scheduler" (an app's schedule or trigger).
     created_by: str = "api"
+    # The creating key's owner; only that owner's submitters see the task.
+    owner: str = ""
 
     @property
     def job_name(self) -> str:
@@ -199,6 +201,8 @@ class Task:
     # Why it is WAITING, and when it is expected to run again.
     wait_reason: str = ""
     next_attempt_at: datetime | None = None
+    # The owner of the API key that created it ("" without authentication).
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -287,6 +291,8 @@ class ListFilter:
     app_config_type: AppConfigType | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    # Only this owner's tasks (a submitter's list); empty: everyone's.
+    owner: str = ""
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ def task_from_row(row: Row, with_evidence: bool = False) -> Task:
         created_by=row["created_by"],
         wait_reason=row["wait_reason"],
         next_attempt_at=utc(row["next_attempt_at"]),
+        owner=row["owner"],
     )
 
 
@@ -107,6 +108,7 @@ def new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
         "evidence": new.evidence,
         "attempts": 0,
         "wait_reason": "",
+        "owner": new.owner,
         "created_at": now,
         "updated_at": now,
         "created_by": new.created_by,

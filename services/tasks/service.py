@@ -7,12 +7,15 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
+from shared import errors
 from shared.context import bind_task_id
 from shared.errors import InvalidArgument
 from shared.log import get_logger
+from shared.principal import current_identity
 
 from . import audit, lifecycle, rows, validation
 from .dispatch import Dispatcher
+from .errors import TaskNotFound
 from .feed import ChangeFeed
 from .lifecycle import Transition
 from .model import (
@@ -49,6 +52,16 @@ class TaskApp:
         # Called once per task that this process moved to a final status (metrics).
         self.on_finished: Callable[[Task], None] | None = None
 
+    async def _visible(self, task_id: str) -> None:
+        """NotFound unless the caller may see the task: a submitter sees only its
+        owner's tasks, and someone else's id looks like no task at all."""
+        identity = current_identity()
+        if identity.sees_all_tasks:
+            return
+        task = await self.store.get_task(task_id)
+        if not identity.can_see(task.owner):
+            raise TaskNotFound(task_id)
+
     async def create(self, new: NewTask) -> Task:
         task, _ = await self.create_once(new)
         return task
@@ -56,7 +69,12 @@ class TaskApp:
     async def create_once(self, new: NewTask) -> tuple[Task, bool]:
         """Create (or, for a known request_id, find) the task; returns it and
         whether this call created it."""
+        identity = current_identity()
+        new = dataclasses.replace(new, owner=identity.owner)
         task, created = await self._insert(new)
+        if not created and task.owner != new.owner:
+            # Another owner's request_id: neither its task nor a new one.
+            raise errors.AlreadyExists("request_id is already used by another client")
         bind_task_id(task.id)
         if created:
             log.info("task.created", app_id=task.app_id, type=task.app_config_type.value)
@@ -70,11 +88,19 @@ class TaskApp:
     async def get(self, task_id: str, view: TaskView) -> Task:
         task_id = validation.validate_task_id(task_id)
         bind_task_id(task_id)
-        return await self.store.get_task(task_id, view)
+        task = await self.store.get_task(task_id, view)
+        if not current_identity().can_see(task.owner):
+            raise TaskNotFound(task_id)
+        return task
 
     async def list_tasks(
         self, list_filter: ListFilter, page_size: int, page_token: str
     ) -> tuple[TaskPage, str]:
+        identity = current_identity()
+        if not identity.sees_all_tasks:
+            if not identity.owner:
+                raise errors.PermissionDenied("this key has no owner to list tasks for")
+            list_filter = dataclasses.replace(list_filter, owner=identity.owner)
         query = ListQuery(
             filter=list_filter,
             page_size=validation.validate_page_size(page_size),
@@ -87,6 +113,7 @@ class TaskApp:
     async def cancel(self, task_id: str, reason: str) -> Task:
         task_id = validation.validate_task_id(task_id)
         bind_task_id(task_id)
+        await self._visible(task_id)
         reason = validation.validate_reason(reason)
         message = f"cancelled: {reason}" if reason else "cancelled by a client"
         task = await self._change_or_refuse(
@@ -106,6 +133,7 @@ class TaskApp:
     async def events(self, task_id: str) -> list[TaskEvent]:
         task_id = validation.validate_task_id(task_id)
         bind_task_id(task_id)
+        await self._visible(task_id)
         return await self.store.list_events(task_id)
 
     async def watch(
@@ -121,6 +149,8 @@ class TaskApp:
         # Subscribe before reading: a change committed after the read wakes us.
         async with self.feed.subscribe(task_id) as subscription:
             task, last_event_id = await self.store.get_with_last_event(task_id)
+            if not current_identity().can_see(task.owner):
+                raise TaskNotFound(task_id)
             replay = 0 < after_event_id < last_event_id
             yield task, None, (after_event_id if replay else last_event_id)
             if replay:

@@ -37,7 +37,7 @@ class TasksSettings(CommonSettings):
     database_pool_size: int = positive(10)
     # Apply migrations when the tasks service starts.
     migrate_on_start: bool = True
-    tasks_listen_addr: str = listen("0.0.0.0:50051")
+    tasks_listen_addr: str = listen("127.0.0.1:50051")
     # Prometheus /metrics (empty: none).
     tasks_metrics_listen_addr: str = optional_listen("0.0.0.0:9451")
     # Pending tasks older than this are enqueued again by the reconciler.

@@ -136,6 +136,8 @@ class ListShape:
     created_after: bool
     created_before: bool
     cursor: bool
+    # Only one owner's tasks (a submitter's list).
+    owner: bool = False
 
     @classmethod
     def of(cls, query: ListQuery) -> ListShape:
@@ -147,6 +149,7 @@ class ListShape:
             f.created_after is not None,
             f.created_before is not None,
             query.after is not None,
+            bool(f.owner),
         )
 
     def params(self, query: ListQuery) -> dict[str, Any]:
@@ -162,6 +165,8 @@ class ListShape:
             params["created_after"] = f.created_after
         if f.created_before is not None:
             params["created_before"] = f.created_before
+        if f.owner:
+            params["owner"] = f.owner
         if query.after is not None:
             params["cursor_created_at"] = query.after.created_at
             params["cursor_id"] = query.after.id
@@ -175,6 +180,8 @@ class ListShape:
             clauses.append(tasks.c.app_id == P("app_id", type_=sa.String()))
         if self.app_config_type:
             clauses.append(tasks.c.app_config_type == P("app_config_type", type_=sa.String()))
+        if self.owner:
+            clauses.append(tasks.c.owner == P("owner", type_=sa.String()))
         if self.cursor:
             # Row comparison: the index on (filter, created_at, id) seeks straight to it.
             clauses.append(

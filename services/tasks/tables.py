@@ -87,6 +87,8 @@ tasks = sa.Table(
     # Why a WAITING task waits (the transient fault), and when it runs again.
     sa.Column("wait_reason", sa.Text(), nullable=False, server_default=""),
     sa.Column("next_attempt_at", UtcDateTime(), nullable=True),
+    # Whose task it is: the creating API key's owner ("" before authentication).
+    sa.Column("owner", sa.String(128), nullable=False, server_default=""),
 )
 
 # The queue's durable state (QueueStateService): it survives a Redis flush.
@@ -150,6 +152,22 @@ retention_audit = sa.Table(
     sa.Column("task_created_at", UtcDateTime(), nullable=False),
     sa.Column("task_finished_at", UtcDateTime(), nullable=True),
     sa.Column("removed_at", UtcDateTime(), nullable=False),
+)
+
+# API keys (services/tasks/keys_store.py): only the SHA-256 of a key is kept.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("owner", sa.String(128), nullable=False),
+    # Space-separated scope names.
+    sa.Column("scopes", sa.String(256), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("last_used_at", UtcDateTime(), nullable=True),
+    sa.Column("revoked_at", UtcDateTime(), nullable=True),
 )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import fields
 from datetime import UTC, datetime
@@ -18,6 +17,8 @@ from shared.attestation import (
     REDPILL_MODEL,
 )
 from shared.errors import InvalidArgument
+from shared.ids import canonical_task_id
+from shared.json_numbers import non_finite_path
 
 from .model import (
     CHECK_STATUSES,
@@ -68,13 +69,8 @@ def validate_request_id(value: str) -> str | None:
 
 
 def validate_task_id(value: str, field: str = "id") -> str:
-    """A task id is a UUID; returns its canonical text."""
-    if not value:
-        raise InvalidArgument(field, "required")
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise InvalidArgument(field, f"not a task id (a UUID): {value[:64]!r}") from None
+    """A task id is a canonical lowercase UUID (the only spelling any route takes)."""
+    return canonical_task_id(value, field)
 
 
 def validate_app_id(value: str, field: str = "app_id") -> str:
@@ -106,6 +102,9 @@ def validate_compose_hash(value: str) -> str:
 
 def validate_metadata(value: Mapping[str, Any]) -> dict[str, Any]:
     data = dict(value)
+    bad = non_finite_path(data, "app_metadata")
+    if bad is not None:
+        raise InvalidArgument(bad, "NaN, Infinity and out-of-range numbers are not JSON numbers")
     size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
     if size > MAX_METADATA_BYTES:
         raise InvalidArgument(

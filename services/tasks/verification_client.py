@@ -13,15 +13,23 @@ from shared.grpc_client import create_channel
 
 
 class SigningKeyClient:
-    def __init__(self, target: str, timeout_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        timeout_seconds: float = 5.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.target = target
         self.timeout_seconds = timeout_seconds
+        # mutual TLS to the verification service's internal port: the key that
+        # checks verdicts comes from the service whose certificate says so.
+        self.credentials = credentials
         self._channel: grpc.aio.Channel | None = None
 
     async def fetch(self) -> tuple[str, bytes]:
         """(key id, raw public key) of the key that signs reports and summaries."""
         if self._channel is None:
-            self._channel = create_channel(self.target)
+            self._channel = create_channel(self.target, self.credentials)
         stub = verification_pb2_grpc.VerificationServiceStub(self._channel)
         try:
             response = await stub.GetSigningKey(

@@ -14,7 +14,9 @@ from shared.config import add_config_arguments, settings_from_args
 from shared.grpc_server import DependencyProbe, ServiceSpec, serve
 from shared.log import configure_logging
 from shared.retry import Backoff, keep_running
+from shared.security import internal_channel, service_security
 
+from .access import ReportAccess
 from .collateral import CollateralStore, DcapPccsClient, LocalCollateralCache
 from .fetchers import EvidenceFetcher
 from .key_history import build_key_history
@@ -116,6 +118,8 @@ def build_spec(settings: VerificationSettings) -> ServiceSpec:
     os_images = OsImageCatalogService(
         build_os_image_store(store_settings), load_entry_files(settings.os_allowlist_paths)
     )
+    security = service_security(settings, "verification")
+    access = ReportAccess(settings) if security is not None else None
 
     def register(server: object) -> None:
         from verifier.verification.v1 import (
@@ -125,11 +129,13 @@ def build_spec(settings: VerificationSettings) -> ServiceSpec:
         )
 
         # Called inside the running loop: the tasks service's channel binds to it.
-        inputs = GrpcTaskInputs(settings.tasks_addr, settings.call_timeout_seconds)
+        inputs = GrpcTaskInputs(
+            internal_channel(settings, "tasks", "verification"), settings.call_timeout_seconds
+        )
         service.task_inputs = inputs
         closing.append(inputs.aclose)
         verification_pb2_grpc.add_VerificationServiceServicer_to_server(
-            VerificationServicer(service, key_history), server
+            VerificationServicer(service, key_history, access), server
         )
         engine_pb2_grpc.add_VerificationEngineServiceServicer_to_server(
             VerificationEngineServicer(service), server
@@ -137,6 +143,8 @@ def build_spec(settings: VerificationSettings) -> ServiceSpec:
         os_images_pb2_grpc.add_OsImageServiceServicer_to_server(OsImageServicer(os_images), server)
 
     closing: list[Callable[[], Awaitable[None]]] = [service.close]
+    if access is not None:
+        closing.append(access.close)
 
     return ServiceSpec(
         name="verification",
@@ -149,6 +157,7 @@ def build_spec(settings: VerificationSettings) -> ServiceSpec:
         health_probe_interval_seconds=settings.health_probe_interval_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         metrics_listen_addr=settings.verification_metrics_listen_addr,
+        security=security,
     )
 
 

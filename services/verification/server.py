@@ -19,7 +19,11 @@ import grpc
 from verifier.verification.v1 import engine_pb2, engine_pb2_grpc, verification_pb2_grpc
 from verifier.verification.v1 import verification_pb2 as pb
 
+from shared.ids import canonical_task_id
+from shared.principal import current_identity
+
 from . import mapping
+from .access import ReportAccess
 from .key_history import KeyHistory
 from .service import VerificationService
 from .token import attestation_token, jwk
@@ -29,13 +33,23 @@ ENGINE_SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["VerificationEngine
 
 
 class VerificationServicer(verification_pb2_grpc.VerificationServiceServicer):
-    def __init__(self, service: VerificationService, key_history: KeyHistory | None = None) -> None:
+    def __init__(
+        self,
+        service: VerificationService,
+        key_history: KeyHistory | None = None,
+        access: ReportAccess | None = None,
+    ) -> None:
         self.service = service
         self.key_history = key_history
+        # Owner check of a submitter's GetReport (None: every caller sees every report).
+        self.access = access
 
     async def GetReport(
         self, request: pb.GetReportRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetReportResponse:
+        canonical_task_id(request.task_id, "task_id")
+        if self.access is not None:
+            await self.access.check(request.task_id, current_identity())
         stored = await self.service.get_report(request.task_id, request.attempt)
         response = mapping.report_response(stored, self.service.bucket)
         response.attestation_token = attestation_token(

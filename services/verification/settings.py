@@ -105,7 +105,7 @@ class VerificationSettings(CommonSettings):
     """Everything the verification service, its engine, stores and fetchers are
     configured with."""
 
-    verification_listen_addr: str = listen("0.0.0.0:50053")
+    verification_listen_addr: str = listen("127.0.0.1:50053")
     # Prometheus /metrics (empty: none).
     verification_metrics_listen_addr: str = optional_listen("0.0.0.0:9453")
     # Processes verifying quotes; 0 means one per core.

@@ -9,8 +9,6 @@ from collections.abc import Sequence
 import grpc
 from verifier.tasks.v1 import worker_pb2_grpc
 
-from shared.grpc_client import create_channel
-
 from . import mapping
 from .service import TaskInput, TaskInputSource, TaskInputsUnavailable, TaskLease
 
@@ -18,10 +16,10 @@ from .service import TaskInput, TaskInputSource, TaskInputsUnavailable, TaskLeas
 class GrpcTaskInputs(TaskInputSource):
     """Build inside the running event loop (grpc.aio channels bind to it)."""
 
-    def __init__(self, target: str, timeout_seconds: float) -> None:
-        # create_channel: the shared channel factory, so service identity
-        # (mTLS) and the retry policy apply to this peer as to every other.
-        self._channel = create_channel(target)
+    def __init__(self, channel: grpc.aio.Channel, timeout_seconds: float) -> None:
+        # The tasks service's internal port (shared.security.internal_channel:
+        # mutual TLS with the verification service's certificate).
+        self._channel = channel
         self._stub = worker_pb2_grpc.TaskWorkerServiceStub(self._channel)
         self._timeout = timeout_seconds
 

@@ -93,12 +93,13 @@ def check_entry_point(command: list[str]) -> None:
 
 def test_compose_runs_the_engines_the_migration_the_four_services_and_a_worker() -> None:
     services = compose()["services"]
-    assert set(services) == ENGINES | OUR_SERVICES
+    # `certs`: the one-shot job making the dev CA and service certificates.
+    assert set(services) == ENGINES | OUR_SERVICES | {"certs"}
 
 
 def test_every_long_running_compose_service_has_a_health_check() -> None:
     for name, service in compose()["services"].items():
-        if name == "migrate":
+        if name in ("migrate", "certs"):
             assert service["restart"] == "no"  # a one-shot job, done when it exits 0
             continue
         test = service.get("healthcheck", {}).get("test")
@@ -111,7 +112,8 @@ def test_compose_health_checks_probe_the_service_own_port() -> None:
         assert services[name]["healthcheck"]["test"][-2:] == ["grpc", f"127.0.0.1:{port}"]
     gateway_test = services["gateway"]["healthcheck"]["test"]
     assert gateway_test[-1] == f"http://127.0.0.1:{DEFAULTS.port}/health"
-    assert services["worker"]["healthcheck"]["test"][-2:] == ["worker", "queue:50052"]
+    # The queue's internal port: the worker's health check holds the queue certificate.
+    assert services["worker"]["healthcheck"]["test"][-2:] == ["worker", "queue:50062"]
 
 
 def test_compose_commands_name_real_entry_points() -> None:
@@ -179,7 +181,10 @@ def test_compose_services_start_after_what_they_need() -> None:
     assert (
         services["tasks"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     )
-    assert set(services["gateway"]["depends_on"]) == set(GRPC_SERVICES)
+    assert set(services["gateway"]["depends_on"]) == {*GRPC_SERVICES, "certs"}
+    for name in (*GRPC_SERVICES, "worker", "gateway"):
+        certs = services[name]["depends_on"]["certs"]
+        assert certs["condition"] == "service_completed_successfully", name
     assert services["gateway"]["environment"]["MIGRATE_ON_START"] == "false"
 
 
@@ -221,7 +226,8 @@ def test_every_deployment_has_readiness_and_liveness_probes_on_its_health() -> N
         for probe_name in ("readinessProbe", "livenessProbe"):
             probe = container[probe_name]
             if service in GRPC_SERVICES:
-                assert probe["grpc"]["port"] == GRPC_SERVICES[service]
+                # TLS on the public port: an exec probe (test_deploy_auth.py checks it).
+                assert probe["exec"]["command"][-1] == f"127.0.0.1:{GRPC_SERVICES[service]}"
                 assert container["ports"][0]["containerPort"] == GRPC_SERVICES[service]
             elif service == "gateway":
                 assert probe["httpGet"]["path"] == "/health"
@@ -248,7 +254,7 @@ def test_services_route_to_their_deployments_on_the_configured_addresses() -> No
     assert services["verifier-gateway"]["spec"]["ports"][0]["targetPort"] == "http"
     assert int(config["PORT"]) == DEFAULTS.port
     worker = deployments["verifier-worker"]["spec"]["template"]["spec"]["containers"][0]
-    assert worker["readinessProbe"]["exec"]["command"][-1] == config["QUEUE_ADDR"]
+    assert worker["readinessProbe"]["exec"]["command"][-1] == config["QUEUE_INTERNAL_ADDR"]
 
 
 def test_configmap_and_secret_hold_settings_and_secrets_only_in_the_secret() -> None:

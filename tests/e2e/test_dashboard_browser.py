@@ -34,7 +34,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-KEY = "vk_dashboard_test_key"
 
 playwright_api = pytest.importorskip("playwright.async_api")
 if not Path(CHROMIUM).exists():  # .ci/run installs it; a bare machine skips, saying why
@@ -124,12 +123,14 @@ async def open_view(
 
 async def test_dashboard_views_a_task_finishing_and_a_retry(page: Any, dash: Dashboard) -> None:
     figures: dict[str, Any] = {"views": {}, "screenshots": []}
-    async with httpx.AsyncClient(base_url=dash.base, timeout=30) as http:
+    auth = {"authorization": f"Bearer {dash.stack.api_key}"}
+    async with httpx.AsyncClient(base_url=dash.base, timeout=30, headers=auth) as http:
         # --- sign in ---------------------------------------------------------------------
         await page.goto(dash.base + "/dashboard")
         await page.wait_for_selector("#login-form")
         await shot(page, dash, "login", figures)
-        await page.fill("#key", KEY)
+        # The stack's admin key (authentication is on, as in production).
+        await page.fill("#key", dash.stack.api_key)
         await page.click("#login-form button")
         await ready(page, "overview")
         paint = await page.evaluate(
@@ -141,7 +142,9 @@ async def test_dashboard_views_a_task_finishing_and_a_retry(page: Any, dash: Das
         assert await page.locator("#counts .card").count() == 6
         assert await page.locator("#charts svg").count() == 2
         # The key travels as a Bearer header on every API call (no cookie, no query).
-        assert (await page.evaluate("sessionStorage.getItem('verifier.apiKey')")) == KEY
+        assert (
+            await page.evaluate("sessionStorage.getItem('verifier.apiKey')")
+        ) == dash.stack.api_key
         await shot(page, dash, "overview", figures)
 
         # --- a task created, watched live until it finishes --------------------------------

@@ -2,10 +2,13 @@
 mode (tasks on PostgreSQL, queue on Redis with a worker process, verification on
 S3): a task with the real dstack vector as inline evidence, followed over
 server-sent events to `completed`, then its signed report fetched over REST.
-Also: the gateway process ends open streams and exits promptly on SIGTERM."""
+Also: the gateway process ends open streams and exits promptly on SIGTERM.
+Authentication is on: the services hold certificates from the dev CA, the
+submitter's key travels through the gateway, and the report is read with it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -24,6 +27,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from services.verification.report import canonical_json
+from tests.support.auth import auth_env, bootstrap_admin_key, create_key
 from tests.support.servers import S3Server, free_port
 from tests.support.vectors import dstack_app_id, dstack_create_task_json
 
@@ -37,6 +41,9 @@ class ProcessStack:
     gateway: str
     procs: dict[str, subprocess.Popen[bytes]]
     log_dir: Path
+    # `authorization` headers: the first start's admin key, and a submitter's.
+    admin: dict[str, str] = dataclasses.field(default_factory=dict)
+    submitter: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def logs(self) -> str:
         return "\n".join(
@@ -98,9 +105,13 @@ def process_stack(
     for name in ("tasks", "queue", "verification"):
         env[f"{name.upper()}_LISTEN_ADDR"] = f"127.0.0.1:{ports[name]}"
         env[f"{name.upper()}_ADDR"] = f"127.0.0.1:{ports[name]}"
+    env = auth_env(env, tmp_path_factory.mktemp("e2e-auth"))
     stack = ProcessStack(
         env, f"http://127.0.0.1:{ports['gateway']}", {}, tmp_path_factory.mktemp("e2e-logs")
     )
+    stack.admin = {"authorization": f"Bearer {bootstrap_admin_key(env)}"}
+    submitter = create_key(env, "e2e-submitter", "tasks.submit", owner="e2e")
+    stack.submitter = {"authorization": f"Bearer {submitter}"}
     try:
         stack.start("verification", "services.verification", "serve")
         stack.start("queue", "services.queue")
@@ -143,13 +154,15 @@ def test_task_with_inline_evidence_is_followed_to_completed_and_its_report_fetch
 ) -> None:
     base = process_stack.gateway
     body = dstack_create_task_json(appConfigType="phala_cloud")
-    created = httpx.post(f"{base}/api/v1/tasks", json=body, timeout=30)
+    auth = process_stack.submitter
+    created = httpx.post(f"{base}/api/v1/tasks", json=body, headers=auth, timeout=30)
     assert created.status_code == 200, created.text
     task = created.json()
     assert task["appConfigType"] == "phala_cloud" and task["appId"] == dstack_app_id()
 
     events: list[tuple[str, Any]] = []
-    with httpx.stream("GET", f"{base}/api/v1/tasks/{task['id']}:watch", timeout=120) as stream:
+    watch = f"{base}/api/v1/tasks/{task['id']}:watch"
+    with httpx.stream("GET", watch, headers=auth, timeout=120) as stream:
         assert stream.status_code == 200
         for name, data in _sse(stream.iter_lines()):
             events.append((name, data))
@@ -166,7 +179,7 @@ def test_task_with_inline_evidence_is_followed_to_completed_and_its_report_fetch
     assert len({update["event"]["id"] for update in changes}) == len(changes)
     assert all("event" in update or update["task"]["status"] == "active" for update in updates[1:])
 
-    final = httpx.get(f"{base}/api/v1/tasks/{task['id']}", timeout=30).json()
+    final = httpx.get(f"{base}/api/v1/tasks/{task['id']}", headers=auth, timeout=30).json()
     assert final["status"] == "completed" and final["progress"] == 100
     assert final["verdict"] == "passed"
     outcomes = {check["check"]: check["status"] for check in final["checkResults"]}
@@ -174,7 +187,9 @@ def test_task_with_inline_evidence_is_followed_to_completed_and_its_report_fetch
     assert outcomes["dns_caa"] == outcomes["ct_log"] == "skipped"
     assert final["s3Bucket"] == process_stack.env["S3_BUCKET"]
 
-    report = httpx.get(f"{base}/api/v1/tasks/{task['id']}/report", timeout=30)
+    # The submitter's own report: the verification service asks the tasks
+    # service whose task it is, with the submitter's key.
+    report = httpx.get(f"{base}/api/v1/tasks/{task['id']}/report", headers=auth, timeout=30)
     assert report.status_code == 200, report.text
     signed = report.json()
     assert signed["signature"] and signed["keyId"]
@@ -206,14 +221,17 @@ def test_gateway_process_ends_open_streams_and_exits_on_sigterm(
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        httpx.post(f"{base}/api/v1/queue/pause", timeout=10).raise_for_status()
+        admin = process_stack.admin
+        httpx.post(f"{base}/api/v1/queue/pause", headers=admin, timeout=10).raise_for_status()
         task = httpx.post(
             f"{base}/api/v1/tasks",
             json={"appConfigType": "redpill", "modelOrDomain": "org/model"},
+            headers=admin,
             timeout=10,
         ).json()
         seen: list[str] = []
-        with httpx.stream("GET", f"{base}/api/v1/tasks/{task['id']}:watch", timeout=60) as stream:
+        watch = f"{base}/api/v1/tasks/{task['id']}:watch"
+        with httpx.stream("GET", watch, headers=admin, timeout=60) as stream:
             for name, _ in _sse(stream.iter_lines()):
                 seen.append(name)
                 if len(seen) == 1:
@@ -223,5 +241,7 @@ def test_gateway_process_ends_open_streams_and_exits_on_sigterm(
         # uvicorn re-raises the signal after its clean shutdown (the POSIX convention).
         assert proc.wait(30) in (0, -signal.SIGTERM)
     finally:
-        httpx.post(f"{process_stack.gateway}/api/v1/queue/resume", timeout=10)
+        httpx.post(
+            f"{process_stack.gateway}/api/v1/queue/resume", headers=process_stack.admin, timeout=10
+        )
         _stop(proc)

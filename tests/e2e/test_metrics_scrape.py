@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fault.stack import PipelineStack, Process, pipeline_stack, stack_env
 from tests.support import servers
+from tests.support.auth import auth_env
 from tests.support.gateway_process import start_gateway
 from tests.support.vectors import dstack_create_task_json
 
@@ -94,7 +95,8 @@ def unary(service: str, method: str, code: str = "OK") -> dict[str, str]:
 
 
 async def test_every_endpoint_reports_the_known_run(mstack: MetricsStack) -> None:
-    async with httpx.AsyncClient(base_url=mstack.gateway, timeout=30) as client:
+    auth = {"authorization": f"Bearer {mstack.stack.api_key}"}
+    async with httpx.AsyncClient(base_url=mstack.gateway, timeout=30, headers=auth) as client:
         bodies = [
             dstack_create_task_json(),
             dstack_create_task_json(),
@@ -184,6 +186,7 @@ def test_metrics_off_serves_no_metrics_port(tmp_path_factory: pytest.TempPathFac
         tasks_metrics_listen_addr=f"127.0.0.1:{metrics_port}",
         metrics_enabled="false",
     )
+    env = auth_env(env, workdir)
     process = Process("tasks", ["-m", "services.tasks"], env, workdir / "tasks.log", port).start()
     try:
         process.wait_serving()

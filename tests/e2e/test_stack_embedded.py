@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -26,7 +27,9 @@ GRPCURL = str(VENV_BIN / "grpcurl")
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
+    """`make run` on a fresh data folder: it makes the certificates and the admin key."""
     ports = {name: free_port() for name in ("tasks", "queue", "verification", "gateway")}
+    data_dir = tmp_path_factory.mktemp("stack-data")
     env = {
         key: value
         for key, value in os.environ.items()
@@ -34,7 +37,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
     }
     env.update(
         {
-            "DATA_DIR": str(tmp_path_factory.mktemp("stack-data")),
+            "DATA_DIR": str(data_dir),
             "HOST": "127.0.0.1",
             "PORT": str(ports["gateway"]),
             "LOG_LEVEL": "warning",
@@ -43,6 +46,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
     for name in ("tasks", "queue", "verification"):
         env[f"{name.upper()}_LISTEN_ADDR"] = f"127.0.0.1:{ports[name]}"
         env[f"{name.upper()}_ADDR"] = f"127.0.0.1:{ports[name]}"
+        internal = free_port()
+        env[f"{name.upper()}_INTERNAL_LISTEN_ADDR"] = f"127.0.0.1:{internal}"
+        env[f"{name.upper()}_INTERNAL_ADDR"] = f"127.0.0.1:{internal}"
     log = open(tmp_path_factory.mktemp("stack-log") / "stack.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.stack"], cwd=ROOT, env=env, stdout=log, stderr=log
@@ -56,6 +62,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
             time.sleep(0.5)
         else:
             pytest.fail("stack did not become healthy:\n" + Path(log.name).read_text()[-3000:])
+        key_file = data_dir / "admin.key"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert str(key_file) in Path(log.name).read_text()  # it says where the key is
+        ADMIN["authorization"] = f"Bearer {key_file.read_text().strip()}"
         yield ports
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -66,8 +76,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
         log.close()
 
 
+# The admin key `make run` wrote on its first start (set by the fixture).
+ADMIN: dict[str, str] = {}
+
+
 def _grpcurl(*args: str, data: dict[str, object] | None = None) -> subprocess.CompletedProcess[str]:
     cmd = [GRPCURL, "-plaintext"]
+    if ADMIN:
+        cmd += ["-H", f"authorization: {ADMIN['authorization']}"]
     if data is not None:
         cmd += ["-d", json.dumps(data)]
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=30)
@@ -114,8 +130,12 @@ def test_gateway_serves_rest_on_the_embedded_stack(stack: dict[str, int]) -> Non
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    response = httpx.post(f"{base}/api/v1/tasks", json={"appConfigType": "nonsense"}, timeout=10)
+    anonymous = httpx.get(f"{base}/api/v1/tasks", timeout=10)
+    assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"]
+    response = httpx.post(
+        f"{base}/api/v1/tasks", json={"appConfigType": "nonsense"}, headers=ADMIN, timeout=10
+    )
     assert response.status_code == 400
-    listed = httpx.get(f"{base}/api/v1/tasks", params={"pageSize": 5}, timeout=10)
+    listed = httpx.get(f"{base}/api/v1/tasks", params={"pageSize": 5}, headers=ADMIN, timeout=10)
     assert listed.status_code == 200
     assert "tasks" in listed.json()

@@ -44,7 +44,7 @@ def stack(
 
 
 async def _start(stack: PipelineStack, task_ids: list[str]) -> dict[str, int]:
-    async with stack.channel("tasks") as channel:
+    async with stack.internal_channel("tasks") as channel:
         started = await worker_pb2_grpc.TaskWorkerServiceStub(channel).StartTasks(
             worker_pb2.StartTasksRequest(worker_id="e2e-verify", task_ids=task_ids), timeout=30
         )
@@ -58,7 +58,7 @@ async def _verify(
     request = engine_pb2.VerifyTasksRequest(
         tasks=[engine_pb2.TaskLease(task_id=t, attempt=a) for t, a in leases.items()]
     )
-    async with stack.channel("verification") as channel:
+    async with stack.internal_channel("verification") as channel:
         stub = engine_pb2_grpc.VerificationEngineServiceStub(channel)
         items = [item async for item in stub.VerifyTasks(request, timeout=120)]
     assert len(items) == len(leases)
@@ -92,7 +92,7 @@ async def test_a_batch_is_verified_signed_and_completed_through_the_real_service
                 signed_summary=signed,
             )
         )
-    async with stack.channel("tasks") as channel:
+    async with stack.internal_channel("tasks") as channel:
         acks = await worker_pb2_grpc.TaskWorkerServiceStub(channel).CompleteTasks(
             worker_pb2.CompleteTasksRequest(worker_id="e2e-verify", tasks=completions), timeout=30
         )

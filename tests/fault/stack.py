@@ -27,6 +27,8 @@ from verifier.queue.v1 import queue_pb2, queue_pb2_grpc
 from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 
 from shared.grpc_client import create_channel
+from shared.tls import CertPaths, channel_credentials
+from tests.support.auth import auth_env, bootstrap_admin_key
 from tests.support.servers import free_port
 from tests.support.vectors import dstack_create_task_json
 
@@ -200,6 +202,8 @@ class PipelineStack:
     workdir: Path
     services: dict[str, Process] = field(default_factory=dict)
     workers: list[Process] = field(default_factory=list)
+    # The admin key every client call of the tests carries.
+    api_key: str = ""
 
     # --- processes ----------------------------------------------------------------
 
@@ -234,7 +238,13 @@ class PipelineStack:
 
     def channel(self, name: str) -> grpc.aio.Channel:
         """A channel to one service (use as `async with`; inside the test's loop)."""
-        return create_channel(f"127.0.0.1:{self.services[name].port}")
+        return create_channel(f"127.0.0.1:{self.services[name].port}", api_key=self.api_key)
+
+    def internal_channel(self, name: str) -> grpc.aio.Channel:
+        """A channel to one service's internal (mutual-TLS) port, as a worker has it:
+        with the queue's certificate. For tests that play the worker."""
+        creds = channel_credentials(CertPaths.of(self.env["TLS_DIR"], "queue"))
+        return create_channel(self.env[f"{name.upper()}_INTERNAL_ADDR"], credentials=creds)
 
     def internal_channel(self, name: str) -> grpc.aio.Channel:
         """A channel to one service's internal RPCs as a worker has it, for tests
@@ -373,13 +383,15 @@ def stack_env(
 def pipeline_stack(env: dict[str, str], workers: int = 1) -> Iterator[PipelineStack]:
     """Start the three services (and `workers` worker processes when Redis is used)."""
     workdir = Path(tempfile.mkdtemp(prefix="verifier-pipeline-"))
-    env = dict(env)
+    # Authentication on, as in production: service certificates, an admin key.
+    env = auth_env(env, workdir)
     ports = {name: free_port() for name in SERVICE_COMMANDS}
     for name, port in ports.items():
         env[f"{name.upper()}_LISTEN_ADDR"] = f"127.0.0.1:{port}"
         env[f"{name.upper()}_ADDR"] = f"127.0.0.1:{port}"
     stack = PipelineStack(env, workdir)
     try:
+        stack.api_key = bootstrap_admin_key(env)
         for name, argv in SERVICE_COMMANDS.items():
             stack.services[name] = Process(name, argv, env, workdir / f"{name}.log", ports[name])
             stack.services[name].start()

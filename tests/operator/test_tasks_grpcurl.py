@@ -1,6 +1,7 @@
 """Operators drive the tasks service with the real grpcurl binary: the service
 runs as `python -m services.tasks` on the embedded SQLite default, with no
-queue reachable (tasks stay PENDING; health still serves)."""
+queue reachable (tasks stay PENDING; health still serves). Authentication is
+on: health and reflection answer anyone, the RPCs want the operator's key."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.auth import auth_env, bootstrap_admin_key
 from tests.support.servers import VENV_BIN, free_port
 
 pytestmark = pytest.mark.operator
@@ -22,8 +24,16 @@ ROOT = Path(__file__).resolve().parents[2]
 GRPCURL = str(VENV_BIN / "grpcurl")
 
 
-def grpcurl(*args: str, data: object | None = None) -> subprocess.CompletedProcess[str]:
+# The admin key, once the fixture made it; health and reflection go without.
+KEY: list[str] = []
+
+
+def grpcurl(
+    *args: str, data: object | None = None, key: bool = True
+) -> subprocess.CompletedProcess[str]:
     command = [GRPCURL, "-plaintext"]
+    if key and KEY:
+        command += ["-H", f"authorization: Bearer {KEY[0]}"]
     if data is not None:
         command += ["-d", json.dumps(data)]
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=30)
@@ -44,18 +54,20 @@ def _env(tmp: Path, port: int) -> dict[str, str]:
             "LOG_LEVEL": "warning",
         }
     )
-    return env
+    return auth_env(env, tmp)
 
 
 @pytest.fixture(scope="module")
 def tasks_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("tasks-operator")
     port = free_port()
+    env = _env(tmp, port)
+    KEY[:] = [bootstrap_admin_key(env)]
     log = open(tmp / "tasks.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.tasks"],
         cwd=ROOT,
-        env=_env(tmp, port),
+        env=env,
         stdout=log,
         stderr=log,
     )
@@ -80,7 +92,7 @@ def tasks_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_list_shows_the_task_service_health_and_reflection(tasks_addr: str) -> None:
-    result = grpcurl(tasks_addr, "list")
+    result = grpcurl(tasks_addr, "list", key=False)
     assert result.returncode == 0, result.stderr
     services = set(result.stdout.split())
     assert {
@@ -148,3 +160,10 @@ def test_health_check_serves_without_the_queue(tasks_addr: str) -> None:
     states = {d["name"]: d for d in json.loads(deps.stdout)["dependencies"]}
     assert states["database"]["state"] == "DEPENDENCY_STATE_UP"
     assert states["queue"]["state"] == "DEPENDENCY_STATE_DOWN"
+
+
+def test_rpc_without_a_key_is_unauthenticated_and_health_is_open(tasks_addr: str) -> None:
+    refused = grpcurl(tasks_addr, "verifier.tasks.v1.TaskService/ListTasks", key=False)
+    assert refused.returncode != 0 and "Unauthenticated" in refused.stderr
+    health = grpcurl(tasks_addr, "grpc.health.v1.Health/Check", key=False)
+    assert health.returncode == 0 and '"SERVING"' in health.stdout

@@ -67,6 +67,8 @@ def stack_settings(
             "s3_region": s3.region,
             "s3_bucket": f"gateway-{uuid.uuid4().hex[:10]}",
         }
+    # Transcoding and routing; authentication through the gateway: tests/integration/auth.
+    values["auth_enabled"] = False
     values.update(extra)
     return stack_settings_from(values)
 

@@ -179,8 +179,12 @@ async def test_unknown_path_is_404_and_wrong_method_is_405_with_allow(
     assert wrong.headers["allow"] == "GET"
 
 
+# A body must say it is JSON (a form or text/plain post is 415: tests/integration/auth).
+JSON_BODY = {"content-type": "application/json"}
+
+
 async def test_malformed_json_is_a_clear_400(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/things:create", content=b'{"thing": {')
+    response = await client.post("/v1/things:create", content=b'{"thing": {', headers=JSON_BODY)
     assert response.status_code == 400
     assert response.json()["message"].startswith("malformed JSON body")
 
@@ -201,7 +205,7 @@ async def test_unknown_query_parameter_is_a_400_naming_it(client: httpx.AsyncCli
 
 async def test_oversized_body_is_413(client: httpx.AsyncClient) -> None:
     big = json.dumps({"thing": {"name": "x" * (MAX_BODY + 1)}})
-    response = await client.post("/v1/things:create", content=big)
+    response = await client.post("/v1/things:create", content=big, headers=JSON_BODY)
     assert response.status_code == 413
     assert response.json()["status"] == "RESOURCE_EXHAUSTED"
 
@@ -209,7 +213,7 @@ async def test_oversized_body_is_413(client: httpx.AsyncClient) -> None:
         for _ in range(4):
             yield b" " * MAX_BODY
 
-    streamed = await client.post("/v1/things:create", content=chunks())
+    streamed = await client.post("/v1/things:create", content=chunks(), headers=JSON_BODY)
     assert streamed.status_code == 413
 
 

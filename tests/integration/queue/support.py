@@ -24,7 +24,10 @@ from shared.config import load_settings
 
 def make_settings(**overrides: Any) -> QueueSettings:
     """Defaults (no environment) with the test's overrides."""
-    return dataclasses.replace(load_settings(QueueSettings, env={}), **overrides)
+    # The queue's own mechanics; authentication has its tests in tests/integration/auth.
+    return dataclasses.replace(
+        load_settings(QueueSettings, env={}), **{"auth_enabled": False, **overrides}
+    )
 
 
 def unique_queue_name() -> str:

@@ -142,6 +142,8 @@ async def verification(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
         health_probe_interval_seconds=1.0,
         shutdown_grace_seconds=0.5,
         verification_metrics_listen_addr="",
+        # The tasks domain's tests; authentication has its own (tests/integration/auth).
+        auth_enabled=False,
     )
     running = await start_server(verification_spec(settings))
     # The key the service loaded (created on its first start) from its data folder.
@@ -232,6 +234,8 @@ async def start_harness(
         "RECONCILE_INTERVAL_SECONDS": "3600",
         "TASKS_METRICS_LISTEN_ADDR": "",
         **({"VERIFICATION_ADDR": verification.target} if verification else {}),
+        # The domain's tests; authentication has its own (tests/integration/auth).
+        "AUTH_ENABLED": "false",
         **overrides,
     }
     # Port 0 (any free port) is for tests only, so it bypasses the config check.

@@ -207,6 +207,8 @@ async def test_migrations_create_every_column_the_store_uses(fresh: tuple[str, s
         } <= indexes
     finally:
         engine.dispose()
+    # The single head of the migrations (each engineer's file chains onto the last).
+
     head = ScriptDirectory.from_config(migrate.alembic_config(url)).get_current_head()
     assert await asyncio.to_thread(migrate.current_revision, url) == head
 

@@ -34,6 +34,11 @@ from tests.support.vectors import dstack_app_id, dstack_compose_hash, dstack_evi
 
 pytestmark = pytest.mark.integration
 
+# Task ids are canonical lowercase UUIDs on every route.
+TOKEN_TASK = "7a3c1e00-0000-4000-9000-000000000001"
+ROUND_TRIP_TASK = "7a3c1e00-0000-4000-9000-000000000002"
+OLD_KEY_TASK = "7a3c1e00-0000-4000-9000-000000000003"
+
 
 def _settings(tmp_path: Path, s3: S3Server | None, key: str = "key") -> VerificationSettings:
     env = {
@@ -42,6 +47,8 @@ def _settings(tmp_path: Path, s3: S3Server | None, key: str = "key") -> Verifica
         "VERIFICATION_PROCESSES": "1",
         "HEALTH_PROBE_INTERVAL_SECONDS": "0.2",
         "SIGNING_KEY_PATH": str(tmp_path / f"{key}.pem"),
+        # The token itself; who may call what: tests/integration/auth.
+        "AUTH_ENABLED": "false",
     }
     if s3 is not None:
         env |= {
@@ -101,8 +108,8 @@ async def test_token_verifies_with_a_jose_library_and_carries_the_result(
     settings: VerificationSettings,
 ) -> None:
     async for stub in _serve(settings):
-        await stub.Verify(_verify_request("task-token"))
-        stored = await stub.GetReport(pb.GetReportRequest(task_id="task-token"))
+        await stub.Verify(_verify_request(TOKEN_TASK))
+        stored = await stub.GetReport(pb.GetReportRequest(task_id=TOKEN_TASK))
         jwks = await _jwks(stub)
     keys = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
     token = jwt.decode(stored.attestation_token, keys, algorithms=["EdDSA"])
@@ -136,8 +143,8 @@ async def test_token_verifies_with_a_jose_library_and_carries_the_result(
 
 async def test_report_struct_round_trips_to_the_signed_text(settings: VerificationSettings) -> None:
     async for stub in _serve(settings):
-        await stub.Verify(_verify_request("task-round-trip"))
-        stored = await stub.GetReport(pb.GetReportRequest(task_id="task-round-trip"))
+        await stub.Verify(_verify_request(ROUND_TRIP_TASK))
+        stored = await stub.GetReport(pb.GetReportRequest(task_id=ROUND_TRIP_TASK))
         key = await stub.GetSigningKey(pb.GetSigningKeyRequest())
     document = whole_numbers(json_format.MessageToDict(stored.report))
     os_details = next(c for c in document["checks"] if c["name"] == "os")["details"]
@@ -154,9 +161,9 @@ async def test_report_struct_round_trips_to_the_signed_text(settings: Verificati
 async def test_jwks_keeps_earlier_keys_after_a_rotation(tmp_path: Path) -> None:
     old_settings = _settings(tmp_path, None, key="old")
     async for stub in _serve(old_settings):
-        await stub.Verify(_verify_request("task-old-key"))
+        await stub.Verify(_verify_request(OLD_KEY_TASK))
         old_token = (
-            await stub.GetReport(pb.GetReportRequest(task_id="task-old-key"))
+            await stub.GetReport(pb.GetReportRequest(task_id=OLD_KEY_TASK))
         ).attestation_token
         old_kid = (await stub.GetSigningKey(pb.GetSigningKeyRequest())).key_id
     new_settings = replace(old_settings, signing_key_path=str(tmp_path / "new.pem"))

@@ -71,6 +71,8 @@ async def channel(
         "VERIFICATION_LISTEN_ADDR": "127.0.0.1:0",
         "VERIFICATION_PROCESSES": "1",
         "HEALTH_PROBE_INTERVAL_SECONDS": "0.2",
+        # The os-image API itself; who may call it: tests/integration/auth.
+        "AUTH_ENABLED": "false",
     }
     if request.param == "s3":
         env |= {

@@ -50,6 +50,7 @@ async def _service(
             "DATA_DIR": str(tmp_path),
             "VERIFICATION_LISTEN_ADDR": "127.0.0.1:0",
             "VERIFICATION_PROCESSES": "1",
+            "AUTH_ENABLED": "false",
             "COLLATERAL_DIR": str(DCAP),
             **env,
         },

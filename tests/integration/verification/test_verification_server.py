@@ -39,6 +39,7 @@ def _settings(tmp_path: Path, s3: S3Server | None) -> VerificationSettings:
         "VERIFICATION_LISTEN_ADDR": "127.0.0.1:0",
         "VERIFICATION_PROCESSES": "1",
         "HEALTH_PROBE_INTERVAL_SECONDS": "0.2",
+        "AUTH_ENABLED": "false",
     }
     if s3 is not None:
         env |= {
@@ -68,6 +69,15 @@ def _verify_request(task_id: str, **overrides: object) -> pb.VerifyRequest:
     }
     body.update(overrides)
     return json_format.ParseDict(body, pb.VerifyRequest())
+
+
+# Task ids are canonical lowercase UUIDs on every route, GetReport included.
+TASK_VECTOR = "7a3c1e00-0000-4000-8000-000000000001"
+TASK_ROTATION = "7a3c1e00-0000-4000-8000-000000000002"
+NEVER_VERIFIED = "7a3c1e00-0000-4000-8000-000000000003"
+TASK_TWICE = "7a3c1e00-0000-4000-8000-000000000004"
+TASK_RETRIED = "7a3c1e00-0000-4000-8000-000000000005"
+TASK_SIGNED = "7a3c1e00-0000-4000-8000-000000000006"
 
 
 @dataclass
@@ -101,7 +111,7 @@ async def verification(
 async def test_verify_the_dstack_vector_passes_and_the_signed_report_reads_back(
     verification: Stubs,
 ) -> None:
-    response = await verification.engine.Verify(_verify_request("task-vector-1", attempt=1))
+    response = await verification.engine.Verify(_verify_request(TASK_VECTOR, attempt=1))
     summary = response.summary
     assert summary.verdict == pb.VERDICT_PASSED, summary
     statuses = {c.check: c.status for c in summary.checks}
@@ -110,10 +120,10 @@ async def test_verify_the_dstack_vector_passes_and_the_signed_report_reads_back(
     assert statuses[pb.CHECK_SOURCE_CODE] == pb.CHECK_STATUS_PASSED
     assert statuses[pb.CHECK_TEE_CONTROLLED_KEY] == pb.CHECK_STATUS_SKIPPED
     assert summary.tcb_status == "UpToDate"
-    assert summary.s3_key == "reports/task-vector-1/1.json"
-    assert (summary.task_id, summary.attempt) == ("task-vector-1", 1)
+    assert summary.s3_key == f"reports/{TASK_VECTOR}/1.json"
+    assert (summary.task_id, summary.attempt) == (TASK_VECTOR, 1)
 
-    stored = await verification.GetReport(pb.GetReportRequest(task_id="task-vector-1"))
+    stored = await verification.GetReport(pb.GetReportRequest(task_id=TASK_VECTOR))
     key = await verification.GetSigningKey(pb.GetSigningKeyRequest())
     body = stored.canonical_json.encode()
     assert verify_report_signature(
@@ -130,7 +140,7 @@ async def test_verify_the_dstack_vector_passes_and_the_signed_report_reads_back(
     document = json.loads(body)
     assert canonical_json(document) == body
     assert document["verdict"] == "passed"
-    assert document["task_id"] == "task-vector-1"
+    assert document["task_id"] == TASK_VECTOR
     # The signed report names its key, and GetReport says the same.
     assert document["signing_key_id"] == stored.key_id == key.key_id
 
@@ -146,7 +156,7 @@ async def test_report_names_the_key_that_signed_it_after_a_key_rotation(tmp_path
         async with create_channel(f"127.0.0.1:{first.port}") as channel:
             stub = verification_pb2_grpc.VerificationServiceStub(channel)
             engine = engine_pb2_grpc.VerificationEngineServiceStub(channel)
-            await engine.Verify(_verify_request("task-before-rotation"))
+            await engine.Verify(_verify_request(TASK_ROTATION))
             old_key = await stub.GetSigningKey(pb.GetSigningKeyRequest())
     finally:
         await first.stop(1.0)
@@ -154,7 +164,7 @@ async def test_report_names_the_key_that_signed_it_after_a_key_rotation(tmp_path
     try:
         async with create_channel(f"127.0.0.1:{rotated.port}") as channel:
             stub = verification_pb2_grpc.VerificationServiceStub(channel)
-            stored = await stub.GetReport(pb.GetReportRequest(task_id="task-before-rotation"))
+            stored = await stub.GetReport(pb.GetReportRequest(task_id=TASK_ROTATION))
             new_key = await stub.GetSigningKey(pb.GetSigningKeyRequest())
     finally:
         await rotated.stop(1.0)
@@ -201,7 +211,7 @@ async def test_report_of_an_unknown_task_is_not_found(
     verification: Stubs,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await verification.GetReport(pb.GetReportRequest(task_id="never-verified"))
+        await verification.GetReport(pb.GetReportRequest(task_id=NEVER_VERIFIED))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.aio.AioRpcError) as traversal:
         await verification.GetReport(pb.GetReportRequest(task_id="../../etc/passwd"))
@@ -211,7 +221,7 @@ async def test_report_of_an_unknown_task_is_not_found(
 async def test_the_summary_is_signed_over_its_bytes_with_the_published_key(
     verification: Stubs,
 ) -> None:
-    response = await verification.engine.Verify(_verify_request("task-signed", attempt=2))
+    response = await verification.engine.Verify(_verify_request(TASK_SIGNED, attempt=2))
     signed = response.signed_summary
     key = await verification.GetSigningKey(pb.GetSigningKeyRequest())
     assert signed.key_id == key.key_id
@@ -220,7 +230,7 @@ async def test_the_summary_is_signed_over_its_bytes_with_the_published_key(
     summary = pb.ReportSummary.FromString(signed.summary)
     assert summary == response.summary
     assert (summary.task_id, summary.attempt, summary.signing_key_id) == (
-        "task-signed",
+        TASK_SIGNED,
         2,
         key.key_id,
     )
@@ -235,33 +245,33 @@ async def test_the_summary_is_signed_over_its_bytes_with_the_published_key(
 async def test_a_second_verify_of_the_same_attempt_returns_the_first_report(
     verification: Stubs,
 ) -> None:
-    first = await verification.engine.Verify(_verify_request("task-twice", attempt=1))
+    first = await verification.engine.Verify(_verify_request(TASK_TWICE, attempt=1))
     # Other evidence for the same task and attempt: the stored report stands.
     again = await verification.engine.Verify(
-        _verify_request("task-twice", attempt=1, expectedComposeHash="00" * 32)
+        _verify_request(TASK_TWICE, attempt=1, expectedComposeHash="00" * 32)
     )
     assert again.summary == first.summary
     assert again.summary.verdict == pb.VERDICT_PASSED
     assert again.signed_summary == first.signed_summary
-    stored = await verification.GetReport(pb.GetReportRequest(task_id="task-twice", attempt=1))
+    stored = await verification.GetReport(pb.GetReportRequest(task_id=TASK_TWICE, attempt=1))
     assert json.loads(stored.canonical_json)["verdict"] == "passed"
 
 
 async def test_get_report_returns_the_latest_attempt_or_the_one_asked_for(
     verification: Stubs,
 ) -> None:
-    await verification.engine.Verify(_verify_request("task-retried", attempt=1))
+    await verification.engine.Verify(_verify_request(TASK_RETRIED, attempt=1))
     await verification.engine.Verify(
-        _verify_request("task-retried", attempt=2, expectedComposeHash="00" * 32)
+        _verify_request(TASK_RETRIED, attempt=2, expectedComposeHash="00" * 32)
     )
-    latest = await verification.GetReport(pb.GetReportRequest(task_id="task-retried"))
-    assert latest.s3_key == "reports/task-retried/2.json"
+    latest = await verification.GetReport(pb.GetReportRequest(task_id=TASK_RETRIED))
+    assert latest.s3_key == f"reports/{TASK_RETRIED}/2.json"
     assert json.loads(latest.canonical_json)["verdict"] == "failed"
     assert json.loads(latest.canonical_json)["attempt"] == 2
-    first = await verification.GetReport(pb.GetReportRequest(task_id="task-retried", attempt=1))
+    first = await verification.GetReport(pb.GetReportRequest(task_id=TASK_RETRIED, attempt=1))
     assert json.loads(first.canonical_json)["verdict"] == "passed"
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await verification.GetReport(pb.GetReportRequest(task_id="task-retried", attempt=3))
+        await verification.GetReport(pb.GetReportRequest(task_id=TASK_RETRIED, attempt=3))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -277,9 +287,9 @@ async def test_store_faults_are_unavailable_for_get_report_and_verify(tmp_path: 
             public = verification_pb2_grpc.VerificationServiceStub(channel)
             engine = engine_pb2_grpc.VerificationEngineServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as report:
-                await public.GetReport(pb.GetReportRequest(task_id="task-1"))
+                await public.GetReport(pb.GetReportRequest(task_id=TASK_VECTOR))
             with pytest.raises(grpc.aio.AioRpcError) as verify:
-                await engine.Verify(_verify_request("task-1", attempt=1))
+                await engine.Verify(_verify_request(TASK_VECTOR, attempt=1))
     finally:
         await running.stop(1.0)
     assert report.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -208,11 +208,14 @@ def test_time_window_must_be_ordered() -> None:
     assert _field_of(validation.validate_time_window, late, early) == "created_before"
 
 
-def test_task_id_must_be_a_uuid() -> None:
+def test_task_id_must_be_a_canonical_lowercase_uuid() -> None:
     assert _field_of(validation.validate_task_id, "x") == "id"
     assert _field_of(validation.validate_task_id, "") == "id"
+    # One spelling on every route (issue 12): uppercase and braces are refused.
+    assert _field_of(validation.validate_task_id, "0BAD0000-0000-4000-8000-000000000000") == "id"
+    assert _field_of(validation.validate_task_id, "{0bad0000-0000-4000-8000-000000000000}") == "id"
     assert (
-        validation.validate_task_id("0BAD0000-0000-4000-8000-000000000000")
+        validation.validate_task_id("0bad0000-0000-4000-8000-000000000000")
         == "0bad0000-0000-4000-8000-000000000000"
     )
 

@@ -111,6 +111,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
             "VERIFICATION_PROCESSES": "1",
             "TASKS_ADDR": f"127.0.0.1:{tasks_port}",
             "METRICS_ENABLED": "false",
+            # The engine's batches; who may call it: tests/integration/auth.
+            "AUTH_ENABLED": "false",
         },
     )
     running: RunningServer = await start_server(build_spec(settings))
@@ -230,6 +232,8 @@ async def test_tasks_service_down_makes_every_item_unavailable(tmp_path: Path) -
             "TASKS_ADDR": f"127.0.0.1:{free_port()}",
             "CALL_TIMEOUT_SECONDS": "2",
             "METRICS_ENABLED": "false",
+            # The engine's batches; who may call it: tests/integration/auth.
+            "AUTH_ENABLED": "false",
         },
     )
     running = await start_server(build_spec(settings))
