@@ -100,6 +100,14 @@ def internal_channel(settings: Settings, peer: str, me: str) -> grpc.aio.Channel
     return create_channel(getattr(settings, _INTERNAL_ADDR[peer]), credentials=creds)
 
 
+def internal_credentials(settings: Settings, me: str) -> grpc.ChannelCredentials | None:
+    """`me`'s mutual-TLS credentials for a peer's internal port (None: auth off)."""
+    if not settings.auth_enabled:
+        return None
+    creds: Any = channel_credentials(certs_for(settings, me))
+    return creds
+
+
 def internal_target(settings: Settings, peer: str) -> str:
     if not settings.auth_enabled:
         return str(getattr(settings, f"{peer}_addr"))

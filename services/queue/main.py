@@ -26,7 +26,12 @@ from shared.config import add_config_arguments, settings_from_args
 from shared.grpc_server import DependencyProbe, ServiceSpec, serve
 from shared.log import configure_logging, get_logger
 from shared.retry import keep_running
-from shared.security import internal_channel, service_security
+from shared.security import (
+    internal_channel,
+    internal_credentials,
+    internal_target,
+    service_security,
+)
 
 from . import gauges
 from .backend import QueueBackend
@@ -129,7 +134,12 @@ def build_spec(
     requeue, state = None, None
     if handler is None:
         requeue = functools.partial(_requeue_over, settings)
-        state = QueueState(settings.tasks_addr, settings.queue_name, settings.call_timeout_seconds)
+        state = QueueState(
+            internal_target(settings, "tasks"),
+            settings.queue_name,
+            settings.call_timeout_seconds,
+            internal_credentials(settings, "queue"),
+        )
     control = QueueControl(queue, requeue, state)
 
     def register(server: grpc.aio.Server) -> None:

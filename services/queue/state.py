@@ -26,8 +26,16 @@ class QueueState:
     """QueueStateService for one queue. The channel is opened on first use (a
     grpc.aio channel belongs to the running event loop)."""
 
-    def __init__(self, tasks_addr: str, queue_name: str, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        tasks_addr: str,
+        queue_name: str,
+        timeout_seconds: float,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.tasks_addr = tasks_addr
+        # QueueStateService is internal: mutual TLS to the tasks service's internal port.
+        self.credentials = credentials
         self.queue_name = queue_name
         self.timeout = timeout_seconds
         self._channel: grpc.aio.Channel | None = None
@@ -35,7 +43,7 @@ class QueueState:
 
     def _client(self) -> worker_pb2_grpc.QueueStateServiceStub:
         if self._stub is None:
-            self._channel = create_channel(self.tasks_addr)
+            self._channel = create_channel(self.tasks_addr, self.credentials)
             self._stub = worker_pb2_grpc.QueueStateServiceStub(self._channel)
         return self._stub
 
