@@ -81,11 +81,6 @@ POLICY: dict[str, Rule] = {
     _TASKS + "ListTaskEvents": needs(SCOPE_SUBMIT, SCOPE_READ, bucket=BUCKET_READ),
     # Counts over every task: not a submitter's business.
     _TASKS + "GetTaskStats": needs(SCOPE_READ, bucket=BUCKET_READ),
-    # The worker's calls (until TaskWorkerService replaces them).
-    _TASKS + "StartTask": INTERNAL,
-    _TASKS + "UpdateTaskProgress": INTERNAL,
-    _TASKS + "CompleteTask": INTERNAL,
-    _TASKS + "FailTask": INTERNAL,
     _QUEUE + "EnqueueTask": INTERNAL,
     _QUEUE + "GetQueueStatus": needs(SCOPE_QUEUE, SCOPE_READ, bucket=BUCKET_READ),
     _QUEUE + "ListWorkers": needs(SCOPE_QUEUE, bucket=BUCKET_READ),

@@ -23,6 +23,8 @@ from verifier.tasks.v1 import (
     identity_pb2_grpc,
     tasks_pb2,
     tasks_pb2_grpc,
+    worker_pb2,
+    worker_pb2_grpc,
 )
 from verifier.verification.v1 import (
     engine_pb2_grpc,
@@ -185,10 +187,9 @@ async def test_a_submitter_sees_only_its_owner_tasks(auth_stack: Stack, make_key
 
 
 INTERNAL_CALLS: list[tuple[str, Any, str, Message]] = [
-    ("tasks", tasks_pb2_grpc.TaskServiceStub, "StartTask", tasks_pb2.StartTaskRequest(id=str(uuid.uuid4()), worker_id="w")),
-    ("tasks", tasks_pb2_grpc.TaskServiceStub, "UpdateTaskProgress", tasks_pb2.UpdateTaskProgressRequest(id=str(uuid.uuid4()), progress=5)),
-    ("tasks", tasks_pb2_grpc.TaskServiceStub, "CompleteTask", tasks_pb2.CompleteTaskRequest(id=str(uuid.uuid4()))),
-    ("tasks", tasks_pb2_grpc.TaskServiceStub, "FailTask", tasks_pb2.FailTaskRequest(id=str(uuid.uuid4()), error_message="x")),
+    ("tasks", worker_pb2_grpc.TaskWorkerServiceStub, "StartTasks", worker_pb2.StartTasksRequest(worker_id="w", task_ids=[str(uuid.uuid4())])),
+    ("tasks", worker_pb2_grpc.TaskWorkerServiceStub, "FailTasks", worker_pb2.FailTasksRequest(worker_id="w")),
+    ("tasks", worker_pb2_grpc.QueueStateServiceStub, "GetQueueState", worker_pb2.GetQueueStateRequest(queue_name="q")),
     ("tasks", identity_pb2_grpc.IdentityServiceStub, "ValidateApiKey", identity_pb2.ValidateApiKeyRequest(secret="vk_x")),
     ("queue", queue_pb2_grpc.QueueServiceStub, "EnqueueTask", queue_pb2.EnqueueTaskRequest(task_id=str(uuid.uuid4()))),
     ("verification", engine_pb2_grpc.VerificationEngineServiceStub, "Verify", verification_pb2.VerifyRequest(task_id=str(uuid.uuid4()))),
@@ -222,7 +223,7 @@ async def test_internal_port_refuses_a_peer_without_our_certificate(
 ) -> None:
     settings = auth_stack.settings.tasks
     target = settings.tasks_internal_addr
-    request = tasks_pb2.FailTaskRequest(id=str(uuid.uuid4()), error_message="forged")
+    request = worker_pb2.FailTasksRequest(worker_id="forger")
     ours = CertPaths.of(settings.effective_tls_dir, "queue")
     stranger = issue(tmp_path / "other-ca", "queue")  # same name, another CA
     attempts: list[Any] = [
@@ -234,7 +235,7 @@ async def test_internal_port_refuses_a_peer_without_our_certificate(
     for creds in attempts:
         async with create_channel(target, credentials=creds) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await tasks_pb2_grpc.TaskServiceStub(channel).FailTask(request, timeout=5)
+                await worker_pb2_grpc.TaskWorkerServiceStub(channel).FailTasks(request, timeout=5)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # handshake refused
 
 

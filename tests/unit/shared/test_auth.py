@@ -49,7 +49,7 @@ def test_admin_implies_every_scope_and_submitters_see_only_their_owner() -> None
 
 
 def test_policy_rules_cover_internal_open_and_unknown_methods() -> None:
-    assert rule_for("/verifier.tasks.v1.TaskService/CompleteTask").internal  # type: ignore[union-attr]
+    assert rule_for("/verifier.tasks.v1.TaskWorkerService/CompleteTasks").internal  # type: ignore[union-attr]
     assert rule_for("/verifier.tasks.v1.TaskWorkerService/Anything").internal  # type: ignore[union-attr]
     assert rule_for("/verifier.queue.v1.QueueIntakeService/X").internal  # type: ignore[union-attr]
     assert rule_for("/verifier.verification.v1.VerificationEngineService/X").internal  # type: ignore[union-attr]
@@ -128,10 +128,14 @@ async def test_authorizer_decides_by_rule_scope_peer_and_bucket() -> None:
     with pytest.raises(ScopeMissing):
         await authorizer.authorize(tasks + "CreateTask", bearer, lambda: "")
     with pytest.raises(InternalOnly):
-        await authorizer.authorize(tasks + "CompleteTask", bearer, lambda: "")
+        await authorizer.authorize(
+            "/verifier.tasks.v1.TaskWorkerService/CompleteTasks", bearer, lambda: ""
+        )
     with pytest.raises(NoPolicy):
         await authorizer.authorize(tasks + "Unknown", bearer, lambda: "queue")
-    served = await authorizer.authorize(tasks + "CompleteTask", {}, lambda: "queue")
+    served = await authorizer.authorize(
+        "/verifier.tasks.v1.TaskWorkerService/CompleteTasks", {}, lambda: "queue"
+    )
     assert served == Identity.service("queue")
     assert await authorizer.authorize("/grpc.health.v1.Health/Check", {}, lambda: "") is None
     await authorizer.authorize(tasks + "GetTask", bearer, lambda: "")
