@@ -246,11 +246,6 @@ class PipelineStack:
         creds = channel_credentials(CertPaths.of(self.env["TLS_DIR"], "queue"))
         return create_channel(self.env[f"{name.upper()}_INTERNAL_ADDR"], credentials=creds)
 
-    def internal_channel(self, name: str) -> grpc.aio.Channel:
-        """A channel to one service's internal RPCs as a worker has it, for tests
-        that play the worker (the same port while authentication is off)."""
-        return create_channel(f"127.0.0.1:{self.services[name].port}")
-
     async def create_task(self, **overrides: Any) -> tasks_pb2.Task:
         request = json_format.ParseDict(
             dstack_create_task_json(**overrides), tasks_pb2.CreateTaskRequest()
