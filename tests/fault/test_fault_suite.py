@@ -122,8 +122,18 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 
 async def _queue_call(stack: PipelineStack, method: str, request: Any) -> Any:
-    async with stack.channel("queue") as channel:
-        return await getattr(queue_pb2_grpc.QueueServiceStub(channel), method)(request, timeout=10)
+    # Pause and resume go through the tasks service's internal mTLS port: right after the
+    # stack starts, that port may not accept yet (UNAVAILABLE). Wait it out, bounded.
+    deadline = time.monotonic() + 30
+    while True:
+        async with stack.channel("queue") as channel:
+            stub = queue_pb2_grpc.QueueServiceStub(channel)
+            try:
+                return await getattr(stub, method)(request, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise
+        await asyncio.sleep(0.5)
 
 
 async def _until(
