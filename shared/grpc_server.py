@@ -424,6 +424,10 @@ async def start_server(spec: ServiceSpec) -> RunningServer:
             raise OSError(f"cannot listen on {security.internal_listen_addr}")
     if port == 0:
         raise OSError(f"cannot listen on {spec.listen_addr}")
+    # grpc's servicer starts with "" SERVING; say NOT_SERVING for every name
+    # until the first probe round decides, so nobody sees SERVING early.
+    for name in ["", *spec.service_names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     running = RunningServer(spec, server, port, health_servicer, internal_port=internal_port)
     running.metrics = metrics.serve_metrics(spec.metrics_listen_addr)

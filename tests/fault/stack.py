@@ -353,6 +353,10 @@ def stack_env(
             "HEALTH_PROBE_INTERVAL_SECONDS": "0.5",
             "SHUTDOWN_GRACE_SECONDS": "5",
             "VERIFICATION_PROCESSES": "1",
+            # The suites here measure the pipeline, not the per-key limits
+            # (tests/integration covers those): 0 turns them off.
+            "RATE_LIMIT_CREATE_PER_SECOND": "0",
+            "RATE_LIMIT_READ_PER_SECOND": "0",
             # No fixed metrics ports in tests (a test that scrapes sets free ones).
             "TASKS_METRICS_LISTEN_ADDR": "",
             "QUEUE_METRICS_LISTEN_ADDR": "",
