@@ -8,7 +8,9 @@ Calls per batch, whatever its size (at most QUEUE_CONCURRENCY jobs):
 2. VerificationEngineService.VerifyTasks with the leases, streamed back one
    result per task (the engine reads each task's inputs itself, once), and
    ReportProgress(30, "verifying evidence") beside it.
-3. CompleteTasks for the verified ones (the engine's signed summaries),
+3. CompleteTasks for the verified ones (the engine's signed summaries, tried
+   again on a transient fault for the whole retry budget: the reports are
+   stored, and the task must not be verified again),
    FailTasks for a task's own faults (INVALID_ARGUMENT, a refused summary),
    DeferTasks for transient faults (the task shows WAITING with the reason) and
    a delayed run of the job. A stale attempt (FAILED_PRECONDITION: a newer
@@ -38,7 +40,7 @@ from verifier.tasks.v1 import worker_pb2, worker_pb2_grpc
 from verifier.verification.v1 import engine_pb2, engine_pb2_grpc, verification_pb2
 
 from shared.log import get_logger
-from shared.retry import Backoff
+from shared.retry import Backoff, Outage
 from shared.security import internal_channel
 
 from . import policy
@@ -51,11 +53,12 @@ log = get_logger(__name__)
 _Reply = TypeVar("_Reply")
 
 PROGRESS_VERIFYING = 30
-# A CompleteTasks that meets a transient fault is tried again this often
-# before the batch is deferred: the reports are written, and a second
-# verification is the costlier way out (a PostgreSQL restart takes seconds).
-COMPLETE_TRIES = 5
-COMPLETE_BACKOFF = Backoff(base_seconds=0.2, cap_seconds=3.0)
+# A CompleteTasks (or FailTasks) that meets a transient fault is tried again
+# with this backoff for the whole retry budget (RETRY_BUDGET_SECONDS) before
+# the batch is deferred: the worker holds signed summaries, and the job stays
+# its own meanwhile (the heartbeat keeps re-claiming the jobs in hand, and a
+# stale attempt is refused by the tasks service, FAILED_PRECONDITION).
+RECORD_BACKOFF = Backoff(base_seconds=0.2, cap_seconds=3.0)
 
 
 def _code_name(code: int) -> str:
@@ -90,6 +93,7 @@ class VerificationPipeline:
         verify_timeout_seconds: float,
         rand: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.worker = worker
         self.engine = engine
@@ -100,6 +104,7 @@ class VerificationPipeline:
         self.verify_timeout = verify_timeout_seconds
         self.rand = rand
         self.clock = clock
+        self.sleep = sleep
 
     async def process_batch(self, jobs: Sequence[Job]) -> list[JobResult]:
         results: list[JobResult | None] = [None] * len(jobs)
@@ -352,18 +357,30 @@ class VerificationPipeline:
         call: Callable[..., Awaitable[_Reply]],
         request: object,
     ) -> _Reply | str:
-        """An idempotent batch call, tried again on a transient fault; the reply,
-        or the last fault's description."""
-        error = ""
-        for tries in range(1, COMPLETE_TRIES + 1):
+        """An idempotent batch call (per attempt), tried again on a transient
+        fault with the shared backoff for the whole retry budget, counted from
+        its first fault; the reply, or the last fault's description. The outage
+        is logged once when it starts and once when it ends."""
+        outage = Outage(name, event="batch.record")
+        started = self.clock()
+        while True:
             try:
-                return await call(request, timeout=self.call_timeout)
+                reply = await call(request, timeout=self.call_timeout)
             except grpc.aio.AioRpcError as exc:
                 error = _describe(name, exc)
-                if not policy.is_transient(exc.code().name) or tries == COMPLETE_TRIES:
-                    break
-                await asyncio.sleep(COMPLETE_BACKOFF.delay(tries, self.rand))
-        return error
+                failures = outage.failed(exc)
+                if not policy.is_transient(exc.code().name):
+                    return error
+                delay = RECORD_BACKOFF.delay(failures, self.rand)
+                if not policy.within_budget(
+                    started, self.clock() + delay, self.retry_budget_seconds
+                ):
+                    log.warning("batch.record_gave_up", call=name, error=error, tries=failures)
+                    return error
+                await self.sleep(delay)
+                continue
+            outage.succeeded()
+            return reply
 
     def _stale(self, lease: _Lease, message: str) -> JobResult:
         log.info("job.stale", task_id=lease.job.task_id, attempt=lease.attempt, reason=message)

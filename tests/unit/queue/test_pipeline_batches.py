@@ -207,3 +207,86 @@ async def test_a_start_call_that_fails_whole_changes_no_task(code: grpc.StatusCo
     expected = Outcome.RETRY if code == grpc.StatusCode.UNAVAILABLE else Outcome.SKIPPED
     assert [r.outcome for r in results] == [expected, expected]
     assert worker.deferred == [] and worker.failed == []
+
+
+class _Clock:
+    """A fake clock that the pipeline's sleeps advance."""
+
+    def __init__(self, now: float = 10_000.0) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class _TasksDownFor(_Worker):
+    """CompleteTasks fails with `code` for `seconds` of the fake clock, then answers."""
+
+    def __init__(self, clock: _Clock, seconds: float, code: grpc.StatusCode, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.clock = clock
+        self.until = clock.now + seconds
+        self.code = code
+        self.tries = 0
+
+    async def CompleteTasks(self, request: worker_pb2.CompleteTasksRequest, **call: Any) -> Any:
+        self.tries += 1
+        if self.clock.now < self.until:
+            raise grpc.aio.AioRpcError(self.code, grpc.aio.Metadata(), grpc.aio.Metadata(), "x")
+        return await super().CompleteTasks(request, **call)
+
+
+def _timed_pipeline(worker: _Worker, clock: _Clock, budget: float = 600.0) -> VerificationPipeline:
+    return VerificationPipeline(
+        worker,  # type: ignore[arg-type]
+        _Engine({}),  # type: ignore[arg-type]
+        worker_id="w",
+        retry_budget_seconds=budget,
+        retry_base_seconds=1.0,
+        call_timeout_seconds=1.0,
+        verify_timeout_seconds=1.0,
+        rand=lambda: 0.5,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED])
+async def test_complete_is_retried_through_a_long_outage_of_the_tasks_service(
+    code: grpc.StatusCode,
+) -> None:
+    """A worker holding signed summaries waits the outage out (within the
+    budget) with the shared backoff, instead of deferring the batch and having
+    it verified again under a new attempt."""
+    clock = _Clock()
+    worker = _TasksDownFor(clock, 120.0, code)
+    results = await _timed_pipeline(worker, clock).process_batch(_jobs("a", "b"))
+    assert [r.outcome for r in results] == [Outcome.COMPLETED, Outcome.COMPLETED]
+    assert worker.deferred == [] and worker.failed == []
+    assert worker.tries > 5 and clock.now >= worker.until
+    # Capped backoff: looked at again at least every RECORD_BACKOFF cap.
+    assert max(clock.sleeps) <= 3.0
+
+
+async def test_past_the_budget_a_complete_that_still_fails_defers_the_batch() -> None:
+    clock = _Clock()
+    worker = _TasksDownFor(clock, 10_000.0, grpc.StatusCode.UNAVAILABLE)
+    (result,) = await _timed_pipeline(worker, clock, budget=60.0).process_batch(_jobs("a"))
+    assert result.outcome is Outcome.RETRY
+    assert [t.task.task_id for t in worker.deferred] == ["a"]
+    assert 55.0 <= clock.now - 10_000.0 <= 60.0
+
+
+async def test_a_stale_attempt_met_after_the_outage_is_dropped_never_completed() -> None:
+    clock = _Clock()
+    worker = _TasksDownFor(
+        clock, 30.0, grpc.StatusCode.UNAVAILABLE, complete={"a": code_pb2.FAILED_PRECONDITION}
+    )
+    (result,) = await _timed_pipeline(worker, clock).process_batch(_jobs("a"))
+    assert result.outcome is Outcome.SKIPPED and "stale" in result.detail
+    assert worker.deferred == [] and worker.failed == []
