@@ -147,6 +147,18 @@ def lease_outcome(
     return Refusal.STATUS
 
 
+def earlier_attempts(run_base_attempt: int, attempt: int) -> tuple[int, ...]:
+    """The attempts of the current run before `attempt`, ascending. A run
+    starts with the task's first attempt and again at an operator's RetryTask
+    (`run_base_attempt`: the attempts made before it). None of them finished
+    the task (a finished task is not started again within its run), so a
+    report one of them stored is this run's verification: the engine may adopt
+    it instead of verifying again. A retried task's earlier runs are never
+    named: an operator retry must verify anew."""
+    first = max(run_base_attempt, 0) + 1
+    return tuple(range(first, attempt))
+
+
 def outcome_of(summary: ReportSummary) -> tuple[TaskStatus, str]:
     """The engine's signed verdict as the task's outcome, not recomputed:
     COMPLETED when PASSED, else FAILED naming the checks that did not pass

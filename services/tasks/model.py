@@ -203,6 +203,9 @@ class Task:
     next_attempt_at: datetime | None = None
     # The owner of the API key that created it ("" without authentication).
     owner: str = ""
+    # The attempts made before the current run began (0, or `attempts` at the
+    # last RetryTask): see lifecycle.earlier_attempts.
+    run_base_attempt: int = 0
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,9 @@ class OpsStore:
             result = await conn.execute(
                 sa.update(tasks)
                 .where(tasks.c.id.in_(list(old)), tasks.c.status.in_(RETRYABLE))
-                .values(**_RESET, updated_at=now)
+                # A new run: its attempts' reports are its own (never adopted
+                # from the failed run's, lifecycle.earlier_attempts).
+                .values(**_RESET, run_base_attempt=tasks.c.attempts, updated_at=now)
                 .returning(tasks.c.id)
             )
             done = [str(row.id) for row in result]

@@ -63,6 +63,7 @@ def task_from_row(row: Row, with_evidence: bool = False) -> Task:
         wait_reason=row["wait_reason"],
         next_attempt_at=utc(row["next_attempt_at"]),
         owner=row["owner"],
+        run_base_attempt=int(row["run_base_attempt"] or 0),
     )
 
 
@@ -107,6 +108,7 @@ def new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
         "evaluation_time": new.evaluation_time,
         "evidence": new.evidence,
         "attempts": 0,
+        "run_base_attempt": 0,
         "wait_reason": "",
         "owner": new.owner,
         "created_at": now,

@@ -89,6 +89,10 @@ tasks = sa.Table(
     sa.Column("next_attempt_at", UtcDateTime(), nullable=True),
     # Whose task it is: the creating API key's owner ("" before authentication).
     sa.Column("owner", sa.String(128), nullable=False, server_default=""),
+    # The attempts made before the current run began: 0, or `attempts` at the
+    # last RetryTask (migration 0005_task_runs). The run's earlier attempts are
+    # run_base_attempt + 1 .. attempts - 1.
+    sa.Column("run_base_attempt", sa.Integer(), nullable=False, server_default="0"),
 )
 
 # The queue's durable state (QueueStateService): it survives a Redis flush.

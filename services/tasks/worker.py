@@ -60,6 +60,8 @@ class ItemResult:
     task_id: str
     error: DomainError | None = None
     attempt: int = 0
+    # GetTaskInputs: the earlier attempts of the task's current run.
+    earlier_attempts: tuple[int, ...] = ()
 
 
 def check_batch(size: int, field: str) -> None:
@@ -298,7 +300,9 @@ class WorkerApp:
         self, items: Sequence[tuple[str, int]]
     ) -> list[tuple[ItemResult, Task | None]]:
         """The started tasks with their evidence, read once (one statement); a
-        stale attempt gets FAILED_PRECONDITION, so no report is written for it."""
+        stale attempt gets FAILED_PRECONDITION, so no report is written for it.
+        Each current one names the earlier attempts of its run (the engine may
+        adopt a report one of them stored)."""
         check_batch(len(items), "tasks")
         ids: dict[int, str] = {}
         errors: dict[int, DomainError] = {}
@@ -345,7 +349,10 @@ class WorkerApp:
                     )
                 )
             else:
-                answers.append((ItemResult(task.id, attempt=attempt), task))
+                earlier = lifecycle.earlier_attempts(task.run_base_attempt, attempt)
+                answers.append(
+                    (ItemResult(task.id, attempt=attempt, earlier_attempts=earlier), task)
+                )
         return answers
 
     # --- the queue's durable state (QueueStateService) --------------------------------

@@ -69,6 +69,7 @@ class TaskWorkerServicer(worker_pb2_grpc.TaskWorkerServiceServicer):
                     task=asked,
                     status=wm.status_of(result.error),
                     request=wm.verify_request(task, asked.attempt) if task else None,
+                    earlier_attempts=result.earlier_attempts,
                 )
                 for (result, task), asked in zip(answers, request.tasks, strict=True)
             ]

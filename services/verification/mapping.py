@@ -132,7 +132,11 @@ def task_input_from_proto(lease: TaskLease, item: worker_pb2.TaskInput) -> TaskI
             return TaskInput(lease, error=EvidenceMalformed("task", message))
         return TaskInput(lease, error=TaskInputsUnavailable(f"GetTaskInputs: {message}"))
     try:
-        return TaskInput(lease, request=request_from_proto(item.request))
+        return TaskInput(
+            lease,
+            request=request_from_proto(item.request),
+            earlier_attempts=tuple(a for a in item.earlier_attempts if 0 < a < lease.attempt),
+        )
     except EvidenceMalformed as exc:
         return TaskInput(lease, error=exc)
 
@@ -176,6 +180,7 @@ def summary_to_proto(stored: StoredVerification) -> pb.ReportSummary:
         task_id=stored.task_id,
         attempt=stored.attempt,
         signing_key_id=signing_key_id(doc),
+        adopted_attempt=stored.adopted_attempt,
     )
 
 

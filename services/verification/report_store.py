@@ -68,8 +68,11 @@ def _task_prefix(task_id: str) -> str:
     return f"reports/{check_task_id(task_id)}/"
 
 
-def _latest(task_id: str, names: list[str]) -> str:
-    attempts = [int(m.group(1)) for m in map(_ATTEMPT_FILE.match, names) if m]
+def _attempts(names: list[str]) -> list[int]:
+    return sorted(int(m.group(1)) for m in map(_ATTEMPT_FILE.match, names) if m)
+
+
+def _latest(task_id: str, attempts: list[int]) -> str:
     if not attempts:
         raise ReportNotFound(f"no report for task {task_id!r}", field="task_id")
     return f"{_task_prefix(task_id)}{max(attempts)}.json"
@@ -101,8 +104,12 @@ class ReportStore(abc.ABC):
         """Raises ReportNotFound, or ReportUnreadable."""
 
     @abc.abstractmethod
+    def stored_attempts(self, task_id: str) -> list[int]:
+        """The attempts of the task that have a report, ascending (one listing)."""
+
     def latest_key(self, task_id: str) -> str:
         """The key of the task's report with the highest attempt; raises ReportNotFound."""
+        return _latest(task_id, self.stored_attempts(task_id))
 
 
 class LocalReportStore(ReportStore):
@@ -141,13 +148,13 @@ class LocalReportStore(ReportStore):
             raise ReportUnreadable(f"{key}: {exc}") from None
         return StoredReport(key=key, body=body, signature=signature)
 
-    def latest_key(self, task_id: str) -> str:
+    def stored_attempts(self, task_id: str) -> list[int]:
         folder = self.root / _task_prefix(task_id)
         try:
             names = [entry.name for entry in os.scandir(folder)]
         except FileNotFoundError:
             names = []
-        return _latest(task_id, names)
+        return _attempts(names)
 
 
 class S3ReportStore(ReportStore):
@@ -253,7 +260,7 @@ class S3ReportStore(ReportStore):
             key=key, body=body, signature=signature, content_type=obj.get("ContentType", JSON)
         )
 
-    def latest_key(self, task_id: str) -> str:
+    def stored_attempts(self, task_id: str) -> list[int]:
         prefix = _task_prefix(task_id)
         names: list[str] = []
         token: dict[str, str] = {}
@@ -261,7 +268,7 @@ class S3ReportStore(ReportStore):
             page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, **token)
             names.extend(item["Key"][len(prefix) :] for item in page.get("Contents", []))
             if not page.get("IsTruncated"):
-                return _latest(task_id, names)
+                return _attempts(names)
             token = {"ContinuationToken": page["NextContinuationToken"]}
 
 

@@ -3,7 +3,9 @@
 verify / verify_tasks: gather the evidence (inline, or fetched by app type),
 run the engine in the process pool, sign the canonical report and write it
 once under the task and attempt. A report already stored for that attempt is
-returned as it is, never overwritten. get_report reads one back.
+returned as it is, never overwritten. A redelivered task whose earlier
+attempt of the same run stored a report that checks adopts it instead of
+being verified again (adoption.py). get_report reads one back.
 No grpc here: server.py and mapping.py map these types to and from the protos,
 and task_inputs.py reads a batch's inputs from the tasks service.
 """
@@ -25,13 +27,21 @@ from shared import metrics
 from shared.errors import DomainError, FailedPrecondition, Unavailable
 from shared.log import get_logger
 
+from . import adoption
 from .chain import with_fetched
 from .errors import EvidenceMalformed, ReportNotFound
 from .fetchers import EvidenceFetcher
 from .model import Report, VerificationRequest
 from .pool import VerificationPool
 from .report import key_id, public_key_bytes, public_key_pem, sign_report
-from .report_store import ReportExists, ReportStore, StoredReport, check_task_id, report_key
+from .report_store import (
+    ReportExists,
+    ReportStore,
+    ReportUnreadable,
+    StoredReport,
+    check_task_id,
+    report_key,
+)
 
 log = get_logger(__name__)
 
@@ -72,6 +82,8 @@ class TaskInput:
     lease: TaskLease
     request: VerificationRequest | None = None
     error: DomainError | None = None
+    # The earlier attempts of the task's current run (their reports may be adopted).
+    earlier_attempts: tuple[int, ...] = ()
 
 
 class TaskInputSource(abc.ABC):
@@ -94,6 +106,8 @@ class StoredVerification:
     filename: str
     report_sha256: str
     already_stored: bool = False
+    # The earlier attempt whose stored report this is (0: this attempt's own).
+    adopted_attempt: int = 0
 
 
 @dataclass(frozen=True)
@@ -154,28 +168,33 @@ class VerificationService:
         ready = [
             (item.lease, p[0], p[1])
             for item, p in zip(inputs, prepared, strict=True)
-            if not isinstance(p, BaseException)
+            if isinstance(p, tuple)
         ]
         futures = await self.pool.verify_many([request for _, _, request in ready])
         runs = [
             asyncio.ensure_future(self._finish(lease, key, future))
             for (lease, key, _), future in zip(ready, futures, strict=True)
         ]
-        faults = [
-            (item.lease, p)
+        # Adopted (an earlier attempt's report) or a fault: answered at once.
+        answered = [
+            (item.lease, p if isinstance(p, StoredVerification) else self._logged(item.lease, p))
             for item, p in zip(inputs, prepared, strict=True)
-            if isinstance(p, Exception)
+            if isinstance(p, StoredVerification | Exception)
         ]
         try:
-            for lease, fault in faults:
-                yield lease, self._logged(lease, fault)
+            for lease, result in answered:
+                yield lease, result
             for done in asyncio.as_completed(runs):
                 yield await done
         finally:
             for run in runs:
                 run.cancel()
 
-    async def _prepare(self, item: TaskInput) -> tuple[str, VerificationRequest]:
+    async def _prepare(
+        self, item: TaskInput
+    ) -> tuple[str, VerificationRequest] | StoredVerification:
+        """The report key and the request to verify, or the earlier attempt's
+        report this one adopts."""
         if item.error is not None:
             raise item.error
         if item.request is None:
@@ -184,7 +203,58 @@ class VerificationService:
             raise EvidenceMalformed("attempt", "a started task's attempt is 1 or more")
         request = replace(item.request, task_id=item.lease.task_id)
         key = self._key_for(request, item.lease.attempt)
+        if item.earlier_attempts:
+            adopted = await self._adopt(item.lease, item.earlier_attempts)
+            if adopted is not None:
+                return adopted
         return key, await self._with_evidence(request)
+
+    async def _adopt(
+        self, lease: TaskLease, earlier_attempts: Sequence[int]
+    ) -> StoredVerification | None:
+        """The stored report of an earlier attempt of the run, when one checks
+        (adoption.py); None to verify. Costs one listing of the task's reports,
+        and one read per candidate, only for a redelivered task."""
+        try:
+            stored = await asyncio.to_thread(self.store.stored_attempts, lease.task_id)
+        except Exception as exc:
+            raise ReportStoreUnavailable(
+                f"listing the task's reports failed: {_describe(exc)}"
+            ) from exc
+        for attempt in adoption.candidates(earlier_attempts, stored):
+            key = report_key(lease.task_id, attempt)
+            try:
+                report = await asyncio.to_thread(self.store.get, key)
+            except (ReportNotFound, ReportUnreadable) as exc:
+                why = str(exc)
+            except Exception as exc:
+                raise ReportStoreUnavailable(
+                    f"reading the report failed: {_describe(exc)}"
+                ) from exc
+            else:
+                why = adoption.refusal(
+                    report.body, report.signature, self.key_info.public_key, lease.task_id, attempt
+                )
+                if not why:
+                    log.info(
+                        "report.adopted",
+                        task_id=lease.task_id,
+                        attempt=lease.attempt,
+                        adopted_attempt=attempt,
+                        key=key,
+                    )
+                    found = self._stored(
+                        report.body, json.loads(report.body), key, lease.attempt, True
+                    )
+                    return replace(found, adopted_attempt=attempt)
+            log.warning(
+                "report.not_adopted",
+                task_id=lease.task_id,
+                attempt=lease.attempt,
+                earlier_attempt=attempt,
+                reason=why,
+            )
+        return None
 
     async def _finish(
         self, lease: TaskLease, key: str, future: asyncio.Future[Report]

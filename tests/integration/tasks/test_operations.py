@@ -15,6 +15,7 @@ from verifier.tasks.v1 import (
     operations_pb2,
     operations_pb2_grpc,
     tasks_pb2,
+    worker_pb2,
 )
 from verifier.verification.v1 import verification_pb2
 
@@ -56,6 +57,30 @@ async def failed_task(h: Harness, app_id: str, error: str = "evidence malformed"
     [attempt] = await start_tasks(h, task.id)
     assert await fail_task(h, task.id, attempt, error) == 0
     return task.id
+
+
+async def test_a_retried_task_starts_a_new_run_whose_attempts_name_no_earlier_run(
+    oh: Harness,
+) -> None:
+    """An operator retry must verify anew: GetTaskInputs never names an attempt
+    of the failed run (the engine could adopt its report)."""
+    task_id = await failed_task(oh, uuid.uuid4().hex[:12])  # attempt 1, failed
+    await ops(oh).RetryTask(operations_pb2.RetryTaskRequest(id=task_id, reason="operator"))
+
+    async def earlier(attempt: int) -> list[int]:
+        reply = await oh.worker.GetTaskInputs(
+            worker_pb2.GetTaskInputsRequest(
+                tasks=[worker_pb2.TaskAttempt(task_id=task_id, attempt=attempt)]
+            )
+        )
+        (item,) = reply.tasks
+        assert item.status.code == 0, item.status
+        return list(item.earlier_attempts)
+
+    assert await start_tasks(oh, task_id) == [2]
+    assert await earlier(2) == []
+    assert await start_tasks(oh, task_id) == [3]
+    assert await earlier(3) == [2]
 
 
 async def test_retry_puts_a_failed_task_back_and_refuses_a_pending_one(oh: Harness) -> None:

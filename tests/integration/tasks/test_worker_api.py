@@ -343,6 +343,8 @@ async def test_task_inputs_are_given_to_the_current_attempt_only(wh: Harness) ->
     assert (current.request.task_id, current.request.attempt) == (task_id, 2)
     assert current.request.evidence.quote == "ab" * 32
     assert current.request.flags.hardware and not current.request.flags.dns_caa
+    # The earlier attempt of this run, whose report the engine may adopt.
+    assert list(current.earlier_attempts) == [1]
 
 
 async def test_progress_is_published_but_written_at_most_once_a_second(wh: Harness) -> None:

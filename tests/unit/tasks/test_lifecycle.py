@@ -175,3 +175,13 @@ def test_percentile_cont_matches_postgresql() -> None:
     assert lifecycle.percentile_cont([5.0], 0.95) == 5.0
     assert lifecycle.percentile_cont([], 0.95) == 0.0
     assert lifecycle.percentile_cont([1.0, 3.0], 0.5) == 2.0
+
+
+def test_earlier_attempts_are_those_of_the_current_run_only() -> None:
+    # The first run: every attempt before this one.
+    assert lifecycle.earlier_attempts(0, 1) == ()
+    assert lifecycle.earlier_attempts(0, 4) == (1, 2, 3)
+    # After an operator retry at attempt 3: the new run starts at attempt 4,
+    # and never names the failed run's attempts (a retried task is verified anew).
+    assert lifecycle.earlier_attempts(3, 4) == ()
+    assert lifecycle.earlier_attempts(3, 6) == (4, 5)

@@ -21,6 +21,7 @@ from verifier.verification.v1 import verification_pb2 as pb
 
 from services.verification.main import build_spec
 from services.verification.report import verify_report_signature
+from services.verification.report_store import LocalReportStore
 from services.verification.settings import VerificationSettings
 from shared.config import load_settings
 from shared.grpc_client import create_channel
@@ -66,6 +67,8 @@ class StandInTaskWorker(worker_pb2_grpc.TaskWorkerServiceServicer):
 
     current: dict[str, int] = field(default_factory=lambda: dict(CURRENT))
     calls: list[list[tuple[str, int]]] = field(default_factory=list)
+    # The earlier attempts of each task's current run, as the tasks service names them.
+    earlier: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     async def GetTaskInputs(
         self, request: worker_pb2.GetTaskInputsRequest, context: grpc.aio.ServicerContext
@@ -84,6 +87,7 @@ class StandInTaskWorker(worker_pb2_grpc.TaskWorkerServiceServicer):
             else:
                 item.status.code = OK
                 item.request.CopyFrom(_request(task.task_id, task.attempt))
+                item.earlier_attempts.extend(self.earlier.get(task.task_id, ()))
             items.append(item)
         return worker_pb2.GetTaskInputsResponse(tasks=items)
 
@@ -251,3 +255,91 @@ async def test_tasks_service_down_makes_every_item_unavailable(tmp_path: Path) -
         assert item.status.code == grpc.StatusCode.UNAVAILABLE.value[0]
         assert "GetTaskInputs" in item.status.message
     assert not (tmp_path / "reports").exists()
+
+
+# --- adopting an earlier attempt's report (a worker died after it was stored) ---
+
+
+def _summary(item: engine_pb2.VerifyTasksResponse) -> pb.ReportSummary:
+    assert item.status.code == OK, item.status
+    return pb.ReportSummary.FromString(item.signed_summary.summary)
+
+
+async def _redelivered(stack: Stack, task_id: str, earlier: tuple[int, ...]) -> pb.ReportSummary:
+    """Attempt 1 verified and stored, its worker gone; attempt 2 started."""
+    first = _summary((await _verify(stack, [(task_id, 1)]))[task_id])
+    assert first.adopted_attempt == 0
+    stack.tasks.current[task_id] = 2
+    stack.tasks.earlier[task_id] = earlier
+    return first
+
+
+async def test_a_redelivered_task_adopts_its_earlier_attempts_report(stack: Stack) -> None:
+    task_id = next(iter(CURRENT))
+    first = await _redelivered(stack, task_id, (1,))
+    item = (await _verify(stack, [(task_id, 2)]))[task_id]
+    key = await stack.public.GetSigningKey(pb.GetSigningKeyRequest())
+    signed = item.signed_summary
+    assert verify_report_signature(
+        signed.summary, bytes.fromhex(signed.signature), bytes.fromhex(key.public_key)
+    )
+    summary = _summary(item)
+    # Signed for the new attempt, naming the adopted report and its verdict.
+    assert (summary.task_id, summary.attempt, summary.adopted_attempt) == (task_id, 2, 1)
+    assert summary.s3_key == f"reports/{task_id}/1.json"
+    assert summary.verdict == first.verdict == pb.VERDICT_PASSED
+    assert summary.report_sha256 == first.report_sha256
+    # No second verification: no report under attempt 2.
+    assert _reports(stack.data_dir) == [f"reports/{task_id}/1.json"]
+
+
+async def test_after_an_operator_retry_the_task_is_verified_anew(stack: Stack) -> None:
+    """RetryTask starts a new run: the tasks service names no earlier attempt
+    from before it, and the engine never looks for one."""
+    task_id = next(iter(CURRENT))
+    await _redelivered(stack, task_id, ())
+    summary = _summary((await _verify(stack, [(task_id, 2)]))[task_id])
+    assert (summary.attempt, summary.adopted_attempt) == (2, 0)
+    assert summary.s3_key == f"reports/{task_id}/2.json"
+    assert _reports(stack.data_dir) == [f"reports/{task_id}/1.json", f"reports/{task_id}/2.json"]
+
+
+async def test_a_stored_report_whose_signature_fails_is_not_adopted(stack: Stack) -> None:
+    task_id = next(iter(CURRENT))
+    store = LocalReportStore(stack.data_dir)
+    await _verify(stack, [(task_id, 1)])
+    genuine = store.get(f"reports/{task_id}/1.json")
+    # A report under attempt 3 with attempt 1's body and a forged signature.
+    store.create(f"reports/{task_id}/3.json", genuine.body, bytes(64))
+    stack.tasks.current[task_id] = 4
+    stack.tasks.earlier[task_id] = (3,)
+    summary = _summary((await _verify(stack, [(task_id, 4)]))[task_id])
+    assert (summary.attempt, summary.adopted_attempt) == (4, 0)
+    assert summary.s3_key == f"reports/{task_id}/4.json"
+
+
+async def test_a_stored_report_naming_another_task_is_not_adopted(stack: Stack) -> None:
+    mine, other = list(CURRENT)[:2]
+    store = LocalReportStore(stack.data_dir)
+    await _verify(stack, [(other, 1)])
+    theirs = store.get(f"reports/{other}/1.json")
+    # Genuinely signed, but the other task's report, copied under mine.
+    store.create(f"reports/{mine}/1.json", theirs.body, theirs.signature)
+    stack.tasks.current[mine] = 2
+    stack.tasks.earlier[mine] = (1,)
+    summary = _summary((await _verify(stack, [(mine, 2)]))[mine])
+    assert (summary.task_id, summary.attempt, summary.adopted_attempt) == (mine, 2, 0)
+    assert summary.s3_key == f"reports/{mine}/2.json"
+
+
+async def test_the_newest_earlier_report_is_adopted_and_a_first_attempt_looks_for_none(
+    stack: Stack,
+) -> None:
+    task_id = next(iter(CURRENT))
+    await _verify(stack, [(task_id, 1)])
+    stack.tasks.current[task_id] = 2
+    await _verify(stack, [(task_id, 2)])  # no earlier attempts named: its own report
+    stack.tasks.current[task_id] = 3
+    stack.tasks.earlier[task_id] = (1, 2)
+    summary = _summary((await _verify(stack, [(task_id, 3)]))[task_id])
+    assert (summary.attempt, summary.adopted_attempt) == (3, 2)
