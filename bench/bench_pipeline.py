@@ -16,7 +16,7 @@ the same Redis, and the ratio. The last line is
 
     .venv/bin/python bench/bench_pipeline.py [--tasks 2000] [--workers 1|2|4]
         [--verification-processes 1|2] [--concurrency 64] [--creators 64]
-        [--paced-tasks 1000]
+        [--paced-tasks 1000] [--profile DIR]
     .venv/bin/python bench/bench_pipeline.py --metrics-compare [--rounds 2]
         the cost of instrumentation: the same pipeline with METRICS_ENABLED on and
         off, alternating, each side on a fresh database, tasks/s and the ratio
@@ -42,8 +42,7 @@ import redis  # noqa: E402
 from google.protobuf import json_format  # noqa: E402
 from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc  # noqa: E402
 
-from bench.pipeline_load import create_paced, memory_line  # noqa: E402
-from shared.grpc_client import create_channel  # noqa: E402
+from bench.pipeline_load import Profiler, Target, create_paced, memory_line  # noqa: E402
 from tests.fault.stack import pipeline_stack, stack_env  # noqa: E402
 from tests.support import servers  # noqa: E402
 from tests.support.vectors import dstack_create_task_json  # noqa: E402
@@ -51,13 +50,13 @@ from tests.support.vectors import dstack_create_task_json  # noqa: E402
 NOOP_TASK = "bench.noop"
 
 
-async def _create_all(target: str, count: int, creators: int) -> tuple[list[str], float, float]:
+async def _create_all(target: Target, count: int, creators: int) -> tuple[list[str], float, float]:
     """Create `count` tasks with `creators` concurrent callers; returns ids and the wall span."""
     body = dstack_create_task_json()
     template = json_format.ParseDict(body, tasks_pb2.CreateTaskRequest())
     ids: list[str] = []
     counter = iter(range(count))
-    channel = create_channel(target)
+    channel = target.channel()
     stub = tasks_pb2_grpc.TaskServiceStub(channel)
 
     async def creator() -> None:
@@ -75,10 +74,10 @@ async def _create_all(target: str, count: int, creators: int) -> tuple[list[str]
     return ids, started, created
 
 
-async def _wait_all_finished(target: str, count: int, within: float) -> float:
+async def _wait_all_finished(target: Target, count: int, within: float) -> float:
     """Poll the stats until every task is finished; returns when. Once a second:
     the stats are an aggregate over every task, on the service under test."""
-    channel = create_channel(target)
+    channel = target.channel()
     stub = tasks_pb2_grpc.TaskServiceStub(channel)
     deadline = time.perf_counter() + within
     try:
@@ -92,9 +91,9 @@ async def _wait_all_finished(target: str, count: int, within: float) -> float:
     raise TimeoutError("the tasks did not finish in time")
 
 
-async def _latencies(target: str, ids: list[str]) -> tuple[list[float], dict[str, int], float]:
+async def _latencies(target: Target, ids: list[str]) -> tuple[list[float], dict[str, int], float]:
     """Server-side create -> finished seconds per task, statuses, and the span."""
-    channel = create_channel(target)
+    channel = target.channel()
     stub = tasks_pb2_grpc.TaskServiceStub(channel)
     latencies: list[float] = []
     statuses: dict[str, int] = {}
@@ -299,7 +298,7 @@ def _bench_our_queue(url: str, count: int) -> float:
 # --- main ----------------------------------------------------------------------------
 
 
-async def _bench_pipeline(args: argparse.Namespace, stack_target: str) -> dict[str, float]:
+async def _bench_pipeline(args: argparse.Namespace, stack_target: Target) -> dict[str, float]:
     ids, started, created = await _create_all(stack_target, args.tasks, args.creators)
     finished = await _wait_all_finished(stack_target, args.tasks, within=1800)
     latencies, statuses, server_span = await _latencies(stack_target, ids)
@@ -351,7 +350,7 @@ def _metrics_compare(args: argparse.Namespace) -> None:
                         },
                     )
                     with pipeline_stack(env, workers=args.workers) as stack:
-                        target = f"127.0.0.1:{stack.service('tasks').port}"
+                        target = Target(f"127.0.0.1:{stack.service('tasks').port}", stack.api_key)
                         figures = asyncio.run(_bench_pipeline(args, target))
                     rate = args.tasks / figures["wall"]
                     rates[side].append(rate)
@@ -388,6 +387,13 @@ def main() -> None:
         help="the pipeline with metrics on against off, same run (instrumentation cost)",
     )
     parser.add_argument("--rounds", type=int, default=2, help="with --metrics-compare")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="py-spy each process during the peak phase (collapsed stacks in DIR)",
+    )
     args = parser.parse_args()
     if args.metrics_compare:
         _metrics_compare(args)
@@ -426,11 +432,12 @@ def main() -> None:
             f"{os.cpu_count()} cores"
         )
         with pipeline_stack(env, workers=args.workers) as stack:
-            target = f"127.0.0.1:{stack.service('tasks').port}"
+            target = Target(f"127.0.0.1:{stack.service('tasks').port}", stack.api_key)
             pids = {name: p.proc.pid for name, p in stack.services.items() if p.proc}
             pids |= {w.name: w.proc.pid for w in stack.workers if w.proc}
             print(memory_line("start", pids))
-            figures = asyncio.run(_bench_pipeline(args, target))
+            with Profiler(args.profile, pids):
+                figures = asyncio.run(_bench_pipeline(args, target))
             print(memory_line(f"{args.tasks} tasks", pids))
             pipeline_rate = args.tasks / figures["wall"]
             paced = asyncio.run(_bench_paced(args, target, pipeline_rate / 2))
@@ -468,7 +475,7 @@ def main() -> None:
     )
 
 
-async def _bench_paced(args: argparse.Namespace, target: str, rate: float) -> dict[str, float]:
+async def _bench_paced(args: argparse.Namespace, target: Target, rate: float) -> dict[str, float]:
     """Latency of tasks created at `rate` per second (half of the peak)."""
     ids = await create_paced(target, args.paced_tasks, rate)
     await _wait_all_finished(target, args.tasks + args.paced_tasks, within=1800)

@@ -4,10 +4,17 @@ at half of the peak), and each process's memory."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import signal
+import subprocess
+import sys
 import time
 import uuid
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 from google.protobuf import json_format
 from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 
@@ -15,11 +22,22 @@ from shared.grpc_client import create_channel
 from tests.support.vectors import dstack_create_task_json
 
 
-async def create_paced(target: str, count: int, rate: float) -> list[str]:
+@dataclass(frozen=True)
+class Target:
+    """The tasks service under test and the admin key its clients carry."""
+
+    address: str
+    api_key: str
+
+    def channel(self) -> grpc.aio.Channel:
+        return create_channel(self.address, api_key=self.api_key)
+
+
+async def create_paced(target: Target, count: int, rate: float) -> list[str]:
     """Create `count` tasks at `rate` per second (each on its own schedule, so a
     slow reply does not slow the ones after it); returns their ids."""
     template = json_format.ParseDict(dstack_create_task_json(), tasks_pb2.CreateTaskRequest())
-    channel = create_channel(target)
+    channel = target.channel()
     stub = tasks_pb2_grpc.TaskServiceStub(channel)
     ids: list[str] = []
     loop = asyncio.get_running_loop()
@@ -39,6 +57,85 @@ async def create_paced(target: str, count: int, rate: float) -> list[str]:
     finally:
         await channel.close()
     return ids
+
+
+class Profiler:
+    """py-spy on each process of the stack while the peak phase runs (with
+    `--profile DIR`): one collapsed-stack file per process (`DIR/<name>.txt`,
+    the verification pool's processes included), and a summary of the
+    functions holding the most samples."""
+
+    def __init__(self, folder: Path | None, pids: dict[str, int]) -> None:
+        self.folder = folder
+        self.pids = pids
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def __enter__(self) -> Profiler:
+        if self.folder is None:
+            return self
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for name, pid in self.pids.items():
+            self.procs[name] = subprocess.Popen(
+                [
+                    *(spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250"),
+                    *(
+                        "--subprocesses",
+                        "--nonblocking",
+                        "--output",
+                        str(self.folder / f"{name}.txt"),
+                    ),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGINT)
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            if self.folder is not None:
+                print(profile_summary(name, self.folder / f"{name}.txt"))
+
+
+def profile_summary(name: str, path: Path, top: int = 12) -> str:
+    """The functions with the most samples (inclusive, idle frames left out) of one
+    collapsed-stack file, as a share of the process's busy samples."""
+    inclusive: Counter[str] = Counter()
+    busy = 0
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return f"profile {name}: none"
+    for line in lines:
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        frames = stack.split(";")
+        if any(idle in frames[-1] for idle in _IDLE):
+            continue
+        count = int(count_text)
+        busy += count
+        for frame in set(frames):
+            inclusive[_short(frame)] += count
+    out = [f"profile {name}: {busy} busy samples at 250/s ({busy / 250:.1f} CPU s)"]
+    for frame, count in inclusive.most_common(top):
+        out.append(f"  {100 * count / max(busy, 1):5.1f}%  {frame}")
+    return "\n".join(out)
+
+
+_IDLE = ("select (", "poll (", "epoll_wait", "_run_once", "wait (threading", "_worker (concurrent")
+
+
+def _short(frame: str) -> str:
+    """`func (path/to/module.py:12)` -> `func (module.py)`: one entry per function."""
+    func, _, where = frame.partition(" (")
+    return f"{func} ({Path(where.split(':')[0]).name})"
 
 
 def _rss_kib(pid: int) -> int:
