@@ -74,6 +74,8 @@ POLICY: dict[str, Rule] = {
     # A submitter creates and cancels its own tasks and reads them; tasks.read
     # reads every task. Which tasks a caller sees is the tasks service's filter.
     _TASKS + "CreateTask": needs(SCOPE_SUBMIT, bucket=BUCKET_CREATE),
+    # One token per call, as CreateTask (at most 100 tasks a call).
+    _TASKS + "BatchCreateTasks": needs(SCOPE_SUBMIT, bucket=BUCKET_CREATE),
     _TASKS + "CancelTask": needs(SCOPE_SUBMIT, bucket=BUCKET_READ),
     _TASKS + "GetTask": needs(SCOPE_SUBMIT, SCOPE_READ, bucket=BUCKET_READ),
     _TASKS + "ListTasks": needs(SCOPE_SUBMIT, SCOPE_READ, bucket=BUCKET_READ),

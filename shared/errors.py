@@ -19,6 +19,11 @@ class InvalidArgument(DomainError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
+        self.detail = message
+
+    def within(self, item: str) -> InvalidArgument:
+        """The same error about the field of one item of a batch (`requests[3]`)."""
+        return InvalidArgument(f"{item}.{self.field}" if self.field else item, self.detail)
 
 
 class NotFound(DomainError):

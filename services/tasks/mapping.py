@@ -234,6 +234,19 @@ def new_task_from_proto(request: tasks_pb2.CreateTaskRequest) -> NewTask:
     )
 
 
+def new_tasks_from_proto(request: tasks_pb2.BatchCreateTasksRequest) -> list[NewTask]:
+    """Every item validated; the first invalid one is INVALID_ARGUMENT naming its
+    field within the batch (`requests[3].evidence.quote`)."""
+    validation.validate_batch_size(len(request.requests), "requests")
+    news: list[NewTask] = []
+    for index, item in enumerate(request.requests):
+        try:
+            news.append(new_task_from_proto(item))
+        except InvalidArgument as exc:
+            raise exc.within(f"requests[{index}]") from None
+    return news
+
+
 def list_filter_from_proto(request: tasks_pb2.ListTasksRequest) -> ListFilter:
     after, before = validation.validate_time_window(
         time_from_proto(request.created_after, "created_after", request),

@@ -25,6 +25,14 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         task = await self.app.create(mapping.new_task_from_proto(request))
         return tasks_pb2.CreateTaskResponse(task=mapping.task_to_proto(task))
 
+    async def BatchCreateTasks(
+        self, request: tasks_pb2.BatchCreateTasksRequest, context: grpc.aio.ServicerContext
+    ) -> tasks_pb2.BatchCreateTasksResponse:
+        tasks = await self.app.create_many(mapping.new_tasks_from_proto(request))
+        return tasks_pb2.BatchCreateTasksResponse(
+            tasks=[mapping.task_to_proto(task) for task in tasks]
+        )
+
     async def GetTask(
         self, request: tasks_pb2.GetTaskRequest, context: grpc.aio.ServicerContext
     ) -> tasks_pb2.GetTaskResponse:

@@ -85,6 +85,38 @@ class TaskApp:
             log.info("task.create_replayed", request_id_key=new.request_id)
         return task, created
 
+    async def create_many(self, news: list[NewTask]) -> list[Task]:
+        """Create (or, per known request_id, find) a batch of tasks, in one
+        statement; one task per item, in order. A request_id of another owner
+        fails the whole batch, and nothing is created."""
+        owner = current_identity().owner
+        news = [dataclasses.replace(new, owner=owner) for new in news]
+        now = self.store.clock()
+        found = await self.store.insert_tasks(
+            [rows.new_task_row(new, now) for new in news], self._audit(EventType.CREATED, "")
+        )
+        for index, item in enumerate(found):
+            if item is not None and not item[1] and item[0].owner != owner:
+                raise errors.AlreadyExists(
+                    f"requests[{index}].request_id is already used by another client"
+                )
+        tasks: list[Task] = []
+        created = 0
+        for new, item in zip(news, found, strict=True):
+            if item is None:
+                # Not read in the batch's snapshot (a concurrent create, or the
+                # same request_id twice in the batch): the one-task path decides.
+                task, fresh = await self.create_once(new)
+                tasks.append(task)
+                continue
+            task, fresh = item
+            tasks.append(task)
+            if fresh:
+                created += 1
+                self.dispatcher.submit(task.id, resend=False)
+        log.info("task.batch_created", created=created, replayed=len(news) - created)
+        return tasks
+
     async def get(self, task_id: str, view: TaskView) -> Task:
         task_id = validation.validate_task_id(task_id)
         bind_task_id(task_id)

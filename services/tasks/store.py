@@ -65,6 +65,16 @@ class TaskStore(abc.ABC):
         when its request_id exists already."""
 
     @abc.abstractmethod
+    async def insert_tasks(
+        self, values: list[dict[str, Any]], audit: Audit
+    ) -> list[tuple[Task, bool] | None]:
+        """Insert task rows (rows.new_task_row, one owner) and their `created`
+        events in one transaction. Per row, in order: (the new task, True); or,
+        for a request_id known already, (the task it names, False); or None when
+        neither could be read (a concurrent insert: ask again). When any known
+        request_id belongs to another owner, nothing is inserted."""
+
+    @abc.abstractmethod
     async def _apply(self, change: st.Change) -> Task | None:
         """Run a guarded change with its audit event; None when the guard refused."""
 

@@ -75,6 +75,49 @@ def _insert() -> sa.Select[Any]:
     return sa.select(inserted, audit.c.id.label("event_id")).join_from(inserted, audit, sa.true())
 
 
+def _insert_many() -> sa.CompoundSelect:
+    """A batch of new tasks in ONE statement: the rows (a JSON array) as a table,
+    the INSERT with its audit rows, and per row the new task or the one its
+    request_id already names (the outer SELECT sees the table as it was before
+    the statement, so a task inserted here is not read twice). Nothing is
+    inserted when a known request_id belongs to another owner."""
+    columns = [
+        sa.column("ord", sa.Integer()),
+        *(sa.column(name, tasks.c[name].type) for name in st.TASK_INSERT_COLUMNS),
+    ]
+    items = (
+        sa.func.jsonb_to_recordset(sa.cast(st.P("items"), JSONB))
+        .table_valued(*columns)
+        .render_derived(name="r", with_types=True)
+    )
+    req = sa.select(items).cte("req")
+    foreign = (
+        sa.select(sa.literal(1))
+        .select_from(req.join(tasks, tasks.c.request_id == req.c.request_id))
+        .where(tasks.c.owner.is_distinct_from(req.c.owner))
+    )
+    inserted = (
+        pg.insert(tasks)
+        .from_select(
+            st.TASK_INSERT_COLUMNS,
+            sa.select(*(req.c[name] for name in st.TASK_INSERT_COLUMNS))
+            .where(~sa.exists(foreign))
+            .order_by(req.c.ord),
+        )
+        .on_conflict_do_nothing(constraint="uq_tasks_request_id")
+        .returning(*BASIC_COLUMNS)
+        .cte("inserted")
+    )
+    audit = st.audit_insert(inserted, from_status=sa.null()).cte("audit")
+    new = sa.select(inserted, req.c.ord, sa.true().label("created")).join_from(
+        inserted, req, req.c.id == inserted.c.id
+    )
+    known = sa.select(*BASIC_COLUMNS, req.c.ord, sa.false().label("created")).join_from(
+        req, tasks, tasks.c.request_id == req.c.request_id
+    )
+    return sa.union_all(new.add_cte(audit), known)
+
+
 def _lease(shape: st.LeaseShape) -> sa.Select[Any]:
     """A batch change in ONE statement: the items (a JSON array) as a table,
     the tasks locked, the guarded UPDATE, its audit rows, and per item what
@@ -153,6 +196,8 @@ def _idempotent(key: Any, params: dict[str, Any]) -> bool:
         return False
     if key == "insert":
         return params.get("request_id") is not None
+    if key == "insert_many":
+        return all(item.get("request_id") is not None for item in params["items"])
     return True
 
 
@@ -239,6 +284,16 @@ class PostgresTaskStore(TaskStore):
     async def insert_task(self, values: dict[str, Any], audit: Audit) -> Task | None:
         row = await self._fetch_one("insert", _insert, {**values, **audit.params()})
         return task_from_row(row) if row is not None else None
+
+    async def insert_tasks(
+        self, values: list[dict[str, Any]], audit: Audit
+    ) -> list[tuple[Task, bool] | None]:
+        items = [{**row, "ord": index} for index, row in enumerate(values)]
+        rows = await self._fetch("insert_many", _insert_many, {"items": items, **audit.params()})
+        found: list[tuple[Task, bool] | None] = [None] * len(values)
+        for row in rows:
+            found[row["ord"]] = (task_from_row(row), bool(row["created"]))
+        return found
 
     async def _apply(self, change: st.Change) -> Task | None:
         shape = change.shape

@@ -136,6 +136,39 @@ class SqliteTaskStore(TaskStore):
         self._changed(values["id"])
         return task_from_row(row)
 
+    async def insert_tasks(
+        self, values: list[dict[str, Any]], audit: Audit
+    ) -> list[tuple[Task, bool] | None]:
+        """Row by row in one transaction (the single connection queues writers):
+        the known request_ids first, and nothing inserted when one is another
+        owner's."""
+        insert = self._statement("insert", _insert)
+        by_request_id = self._statement("by_request_id", st.select_by_request_id)
+        found: list[tuple[Task, bool] | None] = [None] * len(values)
+        created: list[str] = []
+        async with self.engine.begin() as conn:
+            for index, row in enumerate(values):
+                if row["request_id"] is None:
+                    continue
+                known = (await conn.execute(by_request_id, row)).mappings().first()
+                if known is not None:
+                    found[index] = (task_from_row(known), False)
+            owner = values[0]["owner"]
+            if any(item is not None and item[0].owner != owner for item in found):
+                return found
+            for index, row in enumerate(values):
+                if found[index] is not None:
+                    continue
+                new = (await conn.execute(insert, row)).mappings().first()
+                if new is None:  # the same request_id earlier in this batch
+                    continue
+                await self._write_audit(conn, row["id"], None, audit.params())
+                found[index] = (task_from_row(new), True)
+                created.append(row["id"])
+        for task_id in created:
+            self._changed(task_id)
+        return found
+
     async def _apply(self, change: st.Change) -> Task | None:
         shape = change.shape
         status_statement = self._statement("status", st.select_status)

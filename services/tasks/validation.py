@@ -39,6 +39,8 @@ MAX_WORKER_ID = 256
 MAX_PROGRESS_MESSAGE = 512
 # What a task keeps of a report summary (check results with their details).
 MAX_SUMMARY_BYTES = 256 * 1024
+# At most this many tasks per BatchCreateTasks (AIP-233's usual bound).
+MAX_CREATE_BATCH = 100
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
@@ -225,6 +227,14 @@ def validate_new_task(
     )
     validate_evidence_source(app_config_type, task.app_id, task.model_or_domain, task.evidence)
     return task
+
+
+def validate_batch_size(size: int, field: str, limit: int = MAX_CREATE_BATCH) -> int:
+    if size == 0:
+        raise InvalidArgument(field, "at least one item")
+    if size > limit:
+        raise InvalidArgument(field, f"at most {limit} items, got {size}")
+    return size
 
 
 def validate_page_size(value: int) -> int:

@@ -65,10 +65,7 @@ class ItemResult:
 
 
 def check_batch(size: int, field: str) -> None:
-    if size == 0:
-        raise InvalidArgument(field, "at least one item")
-    if size > MAX_BATCH:
-        raise InvalidArgument(field, f"at most {MAX_BATCH} items, got {size}")
+    validation.validate_batch_size(size, field, MAX_BATCH)
 
 
 class WorkerApp:

@@ -139,6 +139,66 @@ async def test_created_task_is_handed_to_the_queue_and_marked_queued(h: Harness)
     assert [(e.type, e.to_status) for e in events][:2] == [("created", PENDING), ("queued", QUEUED)]
 
 
+# --- batch create ----------------------------------------------------------------
+
+
+def _batch(*requests: tasks_pb2.CreateTaskRequest) -> tasks_pb2.BatchCreateTasksRequest:
+    return tasks_pb2.BatchCreateTasksRequest(requests=list(requests))
+
+
+async def test_batch_create_makes_one_pending_task_per_item_in_order(h: Harness) -> None:
+    names = [f"ba7c{n}" for n in range(5)]
+    response = await h.stub.BatchCreateTasks(_batch(*(create_request(n) for n in names)))
+    assert [task.app_id for task in response.tasks] == names
+    assert len({task.id for task in response.tasks}) == 5
+    assert {task.status for task in response.tasks} <= {PENDING, QUEUED}
+    for task in response.tasks:
+        events = (await h.stub.ListTaskEvents(tasks_pb2.ListTaskEventsRequest(id=task.id))).events
+        assert [e.type for e in events][:1] == ["created"]
+        await wait_for_status(h.stub, task.id, QUEUED)
+
+
+async def test_batch_create_is_idempotent_per_request_id(h: Harness) -> None:
+    first = await _create(h, request_id="batch-known")
+    response = await h.stub.BatchCreateTasks(
+        _batch(
+            create_request("b01", request_id="batch-new"),
+            create_request("b02", request_id="batch-known", app_name="changed"),
+            create_request("b03"),
+            create_request("b04", request_id="batch-new"),
+        )
+    )
+    tasks = list(response.tasks)
+    assert tasks[1].id == first.id and tasks[1].app_name == "demo"
+    assert tasks[3].id == tasks[0].id, "the same request_id twice in a batch is one task"
+    assert len({t.id for t in tasks}) == 3
+    again = await h.stub.BatchCreateTasks(
+        _batch(
+            create_request("b01", request_id="batch-new"),
+            create_request("b02", request_id="batch-known"),
+        )
+    )
+    assert [t.id for t in again.tasks] == [tasks[0].id, first.id]
+    for task in (tasks[0], first):
+        events = (await h.stub.ListTaskEvents(tasks_pb2.ListTaskEventsRequest(id=task.id))).events
+        assert [e.type for e in events].count("created") == 1
+
+
+async def test_batch_create_with_a_bad_item_names_it_and_creates_nothing(h: Harness) -> None:
+    before = (await h.stub.ListTasks(tasks_pb2.ListTasksRequest(app_id="badba7c"))).tasks
+    not_hex = verification_pb2.Evidence(quote="zz")
+    request = _batch(
+        *(create_request("badba7c") for _ in range(3)),
+        create_request("badba7c", evidence=not_hex),
+    )
+    assert await _invalid_field(h.stub.BatchCreateTasks(request)) == "requests[3].evidence.quote"
+    after = (await h.stub.ListTasks(tasks_pb2.ListTasksRequest(app_id="badba7c"))).tasks
+    assert len(after) == len(before)
+    assert await _invalid_field(h.stub.BatchCreateTasks(_batch())) == "requests"
+    too_many = _batch(*(create_request("badba7c") for _ in range(101)))
+    assert await _invalid_field(h.stub.BatchCreateTasks(too_many)) == "requests"
+
+
 # --- validation --------------------------------------------------------------------
 
 
