@@ -35,13 +35,19 @@ def _settings(s3: S3Server, **overrides: object) -> ReportStoreSettings:
 
 
 def _count_requests(store: S3ReportStore) -> Counter[str]:
-    """Every S3 request the store's client sends, by operation."""
+    """Every S3 request the store sends, by operation: boto3's, and the PUTs of
+    its lean signed path."""
     sent: Counter[str] = Counter()
 
     def count(model: object, **_: object) -> None:
         sent[getattr(model, "name", "?")] += 1
 
+    def count_put(headers: dict[str, str]) -> None:
+        sent["PutObject"] += 1
+
     store.client.meta.events.register("before-call.s3", count)
+    assert store.signed_put is not None, "reports are written by the lean PUT"
+    store.signed_put.on_send = count_put
     return sent
 
 
@@ -127,6 +133,8 @@ def test_sse_kms_puts_carry_the_key_id(s3: S3Server) -> None:
         headers.append({k.lower(): _text(v) for k, v in request.headers.items()})
 
     store.client.meta.events.register("before-send.s3.PutObject", capture)
+    assert store.signed_put is not None
+    store.signed_put.on_send = lambda sent: headers.append({k.lower(): v for k, v in sent.items()})
     # This SeaweedFS has no KMS configured: the PUT may be refused; what is
     # checked is what the service asked for.
     with contextlib.suppress(Exception):
