@@ -1,6 +1,7 @@
 """End-to-end throughput and latency of the pipeline, with plain taskiq for comparison.
 
-N tasks (default 2,000) are created through TaskService.CreateTask over gRPC,
+N tasks (default 2,000) are created over gRPC, by TaskService.BatchCreateTasks
+in batches of 100 (`--create-batch 1`: one CreateTask per task, 64 callers),
 each with the dstack quote-report vector inline and hardware, os and
 source_code on; every one is verified for real and its report stored in S3
 over HTTP (SeaweedFS), on a real PostgreSQL and Redis. The services and the
@@ -15,7 +16,8 @@ the same Redis, and the ratio. The last line is
     pipeline_tasks_per_s=<x> taskiq_noop_per_s=<y> ratio=<x/y> p50_ms=<..> p99_ms=<..>
 
     .venv/bin/python bench/bench_pipeline.py [--tasks 2000] [--workers 1|2|4]
-        [--verification-processes 1|2] [--concurrency 64] [--creators 64]
+        [--verification-processes 1|2] [--concurrency 64] [--create-batch 100|1]
+        [--creators N]
         [--paced-tasks 1000] [--profile DIR]
     .venv/bin/python bench/bench_pipeline.py --metrics-compare [--rounds 2]
         the cost of instrumentation: the same pipeline with METRICS_ENABLED on and
@@ -42,7 +44,14 @@ import redis  # noqa: E402
 from google.protobuf import json_format  # noqa: E402
 from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc  # noqa: E402
 
-from bench.pipeline_load import Profiler, Target, create_paced, memory_line  # noqa: E402
+from bench.pipeline_load import (  # noqa: E402
+    Profiler,
+    Target,
+    cpu_line,
+    cpu_seconds,
+    create_paced,
+    memory_line,
+)
 from tests.fault.stack import pipeline_stack, stack_env  # noqa: E402
 from tests.support import servers  # noqa: E402
 from tests.support.vectors import dstack_create_task_json  # noqa: E402
@@ -50,22 +59,34 @@ from tests.support.vectors import dstack_create_task_json  # noqa: E402
 NOOP_TASK = "bench.noop"
 
 
-async def _create_all(target: Target, count: int, creators: int) -> tuple[list[str], float, float]:
-    """Create `count` tasks with `creators` concurrent callers; returns ids and the wall span."""
+async def _create_all(
+    target: Target, count: int, creators: int, batch: int
+) -> tuple[list[str], float, float]:
+    """Create `count` tasks with `creators` concurrent callers, each call
+    BatchCreateTasks of `batch` tasks (CreateTask when `batch` is 1); returns
+    the ids and the wall span."""
     body = dstack_create_task_json()
     template = json_format.ParseDict(body, tasks_pb2.CreateTaskRequest())
     ids: list[str] = []
-    counter = iter(range(count))
+    firsts = iter(range(0, count, batch))
     channel = target.channel()
     stub = tasks_pb2_grpc.TaskServiceStub(channel)
 
+    def one() -> tasks_pb2.CreateTaskRequest:
+        request = tasks_pb2.CreateTaskRequest()
+        request.CopyFrom(template)
+        request.request_id = uuid.uuid4().hex
+        return request
+
     async def creator() -> None:
-        for _ in counter:
-            request = tasks_pb2.CreateTaskRequest()
-            request.CopyFrom(template)
-            request.request_id = uuid.uuid4().hex
-            response = await stub.CreateTask(request, timeout=60)
-            ids.append(response.task.id)
+        for first in firsts:
+            size = min(batch, count - first)
+            if batch == 1:
+                ids.append((await stub.CreateTask(one(), timeout=60)).task.id)
+                continue
+            request = tasks_pb2.BatchCreateTasksRequest(requests=[one() for _ in range(size)])
+            response = await stub.BatchCreateTasks(request, timeout=60)
+            ids.extend(task.id for task in response.tasks)
 
     started = time.perf_counter()
     await asyncio.gather(*(creator() for _ in range(creators)))
@@ -299,7 +320,8 @@ def _bench_our_queue(url: str, count: int) -> float:
 
 
 async def _bench_pipeline(args: argparse.Namespace, stack_target: Target) -> dict[str, float]:
-    ids, started, created = await _create_all(stack_target, args.tasks, args.creators)
+    creators = args.creators or (64 if args.create_batch == 1 else 4)
+    ids, started, created = await _create_all(stack_target, args.tasks, creators, args.create_batch)
     finished = await _wait_all_finished(stack_target, args.tasks, within=1800)
     latencies, statuses, server_span = await _latencies(stack_target, ids)
     wall = finished - started
@@ -373,7 +395,18 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--concurrency", type=int, default=64, help="QUEUE_CONCURRENCY")
-    parser.add_argument("--creators", type=int, default=64, help="concurrent CreateTask callers")
+    parser.add_argument(
+        "--create-batch",
+        type=int,
+        default=100,
+        help="tasks per BatchCreateTasks call at the peak; 1: one CreateTask per task",
+    )
+    parser.add_argument(
+        "--creators",
+        type=int,
+        default=0,
+        help="concurrent create callers (default 4 batch callers, or 64 CreateTask callers)",
+    )
     parser.add_argument("--verification-processes", type=int, default=2)
     parser.add_argument(
         "--paced-tasks", type=int, default=1000, help="tasks created at half the peak rate"
@@ -429,15 +462,22 @@ def main() -> None:
         print(
             f"pipeline: N={args.tasks}, {args.workers} worker process(es) x "
             f"{args.concurrency} jobs, {args.verification_processes} verification processes, "
-            f"{os.cpu_count()} cores"
+            f"{os.cpu_count()} cores, created "
+            + (
+                "one CreateTask per task"
+                if args.create_batch == 1
+                else f"by BatchCreateTasks of {args.create_batch}"
+            )
         )
         with pipeline_stack(env, workers=args.workers) as stack:
             target = Target(f"127.0.0.1:{stack.service('tasks').port}", stack.api_key)
             pids = {name: p.proc.pid for name, p in stack.services.items() if p.proc}
             pids |= {w.name: w.proc.pid for w in stack.workers if w.proc}
             print(memory_line("start", pids))
+            cpu_before = cpu_seconds(pids)
             with Profiler(args.profile, pids):
                 figures = asyncio.run(_bench_pipeline(args, target))
+            print(cpu_line(cpu_before, cpu_seconds(pids), args.tasks))
             print(memory_line(f"{args.tasks} tasks", pids))
             pipeline_rate = args.tasks / figures["wall"]
             paced = asyncio.run(_bench_paced(args, target, pipeline_rate / 2))

@@ -4,6 +4,7 @@ at half of the peak), and each process's memory."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import subprocess
@@ -103,11 +104,13 @@ class Profiler:
                 print(profile_summary(name, self.folder / f"{name}.txt"))
 
 
-def profile_summary(name: str, path: Path, top: int = 12) -> str:
-    """The functions with the most samples (inclusive, idle frames left out) of one
-    collapsed-stack file, as a share of the process's busy samples."""
-    inclusive: Counter[str] = Counter()
-    busy = 0
+def profile_summary(name: str, path: Path, top: int = 15) -> str:
+    """Per process of one collapsed-stack file (the service, each pool process):
+    its busy CPU seconds and the functions holding most of them (inclusive;
+    idle frames and the event loop's, runpy's and threading's own frames left
+    out), as a share of that process's busy samples."""
+    inclusive: dict[str, Counter[str]] = {}
+    busy: Counter[str] = Counter()
     try:
         lines = path.read_text().splitlines()
     except OSError:
@@ -119,17 +122,49 @@ def profile_summary(name: str, path: Path, top: int = 12) -> str:
         frames = stack.split(";")
         if any(idle in frames[-1] for idle in _IDLE):
             continue
+        # The leading frames name the process (and, for a pool process, its parent).
+        role = "pool processes" if "multiprocessing-fork" in stack else "main"
+        frames = [frame for frame in frames if " (" in frame and not frame.startswith("process ")]
         count = int(count_text)
-        busy += count
-        for frame in set(frames):
-            inclusive[_short(frame)] += count
-    out = [f"profile {name}: {busy} busy samples at 250/s ({busy / 250:.1f} CPU s)"]
-    for frame, count in inclusive.most_common(top):
-        out.append(f"  {100 * count / max(busy, 1):5.1f}%  {frame}")
+        busy[role] += count
+        counter = inclusive.setdefault(role, Counter())
+        for frame in {_short(frame) for frame in frames}:
+            if frame.rpartition("(")[2].rstrip(")") not in _GENERIC:
+                counter[frame] += count
+    out = []
+    for role, total in busy.most_common():
+        out.append(f"profile {name} {role}: {total / _RATE:.1f} busy CPU s")
+        for frame, count in inclusive[role].most_common(top):
+            out.append(f"  {100 * count / total:5.1f}%  {frame}")
     return "\n".join(out)
 
 
-_IDLE = ("select (", "poll (", "epoll_wait", "_run_once", "wait (threading", "_worker (concurrent")
+_RATE = 100
+_IDLE = (
+    "select (",
+    "poll (",
+    "epoll",
+    "_run_once (",
+    "wait (threading",
+    "acquire",
+    "_recv_bytes",
+    "get (queue",
+    "sleep",
+)
+_GENERIC = {
+    "base_events.py",
+    "events.py",
+    "runners.py",
+    "<frozen runpy>",
+    "threading.py",
+    "process.py",
+    "spawn.py",
+    "thread.py",
+    "__main__.py",
+    "<string>",
+    "queues.py",
+    "main.py",
+}
 
 
 def _short(frame: str) -> str:
@@ -163,6 +198,36 @@ def rss_mib(pid: int) -> tuple[float, float]:
     own = _rss_kib(pid)
     total = own + sum(_rss_kib(child) for child in _children(pid))
     return own / 1024, total / 1024
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, tuple[float, float]]:
+    """Per process: (its own CPU seconds, user + system, its children's) from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def of(pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    return {name: (of(pid), sum(of(c) for c in _children(pid))) for name, pid in pids.items()}
+
+
+def cpu_line(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], tasks: int
+) -> str:
+    """CPU milliseconds per task of each process between two cpu_seconds() readings."""
+    parts = []
+    total = 0.0
+    for name, (own, children) in after.items():
+        own_ms = 1000 * (own - before[name][0]) / tasks
+        children_ms = 1000 * (children - before[name][1]) / tasks
+        total += own_ms + children_ms
+        parts.append(f"{name}={own_ms:.2f}" + (f"(+pool {children_ms:.2f})" if children_ms else ""))
+    return (
+        f"CPU ms per task: {' '.join(parts)}; all {total:.2f} ({1000 / total:.0f} tasks/s per core)"
+    )
 
 
 def memory_line(label: str, pids: dict[str, int]) -> str:
