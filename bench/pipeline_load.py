@@ -133,7 +133,7 @@ def profile_summary(name: str, path: Path, top: int = 15) -> str:
                 counter[frame] += count
     out = []
     for role, total in busy.most_common():
-        out.append(f"profile {name} {role}: {total / _RATE:.1f} busy CPU s")
+        out.append(f"profile {name} {role}: {total / _RATE:.1f} s holding the GIL")
         for frame, count in inclusive[role].most_common(top):
             out.append(f"  {100 * count / total:5.1f}%  {frame}")
     return "\n".join(out)
