@@ -103,6 +103,21 @@ async def test_missing_app_config_type_is_400_from_the_service(client: httpx.Asy
     assert response.json()["details"][0]["fieldViolations"][0]["field"] == "app_config_type"
 
 
+async def test_batch_create_returns_the_tasks_in_order_and_names_a_bad_item(
+    client: httpx.AsyncClient,
+) -> None:
+    bodies = [task_body(appName=f"batch-{n}") for n in range(3)]
+    response = await client.post("/api/v1/tasks:batchCreate", json={"requests": bodies})
+    assert response.status_code == 200, response.text
+    tasks = response.json()["tasks"]
+    assert [task["appName"] for task in tasks] == ["batch-0", "batch-1", "batch-2"]
+    assert all(task["status"] in ("pending", "queued") for task in tasks)
+    bad = [task_body(), task_body(contractAddress="0x1234")]
+    refused = await client.post("/api/v1/tasks:batchCreate", json={"requests": bad})
+    assert refused.status_code == 400, refused.text
+    assert "requests[1].contract_address" in refused.text
+
+
 async def test_unknown_enum_and_unknown_field_are_400_at_the_gateway(
     client: httpx.AsyncClient,
 ) -> None:
