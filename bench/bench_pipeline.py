@@ -50,6 +50,7 @@ from bench.pipeline_load import (  # noqa: E402
     cpu_line,
     cpu_seconds,
     create_paced,
+    infra_cpu_seconds,
     memory_line,
 )
 from tests.fault.stack import pipeline_stack, stack_env  # noqa: E402
@@ -335,7 +336,15 @@ async def _bench_pipeline(args: argparse.Namespace, stack_target: Target) -> dic
     finished = await _wait_all_finished(stack_target, args.tasks, within=1800)
     if args.pids:
         # From the first create to the last completion (not the reads below).
-        print(cpu_line(args.cpu_before, cpu_seconds(args.pids), args.tasks))
+        print(
+            cpu_line(
+                args.cpu_before,
+                cpu_seconds(args.pids),
+                args.tasks,
+                args.infra_before,
+                infra_cpu_seconds(*args.infra),
+            )
+        )
     latencies, statuses, server_span = await _latencies(stack_target, ids)
     wall = finished - started
     print(f"statuses: {statuses}")
@@ -491,6 +500,8 @@ def main() -> None:
             pids |= {w.name: w.proc.pid for w in stack.workers if w.proc}
             print(memory_line("start", pids))
             args.pids, args.cpu_before = pids, cpu_seconds(pids)
+            args.infra = (database, s3.endpoint)
+            args.infra_before = infra_cpu_seconds(*args.infra)
             with Profiler(args.profile, pids):
                 figures = asyncio.run(_bench_pipeline(args, target))
             print(memory_line(f"{args.tasks} tasks", pids))

@@ -214,19 +214,61 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, tuple[float, float]]:
     return {name: (of(pid), sum(of(c) for c in _children(pid))) for name, pid in pids.items()}
 
 
+def infra_cpu_seconds(database_url: str, s3_endpoint: str) -> dict[str, float]:
+    """CPU seconds of the PostgreSQL backends serving the bench's database (the
+    ones alive now) and of the SeaweedFS server on the S3 endpoint's port; Redis
+    is shared with other test runs on this machine, so it is not counted."""
+    import psycopg
+
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"postgres": 0.0, "seaweedfs": 0.0}
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        pids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ]
+    port = s3_endpoint.rsplit(":", 1)[-1].strip("/")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            fields = (proc / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if int(proc.name) in pids:
+            out["postgres"] += seconds
+        elif "weed" in cmdline.split(" ")[0] and f"-s3.port={port} " in cmdline:
+            out["seaweedfs"] += seconds
+    return out
+
+
 def cpu_line(
-    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], tasks: int
+    before: dict[str, tuple[float, float]],
+    after: dict[str, tuple[float, float]],
+    tasks: int,
+    infra_before: dict[str, float],
+    infra_after: dict[str, float],
 ) -> str:
-    """CPU milliseconds per task of each process between two cpu_seconds() readings."""
+    """CPU milliseconds per task of each process between two readings: our
+    processes (cpu_seconds), then PostgreSQL's backends and SeaweedFS."""
     parts = []
-    total = 0.0
+    ours = 0.0
     for name, (own, children) in after.items():
         own_ms = 1000 * (own - before[name][0]) / tasks
         children_ms = 1000 * (children - before[name][1]) / tasks
-        total += own_ms + children_ms
+        ours += own_ms + children_ms
         parts.append(f"{name}={own_ms:.2f}" + (f"(+pool {children_ms:.2f})" if children_ms else ""))
+    infra = {name: 1000 * (infra_after[name] - infra_before[name]) / tasks for name in infra_after}
+    parts.extend(f"{name}={ms:.2f}" for name, ms in infra.items())
+    total = ours + sum(infra.values())
     return (
-        f"CPU ms per task: {' '.join(parts)}; all {total:.2f} ({1000 / total:.0f} tasks/s per core)"
+        f"CPU ms per task: {' '.join(parts)}; our processes {ours:.2f}, with PostgreSQL and "
+        f"SeaweedFS {total:.2f} ({1000 / total:.0f} tasks/s per core; Redis not counted)"
     )
 
 
