@@ -200,6 +200,8 @@ async def bench(args: argparse.Namespace, s3: servers.S3Server) -> None:
             "VERIFICATION_PROCESSES": str(args.processes),
             "TASKS_ADDR": f"127.0.0.1:{tasks_port}",
             "METRICS_ENABLED": "false",
+            # The engine's own cost: no certificates, no keys (auth came later).
+            "AUTH_ENABLED": "false",
             "LOG_LEVEL": "warning",
             "S3_ENDPOINT": s3.endpoint,
             "S3_BUCKET": f"bench-{uuid.uuid4().hex[:10]}",
