@@ -204,23 +204,28 @@ class VerificationService:
         request = replace(item.request, task_id=item.lease.task_id)
         key = self._key_for(request, item.lease.attempt)
         if item.earlier_attempts:
-            adopted = await self._adopt(item.lease, item.earlier_attempts)
+            adopted = await self._adopt(item.lease, key, item.earlier_attempts)
             if adopted is not None:
                 return adopted
         return key, await self._with_evidence(request)
 
     async def _adopt(
-        self, lease: TaskLease, earlier_attempts: Sequence[int]
+        self, lease: TaskLease, key: str, earlier_attempts: Sequence[int]
     ) -> StoredVerification | None:
         """The stored report of an earlier attempt of the run, when one checks
         (adoption.py); None to verify. Costs one listing of the task's reports,
-        and one read per candidate, only for a redelivered task."""
+        and one read per candidate, only for a redelivered task. A repeat of an
+        attempt that stored its own report gets that one back (as a first
+        attempt's repeat does), whatever an earlier attempt stored."""
         try:
             stored = await asyncio.to_thread(self.store.stored_attempts, lease.task_id)
         except Exception as exc:
             raise ReportStoreUnavailable(
                 f"listing the task's reports failed: {_describe(exc)}"
             ) from exc
+        if lease.attempt in stored:
+            own = await self._read(key)
+            return self._stored(own.body, json.loads(own.body), key, lease.attempt, True)
         for attempt in adoption.candidates(earlier_attempts, stored):
             key = report_key(lease.task_id, attempt)
             try:

@@ -343,3 +343,15 @@ async def test_the_newest_earlier_report_is_adopted_and_a_first_attempt_looks_fo
     stack.tasks.earlier[task_id] = (1, 2)
     summary = _summary((await _verify(stack, [(task_id, 3)]))[task_id])
     assert (summary.attempt, summary.adopted_attempt) == (3, 2)
+
+
+async def test_a_repeat_of_an_attempt_that_stored_its_own_report_gets_that_one(
+    stack: Stack,
+) -> None:
+    task_id = next(iter(CURRENT))
+    await _verify(stack, [(task_id, 1)])
+    stack.tasks.current[task_id] = 2
+    own = _summary((await _verify(stack, [(task_id, 2)]))[task_id])  # verified anew
+    stack.tasks.earlier[task_id] = (1,)
+    again = _summary((await _verify(stack, [(task_id, 2)]))[task_id])
+    assert again == own and (again.adopted_attempt, again.attempt) == (0, 2)
