@@ -2,11 +2,46 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Iterator
 
 import pytest
 
+from services.stack import SETTINGS
+from shared import metrics
 from tests.support import servers
+
+# The services' metrics ports default to fixed numbers (9451-9453, production's),
+# which parallel test runs on one machine would fight over. A test that names no
+# metrics address gets a free one (port 0): services started as processes through
+# the environment, services started in-process through the address they resolve to.
+METRICS_ENV = ("TASKS", "QUEUE", "VERIFICATION", "WORKER")
+for _name in METRICS_ENV:
+    os.environ[f"{_name}_METRICS_LISTEN_ADDR"] = "127.0.0.1:0"
+DEFAULT_METRICS_ADDRS = frozenset(
+    f.default
+    for cls in SETTINGS.values()
+    for f in dataclasses.fields(cls)
+    if f.name.endswith("metrics_listen_addr") and isinstance(f.default, str) and f.default
+)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def metrics_on_free_ports() -> Iterator[None]:
+    """In-process services: a default metrics address becomes the same host on a free port."""
+    serve = metrics.serve_metrics
+
+    def on_free_port(listen_addr: str) -> metrics.MetricsServer | None:
+        if listen_addr in DEFAULT_METRICS_ADDRS:
+            listen_addr = f"{listen_addr.rpartition(':')[0]}:0"
+        return serve(listen_addr)
+
+    metrics.serve_metrics = on_free_port  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        metrics.serve_metrics = serve  # type: ignore[assignment]
 
 
 @pytest.fixture(scope="session")
