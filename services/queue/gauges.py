@@ -1,6 +1,10 @@
 """The queue's Prometheus gauges (verifier_queue_jobs, verifier_workers), refreshed
-from the backend in the background: a scrape reads the last values and never
-waits on Redis."""
+in the background: a scrape reads the last values and never waits on Redis.
+
+The counts are QueueControl.status()'s, the same as GetQueueStatus: waiting,
+active and delayed from the backend; paused, completed and failed from the
+tasks database (QueueStateService) when the service has it, so they survive a
+Redis flush or restart."""
 
 from __future__ import annotations
 
@@ -10,14 +14,14 @@ from shared import metrics
 from shared.log import get_logger
 from shared.retry import keep_running
 
-from .backend import QueueBackend
+from .service import QueueControl
 
 log = get_logger(__name__)
 
 
-async def refresh(backend: QueueBackend) -> None:
+async def refresh(control: QueueControl) -> None:
     """Read the counts once and publish them."""
-    status = await backend.status()
+    status = await control.status()
     metrics.queue_counts(
         status.queue_name,
         {
@@ -29,10 +33,10 @@ async def refresh(backend: QueueBackend) -> None:
             "paused": int(status.paused),
         },
     )
-    states = Counter(worker.state.value for worker in await backend.list_workers())
+    states = Counter(worker.state.value for worker in await control.list_workers())
     metrics.worker_counts({"online": states.get("online", 0), "offline": states.get("offline", 0)})
 
 
-async def run(backend: QueueBackend, interval_seconds: float) -> None:
+async def run(control: QueueControl, interval_seconds: float) -> None:
     """Refresh forever; a failed read keeps the last values (the health probe says why)."""
-    await keep_running("queue gauges", lambda: refresh(backend), every=interval_seconds)
+    await keep_running("queue gauges", lambda: refresh(control), every=interval_seconds)

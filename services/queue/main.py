@@ -157,7 +157,7 @@ def build_spec(
     if settings.metrics_enabled:
 
         async def refresh_gauges() -> None:
-            await gauges.run(queue, settings.health_probe_interval_seconds)
+            await gauges.run(control, settings.health_probe_interval_seconds)
 
         background.append(refresh_gauges)
 

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+import redis.asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.queue.broker import QueueKeys
 from tests.fault.stack import PipelineStack, Process, pipeline_stack, stack_env
 from tests.support import servers
 from tests.support.auth import auth_env
@@ -163,6 +165,20 @@ async def test_every_endpoint_reports_the_known_run(mstack: MetricsStack) -> Non
         ) in scraped
         assert value(scraped, "verifier_queue_jobs", queue=queue, state=state) == 0
     assert value(scraped, "verifier_workers", state="online") == 1
+
+    # completed/failed are the tasks database's (QueueStateService), not Redis
+    # counters: with the queue's counters gone from Redis they still read 2 + 1.
+    keys = QueueKeys(queue)
+    client = redis.asyncio.from_url(mstack.stack.env["REDIS_URL"])
+    try:
+        await client.delete(keys.completed, keys.failed)
+        await client.set(keys.completed, 40)  # a stale counter is not read either
+    finally:
+        await client.aclose()
+    await asyncio.sleep(2.0)  # the gauges refresh every 0.5 s
+    scraped = scrape(mstack.endpoints["queue"])
+    assert value(scraped, "verifier_queue_jobs", queue=queue, state="completed") == 2
+    assert value(scraped, "verifier_queue_jobs", queue=queue, state="failed") == 1
 
     # --- the worker process and the gateway
     assert "process_resident_memory_bytes" in names(scrape(mstack.endpoints["worker"]))
