@@ -6,6 +6,11 @@ PostgreSQL advisory lock held by the pass's transaction), and the apps' latest
 task ids are written on that transaction. A due app's task is created with the
 request id `apps.scheduled_request_id`, so a pass that died half-way, or a
 trigger racing a pass, never yields a second task for the same due run.
+
+Its tasks are created as the scheduler's own service identity
+(`SCHEDULER_IDENTITY`, owner `scheduler`), whether a pass or an operator's
+trigger made them: a key whose owner is `scheduler` lists them with
+tasks.submit, and no submitter's own list shows them.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from datetime import datetime
 from shared import metrics
 from shared.errors import FailedPrecondition
 from shared.log import get_logger
+from shared.principal import KIND_SERVICE, SCOPES, Identity, bind_identity, identity_var
 
 from . import apps as domain
 from .apps import App
@@ -28,6 +34,11 @@ log = get_logger(__name__)
 
 CreateTask = Callable[[NewTask], Awaitable[tuple[Task, bool]]]
 Clock = Callable[[], datetime]
+
+# Who creates the scheduler's tasks: their owner and the principal in the logs.
+SCHEDULER_IDENTITY = Identity(
+    KIND_SERVICE, "tasks-scheduler", owner=domain.SCHEDULER, scopes=frozenset(SCOPES)
+)
 
 
 @dataclass(frozen=True)
@@ -92,9 +103,7 @@ class Scheduler:
             async def one(app: App) -> tuple[str, Task, bool] | None:
                 async with gate:
                     try:
-                        task, new = await self.create(
-                            domain.task_for(app, domain.scheduled_request_id(app))
-                        )
+                        task, new = await self._create(app)
                     except Exception as exc:  # one app's fault never stops the others
                         log.warning("scheduler.create_failed", app_id=app.id, error=str(exc))
                         return None
@@ -128,6 +137,14 @@ class Scheduler:
                 f"app {app.id!r}: its latest task {app.latest.id} is still "
                 f"{app.latest.status.value}; trigger again once it finished"
             )
-        task, _ = await self.create(domain.task_for(app, domain.scheduled_request_id(app)))
+        task, _ = await self._create(app)
         await self.store.record_latest(None, [(app.id, task.id)], self.clock())
         return task
+
+    async def _create(self, app: App) -> tuple[Task, bool]:
+        """The app's task for its current due run, created as the scheduler."""
+        token = bind_identity(SCHEDULER_IDENTITY)
+        try:
+            return await self.create(domain.task_for(app, domain.scheduled_request_id(app)))
+        finally:
+            identity_var.reset(token)

@@ -159,6 +159,8 @@ async def test_scheduler_creates_each_due_task_once_and_trust_status_follows(ah:
         task = (await ah.stub.GetTask(tasks_pb2.GetTaskRequest(id=got.latest_task_id))).task
         assert task.created_by == "scheduler"
         assert task.app_id == app.id
+        # Owned by the scheduler's identity, not by nobody (a submitter's list).
+        assert (await ah.service.store.get_task(task.id)).owner == "scheduler"
         history = await stub.ListAppTasks(apps_pb2.ListAppTasksRequest(id=app.id))
         assert [t.id for t in history.tasks] == [task.id]
 
@@ -177,6 +179,8 @@ async def test_scheduler_creates_each_due_task_once_and_trust_status_follows(ah:
     # Triggered now (not due for 24 h): one new task; a second trigger while it runs is refused.
     triggered = await stub.TriggerSchedule(apps_pb2.TriggerScheduleRequest(id=mine[0].id))
     assert triggered.task.created_by == "scheduler"
+    # An operator's trigger: still the scheduler's task, not the operator's.
+    assert (await ah.service.store.get_task(triggered.task.id)).owner == "scheduler"
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.TriggerSchedule(apps_pb2.TriggerScheduleRequest(id=mine[0].id))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
