@@ -88,6 +88,11 @@ POLICY: dict[str, Rule] = {
     _QUEUE + "ListWorkers": needs(SCOPE_QUEUE, bucket=BUCKET_READ),
     _QUEUE + "PauseQueue": needs(SCOPE_QUEUE),
     _QUEUE + "ResumeQueue": needs(SCOPE_QUEUE),
+    # Job actions: operators (the dashboard's readers see the counts, not the jobs).
+    _QUEUE + "ListJobs": needs(SCOPE_QUEUE, bucket=BUCKET_READ),
+    _QUEUE + "GetJob": needs(SCOPE_QUEUE, bucket=BUCKET_READ),
+    _QUEUE + "DiscardJob": needs(SCOPE_QUEUE),
+    _QUEUE + "PromoteJob": needs(SCOPE_QUEUE),
     _VERIFICATION + "Verify": INTERNAL,
     # Owner-filtered by the verification service (it asks the tasks service).
     _VERIFICATION + "GetReport": needs(SCOPE_SUBMIT, SCOPE_READ, bucket=BUCKET_READ),

@@ -23,7 +23,10 @@ from .model import (
     Admission,
     EnqueueResult,
     Job,
+    JobPage,
     JobResult,
+    JobState,
+    JobView,
     QueueStatusView,
     WorkerInfo,
     WorkerRecord,
@@ -33,10 +36,12 @@ from .model import (
 @dataclass(frozen=True)
 class Delivery:
     """A job as a worker received it. `ref` is the backend's handle (the Redis
-    stream entry id; empty in the embedded mode)."""
+    stream entry id; the embedded queue's own sequence number). `queued_at`
+    (Unix seconds) is when its entry was added (embedded only)."""
 
     job: Job
     ref: str = ""
+    queued_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,27 @@ class QueueBackend(abc.ABC):
     @abc.abstractmethod
     async def drop_epoch(self) -> None:
         """Undo `claim_epoch` (the requeue it called for did not finish)."""
+
+    # --- job actions (operators) ---------------------------------------------
+
+    @abc.abstractmethod
+    async def list_jobs(self, state: JobState, after: str, limit: int) -> JobPage:
+        """Up to `limit` jobs in `state` (WAITING, ACTIVE or DELAYED; the
+        backend holds no finished jobs) past the cursor `after` ("" from the
+        start)."""
+
+    @abc.abstractmethod
+    async def current_job_id(self, task_id: str) -> str | None:
+        """The id of the task's job while the queue holds one (waiting, active or delayed)."""
+
+    @abc.abstractmethod
+    async def discard(self, view: JobView) -> bool:
+        """Remove a WAITING job (`list_jobs`'s view of it) and the task's job
+        record; False when it is no longer waiting."""
+
+    @abc.abstractmethod
+    async def promote(self, view: JobView) -> bool:
+        """Move a DELAYED job to the waiting jobs now; False when it is no longer delayed."""
 
     # --- worker side --------------------------------------------------------
 

@@ -29,6 +29,9 @@ from .model import (
     Admission,
     EnqueueResult,
     Job,
+    JobPage,
+    JobState,
+    JobView,
     Outcome,
     QueueStatusView,
     WorkerInfo,
@@ -57,6 +60,9 @@ class EmbeddedQueue(QueueBackend):
         self._jobs: dict[str, str] = {}  # task id -> its current job id
         self._locks: dict[str, str] = {}  # task id -> the run holding it
         self._in_hand = 0
+        # The deliveries in hand by ref (ListJobs ACTIVE), and the refs' sequence.
+        self._active: dict[str, Delivery] = {}
+        self._refs = itertools.count(1)
         self._completed = 0
         self._failed = 0
         self._epoch = False
@@ -94,10 +100,13 @@ class EmbeddedQueue(QueueBackend):
                 continue
             job = Job(new_job_id(), task_id, request_id=request_id)
             self._jobs[task_id] = job.job_id
-            self._waiting.append(Delivery(job))
+            self._waiting.append(self._delivery(job))
             results.append(EnqueueResult(job.job_id, already_enqueued=False))
         self._wake.set()
         return results
+
+    def _delivery(self, job: Job) -> Delivery:
+        return Delivery(job, ref=str(next(self._refs)), queued_at=time.time())
 
     def _size(self) -> int:
         return len(self._waiting) + len(self._delayed) + self._in_hand
@@ -160,6 +169,7 @@ class EmbeddedQueue(QueueBackend):
             if self._waiting:
                 taken = [self._waiting.popleft() for _ in range(min(count, len(self._waiting)))]
                 self._in_hand += len(taken)
+                self._active.update((delivery.ref, delivery) for delivery in taken)
                 return taken
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -172,6 +182,8 @@ class EmbeddedQueue(QueueBackend):
 
     async def give_back(self, deliveries: Sequence[Delivery]) -> None:
         self._in_hand -= len(deliveries)
+        for delivery in deliveries:
+            self._active.pop(delivery.ref, None)
         self._waiting.extendleft(reversed(deliveries))
 
     async def admit_many(
@@ -201,6 +213,7 @@ class EmbeddedQueue(QueueBackend):
     def _settle(self, item: Settlement) -> None:
         job, result = item.delivery.job, item.result
         self._in_hand -= 1
+        self._active.pop(item.delivery.ref, None)
         if self._locks.get(job.task_id) == item.holder:
             del self._locks[job.task_id]
         if result.outcome is Outcome.RETRY:
@@ -237,4 +250,67 @@ class EmbeddedQueue(QueueBackend):
         now = time.monotonic()
         while self._delayed and self._delayed[0][0] <= now:
             _, _, job = heapq.heappop(self._delayed)
-            self._waiting.append(Delivery(job))
+            self._waiting.append(self._delivery(job))
+
+    # --- job actions (operators) -----------------------------------------------
+    # Cursors are the refs' sequence numbers (waiting, active) and the delayed
+    # heap's sequence numbers, in the order each state lists.
+
+    async def list_jobs(self, state: JobState, after: str, limit: int) -> JobPage:
+        self._move_due()
+        views: list[JobView]
+        if state is JobState.WAITING:
+            views = [self._view(d, JobState.WAITING) for d in self._waiting]
+        elif state is JobState.ACTIVE:
+            views = [self._view(d, JobState.ACTIVE, deliveries=1) for d in self._active.values()]
+        elif state is JobState.DELAYED:
+            now_wall, now = time.time(), time.monotonic()
+            views = [
+                JobView(job, JobState.DELAYED, run_at=now_wall + (due - now), ref=str(seq))
+                for due, seq, job in sorted(self._delayed)
+            ]
+        else:
+            raise ValueError(f"the embedded queue holds no {state.value} jobs")
+        start = 0
+        if after:
+            # Past the cursor's position; a cursor whose job moved on starts over
+            # from the next higher sequence number in list order.
+            mark = int(after)
+            start = next((i + 1 for i, v in enumerate(views) if int(str(v.ref)) == mark), 0)
+            if start == 0:
+                start = next((i for i, v in enumerate(views) if int(str(v.ref)) > mark), len(views))
+        page = views[start : start + limit]
+        more = start + limit < len(views)
+        return JobPage(page, str(page[-1].ref) if more and page else "")
+
+    @staticmethod
+    def _view(delivery: Delivery, state: JobState, deliveries: int = 0) -> JobView:
+        return JobView(
+            delivery.job,
+            state,
+            queued_at=delivery.queued_at,
+            deliveries=deliveries,
+            ref=delivery.ref,
+        )
+
+    async def current_job_id(self, task_id: str) -> str | None:
+        return self._jobs.get(task_id)
+
+    async def discard(self, view: JobView) -> bool:
+        for delivery in self._waiting:
+            if delivery.ref == view.ref:
+                self._waiting.remove(delivery)
+                if self._jobs.get(delivery.job.task_id) == delivery.job.job_id:
+                    del self._jobs[delivery.job.task_id]
+                return True
+        return False
+
+    async def promote(self, view: JobView) -> bool:
+        for index, (_, seq, job) in enumerate(self._delayed):
+            if str(seq) == view.ref:
+                self._delayed.pop(index)
+                heapq.heapify(self._delayed)
+                self._waiting.append(self._delivery(job))
+                self._wake.set()
+                return True
+        return False

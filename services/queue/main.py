@@ -46,6 +46,7 @@ from .server import INTAKE_SERVICE_NAME, SERVICE_NAME, QueueIntakeServicer, Queu
 from .service import QueueControl
 from .settings import QueueSettings
 from .state import QueueState
+from .tasks_client import TaskDirectory
 
 log = get_logger(__name__)
 
@@ -131,7 +132,7 @@ def build_spec(
     everything that needs the tasks service: the requeue, and the durable
     pause flag and counters (tests of the queue's own mechanics)."""
     queue = backend or create_backend(settings)
-    requeue, state = None, None
+    requeue, state, tasks = None, None, None
     if handler is None:
         requeue = functools.partial(_requeue_over, settings)
         state = QueueState(
@@ -140,7 +141,12 @@ def build_spec(
             settings.call_timeout_seconds,
             internal_credentials(settings, "queue"),
         )
-    control = QueueControl(queue, requeue, state)
+        tasks = TaskDirectory(
+            internal_target(settings, "tasks"),
+            settings.call_timeout_seconds,
+            internal_credentials(settings, "queue"),
+        )
+    control = QueueControl(queue, requeue, state, tasks)
 
     def register(server: grpc.aio.Server) -> None:
         queue_pb2_grpc.add_QueueServiceServicer_to_server(QueueServicer(control), server)
@@ -168,7 +174,9 @@ def build_spec(
         listen_addr=settings.queue_listen_addr,
         probes=[DependencyProbe(queue.probe_name, queue.probe, required=True)],
         background=background,
-        on_stop=[queue.close] + ([state.close] if state is not None else []),
+        on_stop=[queue.close]
+        + ([state.close] if state is not None else [])
+        + ([tasks.close] if tasks is not None else []),
         health_probe_interval_seconds=settings.health_probe_interval_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         metrics_listen_addr=settings.queue_metrics_listen_addr,

@@ -101,6 +101,41 @@ class EnqueueResult:
     full: bool = False
 
 
+class JobState(enum.Enum):
+    """Where a job is (ListJobs). FAILED jobs are failed tasks, read from the tasks service."""
+
+    WAITING = "waiting"
+    ACTIVE = "active"
+    DELAYED = "delayed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as ListJobs and GetJob show it (times are Unix seconds, 0 for unset).
+    `ref` is the backend's handle to act on it (the Redis stream entry id of a
+    waiting job, the delayed set's member of a delayed one; unused embedded)."""
+
+    job: Job
+    state: JobState
+    queued_at: float = 0.0
+    run_at: float = 0.0
+    worker: str = ""
+    deliveries: int = 0
+    error: str = ""
+    finished_at: float = 0.0
+    ref: bytes | str = ""
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of a state's jobs; `after` is the backend's cursor for the
+    next page ("" on the last)."""
+
+    jobs: list[JobView]
+    after: str = ""
+
+
 class WorkerState(enum.Enum):
     ONLINE = "online"
     OFFLINE = "offline"

@@ -43,6 +43,9 @@ from .model import (
     Admission,
     EnqueueResult,
     Job,
+    JobPage,
+    JobState,
+    JobView,
     Outcome,
     QueueStatusView,
     WorkerInfo,
@@ -55,6 +58,41 @@ from .settings import QueueSettings
 log = get_logger(__name__)
 
 MOVE_DUE_BATCH = 500
+
+# DiscardJob: a job still waiting (its entry not yet read by the group, and not
+# in hand) is deleted from the stream, and the task's job key with it when it
+# is this job's. Entry ids compare as (ms, seq).
+DISCARD_LUA = """
+local function parts(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok then return 0 end
+local last = '0-0'
+for _, group in ipairs(groups) do
+  local name, delivered = nil, nil
+  for i = 1, #group, 2 do
+    if group[i] == 'name' then name = group[i + 1] end
+    if group[i] == 'last-delivered-id' then delivered = group[i + 1] end
+  end
+  if name == ARGV[1] then last = delivered end
+end
+local ems, eseq = parts(ARGV[2])
+local lms, lseq = parts(last)
+if ems < lms or (ems == lms and eseq <= lseq) then return 0 end
+if redis.call('XDEL', KEYS[1], ARGV[2]) == 0 then return 0 end
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+# PromoteJob: a delayed retry goes to the stream now (as MOVE_DUE_LUA does when
+# it is due); 0 when it already left the delayed set.
+PROMOTE_LUA = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', tonumber(ARGV[2]), '*', 'data', ARGV[1])
+return 1
+"""
 PAUSE_REREAD_SECONDS = 1.0
 TRIM_EVERY_SECONDS = 5.0
 PRUNE_EVERY_SECONDS = 60.0
@@ -72,6 +110,11 @@ async def _redis_errors() -> AsyncIterator[None]:
 def _stream_id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def _entry_seconds(entry_id: str) -> float:
+    """When a stream entry was added (its id's milliseconds, Redis's clock)."""
+    return _stream_id_key(entry_id)[0] / 1000
 
 
 class RedisQueue(QueueBackend):
@@ -94,6 +137,8 @@ class RedisQueue(QueueBackend):
         self.keys = self.broker.keys
         self.redis = self.broker.redis
         self.lock_ttl_ms = int(settings.job_idle_timeout_seconds * 1000)
+        self.discard_script = self.redis.register_script(DISCARD_LUA)
+        self.promote_script = self.redis.register_script(PROMOTE_LUA)
         self._last_trim = 0.0
         self._last_prune = 0.0
 
@@ -219,6 +264,119 @@ class RedisQueue(QueueBackend):
             except (ValueError, KeyError, TypeError):
                 log.warning("queue.bad_worker_record", record=text(record)[:200])
         return policy.sort_workers(workers)
+
+    # --- job actions (operators) ---------------------------------------------------
+    # Cursors: the last stream entry id listed (waiting, active); the offset in
+    # the delayed set, in due order (delayed).
+
+    async def list_jobs(self, state: JobState, after: str, limit: int) -> JobPage:
+        async with _redis_errors():
+            if state is JobState.WAITING:
+                return await self._list_waiting(after, limit)
+            if state is JobState.ACTIVE:
+                return await self._list_active(after, limit)
+            if state is JobState.DELAYED:
+                return await self._list_delayed(int(after or 0), limit)
+        raise ValueError(f"the Redis queue holds no {state.value} jobs")
+
+    async def _last_delivered(self) -> str | None:
+        """The group's last-delivered id; None when there is no stream yet."""
+        try:
+            groups: Any = await self.redis.xinfo_groups(self.keys.stream)
+        except ResponseError:
+            return None
+        for group in groups:
+            if text(group.get("name")) == GROUP:
+                return text(group.get("last-delivered-id") or "0-0")
+        return "0-0"
+
+    async def _list_waiting(self, after: str, limit: int) -> JobPage:
+        last = await self._last_delivered()
+        if last is None:
+            return JobPage([])
+        start = max(last, after, key=_stream_id_key) if after else last
+        entries: Any = await self.redis.xrange(self.keys.stream, f"({start}", "+", count=limit + 1)
+        views = [
+            JobView(job, JobState.WAITING, queued_at=_entry_seconds(entry_id), ref=entry_id)
+            for entry_id, job in self._decoded(entries)
+        ]
+        page = views[:limit]
+        return JobPage(page, str(page[-1].ref) if len(views) > limit else "")
+
+    async def _list_active(self, after: str, limit: int) -> JobPage:
+        try:
+            pending: Any = await self.redis.xpending_range(
+                self.keys.stream, GROUP, f"({after}" if after else "-", "+", limit + 1
+            )
+        except ResponseError:
+            return JobPage([])  # no stream or group yet
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for item in pending[:limit]:
+                entry_id = text(item["message_id"])
+                pipe.xrange(self.keys.stream, entry_id, entry_id)
+            bodies = await pipe.execute()
+        views: list[JobView] = []
+        for item, body in zip(pending[:limit], bodies, strict=True):
+            for entry_id, job in self._decoded(body):
+                views.append(
+                    JobView(
+                        job,
+                        JobState.ACTIVE,
+                        queued_at=_entry_seconds(entry_id),
+                        worker=text(item["consumer"]),
+                        deliveries=int(item["times_delivered"]),
+                        ref=entry_id,
+                    )
+                )
+        last = text(pending[limit - 1]["message_id"]) if len(pending) > limit else ""
+        return JobPage(views, last)
+
+    async def _list_delayed(self, offset: int, limit: int) -> JobPage:
+        members: Any = await self.redis.zrange(
+            self.keys.delayed, offset, offset + limit, withscores=True
+        )
+        views: list[JobView] = []
+        for member, score in members[:limit]:
+            try:
+                job = decode_job(member)
+            except (ValueError, KeyError, TypeError):
+                continue
+            views.append(JobView(job, JobState.DELAYED, run_at=float(score) / 1000, ref=member))
+        return JobPage(views, str(offset + limit) if len(members) > limit else "")
+
+    @staticmethod
+    def _decoded(entries: Any) -> list[tuple[str, Job]]:
+        out: list[tuple[str, Job]] = []
+        for entry_id, fields in entries or ():
+            data = (fields or {}).get(b"data")
+            if data is None:
+                continue
+            try:
+                out.append((text(entry_id), decode_job(data)))
+            except (ValueError, KeyError, TypeError):
+                continue  # not a job of ours (the worker drops it)
+        return out
+
+    async def current_job_id(self, task_id: str) -> str | None:
+        async with _redis_errors():
+            job_id = await self.redis.get(self.keys.job(task_id))
+        return text(job_id) if job_id is not None else None
+
+    async def discard(self, view: JobView) -> bool:
+        async with _redis_errors():
+            done = await self.discard_script(
+                keys=[self.keys.stream, self.keys.job(view.job.task_id)],
+                args=[GROUP, str(view.ref), view.job.job_id],
+            )
+        return bool(done)
+
+    async def promote(self, view: JobView) -> bool:
+        async with _redis_errors():
+            done = await self.promote_script(
+                keys=[self.keys.delayed, self.keys.stream],
+                args=[view.ref, self.settings.queue_max_length],
+            )
+        return bool(done)
 
     # --- worker side ------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from google.rpc import code_pb2, status_pb2
 from verifier.queue.v1 import queue_pb2, queue_pb2_grpc
 
 from .errors import QueueFull
-from .model import QueueStatusView, WorkerInfo, WorkerState
+from .model import JobState, JobView, QueueStatusView, WorkerInfo, WorkerState
 from .service import EnqueueItem, QueueControl
 
 SERVICE_NAME = queue_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name
@@ -19,6 +19,39 @@ _WORKER_STATE = {
     WorkerState.ONLINE: queue_pb2.WORKER_STATE_ONLINE,
     WorkerState.OFFLINE: queue_pb2.WORKER_STATE_OFFLINE,
 }
+
+
+_JOB_STATE = {
+    JobState.WAITING: queue_pb2.JOB_STATE_WAITING,
+    JobState.ACTIVE: queue_pb2.JOB_STATE_ACTIVE,
+    JobState.DELAYED: queue_pb2.JOB_STATE_DELAYED,
+    JobState.FAILED: queue_pb2.JOB_STATE_FAILED,
+}
+_JOB_STATE_FROM = {value: key for key, value in _JOB_STATE.items()}
+
+
+def job_state_from_proto(state: int) -> JobState | None:
+    """None for UNSPECIFIED (and values this build does not know)."""
+    return _JOB_STATE_FROM.get(state)  # type: ignore[call-overload]
+
+
+def job_to_proto(view: JobView) -> queue_pb2.Job:
+    job = queue_pb2.Job(
+        id=view.job.job_id,
+        task_id=view.job.task_id,
+        state=_JOB_STATE[view.state],
+        attempt=view.job.attempt,
+        worker=view.worker,
+        deliveries=view.deliveries,
+        error=view.error,
+    )
+    if view.queued_at:
+        job.queued_at.CopyFrom(_timestamp(view.queued_at))
+    if view.run_at:
+        job.run_at.CopyFrom(_timestamp(view.run_at))
+    if view.finished_at:
+        job.finished_at.CopyFrom(_timestamp(view.finished_at))
+    return job
 
 
 def status_to_proto(view: QueueStatusView) -> queue_pb2.QueueStatus:
@@ -111,6 +144,33 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
     ) -> queue_pb2.ListWorkersResponse:
         workers = await self.control.list_workers()
         return queue_pb2.ListWorkersResponse(workers=[worker_to_proto(w) for w in workers])
+
+    async def ListJobs(
+        self, request: queue_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> queue_pb2.ListJobsResponse:
+        jobs, token = await self.control.list_jobs(
+            job_state_from_proto(request.state), request.page_size, request.page_token
+        )
+        return queue_pb2.ListJobsResponse(
+            jobs=[job_to_proto(view) for view in jobs], next_page_token=token
+        )
+
+    async def GetJob(
+        self, request: queue_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> queue_pb2.GetJobResponse:
+        return queue_pb2.GetJobResponse(job=job_to_proto(await self.control.get_job(request.id)))
+
+    async def DiscardJob(
+        self, request: queue_pb2.DiscardJobRequest, context: grpc.aio.ServicerContext
+    ) -> queue_pb2.DiscardJobResponse:
+        view = await self.control.discard(request.id, request.reason)
+        return queue_pb2.DiscardJobResponse(job=job_to_proto(view))
+
+    async def PromoteJob(
+        self, request: queue_pb2.PromoteJobRequest, context: grpc.aio.ServicerContext
+    ) -> queue_pb2.PromoteJobResponse:
+        view = await self.control.promote(request.id)
+        return queue_pb2.PromoteJobResponse(job=job_to_proto(view))
 
 
 class QueueIntakeServicer(queue_pb2_grpc.QueueIntakeServiceServicer):

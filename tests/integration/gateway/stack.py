@@ -123,8 +123,9 @@ async def running_stack(
         for name in ("tasks", "queue", "verification"):
             if name in servers:
                 await servers[name].stop(0.5)
-        redis = Redis.from_url(settings.queue.redis_url)
-        keys = [key async for key in redis.scan_iter(f"*{settings.queue.queue_name}*")]
-        if keys:
-            await redis.delete(*keys)
-        await redis.aclose()
+        if settings.queue.redis_url:  # embedded (no Redis): nothing to clean up
+            redis = Redis.from_url(settings.queue.redis_url)
+            keys = [key async for key in redis.scan_iter(f"*{settings.queue.queue_name}*")]
+            if keys:
+                await redis.delete(*keys)
+            await redis.aclose()
