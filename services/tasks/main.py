@@ -54,7 +54,7 @@ from .settings import TasksSettings, database_url
 from .signing import SigningKeys
 from .store import TaskStore, open_store
 from .store_sqlite import SqliteTaskStore
-from .verification_client import SigningKeyClient
+from .verification_client import ReportDeleter, SigningKeyClient
 from .worker import WorkerApp
 from .worker_server import (
     QUEUE_STATE_SERVICE_NAME,
@@ -120,6 +120,8 @@ def build_service(settings: TasksSettings, *, queue: QueueClient | None = None) 
     keys_client = SigningKeyClient(
         internal_target(settings, "verification"), credentials=queue_creds
     )
+    # Retention deletes the tasks' reports before their rows (internal RPC).
+    reports = ReportDeleter(internal_target(settings, "verification"), credentials=queue_creds)
     worker = WorkerApp(
         store,
         SigningKeys(keys_client.fetch),
@@ -156,6 +158,7 @@ def build_service(settings: TasksSettings, *, queue: QueueClient | None = None) 
         retention_policy(settings),
         store.clock,
         settings.retention_interval_seconds,
+        reports.delete,
     )
     background = [dispatcher.run, reconciler.run]
     if settings.scheduler_enabled:
@@ -204,7 +207,14 @@ def build_service(settings: TasksSettings, *, queue: QueueClient | None = None) 
             DependencyProbe("queue", queue_client.version, required=False),
         ],
         background=background,
-        on_stop=[close_apps, store.close, queue_client.close, keys_client.close, keys.close],
+        on_stop=[
+            close_apps,
+            store.close,
+            queue_client.close,
+            keys_client.close,
+            reports.close,
+            keys.close,
+        ],
         health_probe_interval_seconds=settings.health_probe_interval_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         metrics_listen_addr=settings.tasks_metrics_listen_addr,

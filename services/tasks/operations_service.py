@@ -1,11 +1,18 @@
 """Operator actions on tasks: retry one or all failed, the dead letters, and
-retention (periodic, one replica at a time under an advisory lock). No grpc here."""
+retention (periodic, one replica at a time under an advisory lock). No grpc here.
+
+Retention removes a batch in two steps: the tasks' reports first (every
+attempt's, through the verification service), then the rows of the tasks whose
+reports are gone, with one audit row each. A task whose reports could not be
+deleted keeps its row, so the next pass tries again: no report outlives its
+task unnoticed. An app's latest task is never selected."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from shared.errors import FailedPrecondition, InvalidArgument
 from shared.log import get_logger
@@ -22,6 +29,10 @@ from .store import TaskStore
 log = get_logger(__name__)
 MAX_RETRY_ALL = 100_000
 
+# Deletes every report of each task; returns task id -> reports deleted for the
+# tasks whose reports are all gone (verification_client.ReportDeleter.delete).
+DeleteReports = Callable[[Sequence[str]], Awaitable[dict[str, int]]]
+
 
 class TaskOperations:
     def __init__(
@@ -33,6 +44,7 @@ class TaskOperations:
         policy: RetentionPolicy,
         clock: Callable[[], datetime],
         interval_seconds: float = 600.0,
+        delete_reports: DeleteReports | None = None,
     ) -> None:
         self.ops = ops
         self.tasks = tasks
@@ -41,6 +53,8 @@ class TaskOperations:
         self.policy = policy
         self.clock = clock
         self.interval_seconds = interval_seconds
+        # None: the reports are left in place (tests of the rows alone).
+        self.delete_reports = delete_reports
 
     async def retry(self, task_id: str, reason: str) -> Task:
         task_id = validation.validate_task_id(task_id)
@@ -124,7 +138,7 @@ class TaskOperations:
                 while True:
                     now = self.clock()
                     victims = await self.ops.expired(rule, now, self.policy.batch_size)
-                    count = await self.ops.remove(victims, now)
+                    count = await self.ops.remove(await self._without_reports(victims), now)
                     if count:
                         removed[rule.status.value] = removed.get(rule.status.value, 0) + count
                     if len(victims) < self.policy.batch_size or not count:
@@ -132,6 +146,19 @@ class TaskOperations:
         if removed:
             log.info("retention.removed", **removed)
         return removed
+
+    async def _without_reports(self, victims: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Delete the victims' reports; the victims whose reports are gone."""
+        if self.delete_reports is None or not victims:
+            return victims
+        gone = await self.delete_reports([str(victim["id"]) for victim in victims])
+        kept = [str(v["id"]) for v in victims if str(v["id"]) not in gone]
+        if kept:
+            log.warning("retention.kept_for_reports", tasks=kept)
+        reports = sum(gone.values())
+        if reports:
+            log.info("retention.reports_deleted", reports=reports, tasks=len(gone))
+        return [victim for victim in victims if str(victim["id"]) in gone]
 
     async def run(self) -> None:
         while True:

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
-from google.rpc import status_pb2
+from google.rpc import code_pb2, status_pb2
 from verifier.tasks.v1 import worker_pb2
 from verifier.verification.v1 import engine_pb2
 from verifier.verification.v1 import verification_pb2 as pb
@@ -209,6 +209,30 @@ def item_status(exc: Exception) -> status_pb2.Status:
         code = grpc.StatusCode.INVALID_ARGUMENT
     message = str(exc) if isinstance(exc, DomainError) else f"internal error: {type(exc).__name__}"
     return status_pb2.Status(code=code.value[0], message=message[:4096])
+
+
+def delete_reports_from_proto(request: engine_pb2.DeleteReportsRequest) -> list[str]:
+    if not request.task_ids:
+        raise EvidenceMalformed("task_ids", "is required")
+    if len(request.task_ids) > MAX_BATCH:
+        raise EvidenceMalformed(
+            "task_ids", f"at most {MAX_BATCH} per call, got {len(request.task_ids)}"
+        )
+    return list(request.task_ids)
+
+
+def delete_reports_response(
+    task_ids: list[str], results: list[int | Exception]
+) -> engine_pb2.DeleteReportsResponse:
+    out = engine_pb2.DeleteReportsResponse()
+    for task_id, result in zip(task_ids, results, strict=True):
+        if isinstance(result, Exception):
+            out.tasks.add(task_id=task_id, status=item_status(result))
+        else:
+            out.tasks.add(
+                task_id=task_id, status=status_pb2.Status(code=code_pb2.OK), deleted=result
+            )
+    return out
 
 
 def verify_tasks_response(

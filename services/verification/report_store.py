@@ -111,6 +111,11 @@ class ReportStore(abc.ABC):
         """The key of the task's report with the highest attempt; raises ReportNotFound."""
         return _latest(task_id, self.stored_attempts(task_id))
 
+    @abc.abstractmethod
+    def delete_task(self, task_id: str) -> int:
+        """Delete every report of the task (all attempts); returns how many there
+        were. A task without reports is 0, not an error (retention)."""
+
 
 class LocalReportStore(ReportStore):
     def __init__(self, root: Path, encryption_key: bytes = b"") -> None:
@@ -155,6 +160,20 @@ class LocalReportStore(ReportStore):
         except FileNotFoundError:
             names = []
         return _attempts(names)
+
+    def delete_task(self, task_id: str) -> int:
+        folder = self.root / _task_prefix(task_id)
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return 0
+        deleted = 0
+        for entry in entries:
+            if _ATTEMPT_FILE.match(entry.name):
+                deleted += 1
+            Path(entry.path).unlink(missing_ok=True)  # aside files of a write that died too
+        folder.rmdir()
+        return deleted
 
 
 class S3ReportStore(ReportStore):
@@ -287,6 +306,30 @@ class S3ReportStore(ReportStore):
             if not page.get("IsTruncated"):
                 return _attempts(names)
             token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def delete_task(self, task_id: str) -> int:
+        """DeleteObjects over the task's prefix, a listing page (at most 1000
+        keys) a call. On a versioned bucket this adds delete markers: earlier
+        versions stay until the bucket's lifecycle rule expires them."""
+        prefix = _task_prefix(task_id)
+        deleted = 0
+        while True:
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1000)
+            keys = [item["Key"] for item in page.get("Contents", [])]
+            if not keys:
+                return deleted
+            reply = self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+            )
+            errors = reply.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise OSError(
+                    f"{len(errors)} of {len(keys)} report objects of {task_id} not deleted: "
+                    f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}"
+                )
+            deleted += sum(1 for key in keys if _ATTEMPT_FILE.match(key[len(prefix) :]))
 
 
 def _error_kind(exc: Exception) -> str:

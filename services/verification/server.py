@@ -101,3 +101,10 @@ class VerificationEngineServicer(engine_pb2_grpc.VerificationEngineServiceServic
             yield mapping.verify_tasks_response(
                 lease, result, self.service.sign, self.service.key_info.key_id
             )
+
+    async def DeleteReports(
+        self, request: engine_pb2.DeleteReportsRequest, context: grpc.aio.ServicerContext
+    ) -> engine_pb2.DeleteReportsResponse:
+        task_ids = mapping.delete_reports_from_proto(request)
+        results = await self.service.delete_reports(task_ids)
+        return mapping.delete_reports_response(task_ids, results)

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared import metrics
 from shared.errors import DomainError, FailedPrecondition, Unavailable
+from shared.ids import canonical_task_id
 from shared.log import get_logger
 
 from . import adoption
@@ -44,6 +45,10 @@ from .report_store import (
 )
 
 log = get_logger(__name__)
+
+# DeleteReports: tasks whose reports are deleted at once (each a listing and a
+# DeleteObjects on S3).
+DELETE_CONCURRENCY = 8
 
 
 class ReportStoreUnavailable(Unavailable):
@@ -355,6 +360,28 @@ class VerificationService:
                     f"listing the task's reports failed: {_describe(exc)}"
                 ) from exc
         return await self._read(key)
+
+    async def delete_reports(self, task_ids: Sequence[str]) -> list[int | Exception]:
+        """Delete every report of each task (retention), a few tasks at once;
+        per task, how many reports went, or why not (the others still go)."""
+        gate = asyncio.Semaphore(DELETE_CONCURRENCY)
+
+        async def one(task_id: str) -> int | Exception:
+            try:
+                canonical_task_id(task_id, "task_ids")
+            except DomainError as exc:
+                return exc
+            async with gate:
+                try:
+                    deleted = await asyncio.to_thread(self.store.delete_task, task_id)
+                except Exception as exc:
+                    return ReportStoreUnavailable(
+                        f"deleting the reports of {task_id} failed: {_describe(exc)}"
+                    )
+            log.info("reports.deleted", task_id=task_id, deleted=deleted)
+            return deleted
+
+        return list(await asyncio.gather(*(one(task_id) for task_id in task_ids)))
 
     async def close(self) -> None:
         if self.fetcher is not None:
