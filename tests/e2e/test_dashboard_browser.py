@@ -2,12 +2,16 @@
 front of the real pipeline (tasks, verification, queue on Redis, a worker) and the
 gateway, as processes. The test signs in with a key, opens each view, creates a
 task and watches it finish, clicks retry on a failed one, and saves a screenshot
-of each step under its output folder (printed, and listed in dashboard.json with
-the time to first render and the bytes of each view)."""
+of each step under build/test-output/dashboard (printed, and listed in
+dashboard.json with the time to first render and the bytes of each view). A second test signs in
+with a read-only key (tasks.read): no action buttons, and the actions sent
+anyway are refused by the services (403); dashboard-readonly.json lists its
+screenshots."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -19,12 +23,15 @@ import pytest
 
 from tests.fault.stack import PipelineStack, Process, pipeline_stack, stack_env
 from tests.support import servers
+from tests.support.auth import create_key
 from tests.support.gateway_process import start_gateway
 from tests.support.vectors import dstack_create_task_json
 
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = "/usr/bin/chromium"
+# The test's output: screenshots, dashboard.json and dashboard-readonly.json.
+SHOTS = Path(__file__).resolve().parents[2] / "build" / "test-output" / "dashboard"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--headless",
@@ -55,19 +62,24 @@ def dash(
     s3: servers.S3Server,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Dashboard]:
-    out = tmp_path_factory.mktemp("dashboard")
+    work = tmp_path_factory.mktemp("dashboard")
+    # Screenshots and figures outlive the run (pytest keeps only its last three
+    # temporary folders, shared by every run of this user on the machine).
+    out = SHOTS
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     with servers.postgres_database(postgres_server_url, prefix="verifier_dash") as database:
         env = stack_env(
             database_url=database,
             redis_url=redis_url,
             s3=s3,
-            workdir=out,
+            workdir=work,
             queue_name=f"dash-{uuid.uuid4().hex[:8]}",
             scheduler_enabled="false",
         )
         with pipeline_stack(env, workers=1) as stack:
             port = servers.free_port()
-            gateway = start_gateway(stack.env, port, out / "gateway.log")
+            gateway = start_gateway(stack.env, port, work / "gateway.log")
             try:
                 yield Dashboard(stack, f"http://127.0.0.1:{port}", gateway, out)
             finally:
@@ -92,7 +104,8 @@ async def ready(page: Any, view: str) -> None:
 
 
 async def shot(page: Any, dash: Dashboard, name: str, figures: dict[str, Any]) -> None:
-    path = dash.out / f"{len(figures['screenshots']) + 1:02d}-{name}.png"
+    prefix = figures.get("prefix", "")
+    path = dash.out / f"{prefix}{len(figures['screenshots']) + 1:02d}-{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     figures["screenshots"].append(str(path))
 
@@ -227,4 +240,90 @@ async def test_dashboard_views_a_task_finishing_and_a_retry(page: Any, dash: Das
             assert "script-src 'self'" in response.headers["content-security-policy"]
     (dash.out / "dashboard.json").write_text(json.dumps(figures, indent=2))
     print(f"\ndashboard figures and screenshots: {dash.out / 'dashboard.json'}")
+    print(json.dumps(figures, indent=2))
+
+
+async def test_a_read_only_key_sees_no_actions_and_the_service_refuses_them(
+    page: Any, dash: Dashboard
+) -> None:
+    """A tasks.read key: every view renders without an action button, and an
+    action sent anyway, with that key, from the page itself, is refused by the
+    service (403), not only hidden; nothing changes."""
+    figures: dict[str, Any] = {"views": {}, "screenshots": [], "prefix": "readonly-"}
+    reader = create_key(dash.stack.env, f"dash-reader-{uuid.uuid4().hex[:6]}", "tasks.read")
+    admin = {"authorization": f"Bearer {dash.stack.api_key}"}
+    async with httpx.AsyncClient(base_url=dash.base, timeout=30, headers=admin) as http:
+        failing = await http.post(
+            "/api/v1/tasks", json=dstack_create_task_json(expectedComposeHash="0" * 64)
+        )
+        failed_id = failing.json()["id"]
+        app_id = uuid.uuid4().hex
+        made = await http.post(
+            "/api/v1/apps",
+            json={"id": app_id, "name": "dash-readonly", "appConfigType": "phala_cloud"},
+        )
+        assert made.status_code == 200, made.text
+        await dash.stack.wait_finished([failed_id])
+
+        await page.goto(dash.base + "/dashboard")
+        await page.fill("#key", reader)
+        await page.click("#login-form button")
+        await ready(page, "overview")
+        assert "read-only" in await page.inner_text("#who")
+        assert await page.locator("#counts .card").count() == 6
+        assert await page.locator("button.act").count() == 0
+        await shot(page, dash, "overview", figures)
+
+        await open_view(page, dash, "task", f"task/{failed_id}", figures)
+        await page.wait_for_selector("#task-status .s-failed")
+        assert await page.locator("button[data-action]").count() == 0  # no Retry, no Cancel
+        await shot(page, dash, "task-failed", figures)
+
+        await open_view(page, dash, "apps", "apps", figures)
+        row = page.locator("tr", has_text=app_id)
+        assert await row.count() == 1
+        assert await row.locator("button[data-action]").count() == 0  # no Pause, no Trigger
+        await shot(page, dash, "apps", figures)
+
+        await open_view(page, dash, "tasks", "tasks?status=failed", figures)
+        assert failed_id in await page.inner_text("#task-list")
+        assert await page.locator("button.act").count() == 0
+        await shot(page, dash, "tasks", figures)
+
+        # The actions the buttons would send, sent anyway with the page's own key.
+        attempts = {
+            "retry": ("POST", f"/api/v1/tasks/{failed_id}:retry"),
+            "retry all failed": ("POST", "/api/v1/tasks:retryFailed"),
+            "cancel": ("DELETE", f"/api/v1/tasks/{failed_id}"),
+            "pause queue": ("POST", "/api/v1/queue/pause"),
+            "pause schedule": ("POST", f"/api/v1/apps/{app_id}:pauseSchedule"),
+            "trigger schedule": ("POST", f"/api/v1/apps/{app_id}:triggerSchedule"),
+            "discard job": ("POST", f"/api/v1/queue/jobs/{failed_id}:discard"),
+        }
+        for what, (method, path) in attempts.items():
+            code = await page.evaluate(
+                """async ([method, path]) => {
+                    const key = sessionStorage.getItem('verifier.apiKey');
+                    const headers = {
+                        authorization: 'Bearer ' + key,
+                        'content-type': 'application/json',
+                    };
+                    const body = method === 'POST' ? '{}' : undefined;
+                    const response = await fetch(path, {method, headers, body});
+                    return response.status;
+                }""",
+                [method, path],
+            )
+            assert code == 403, f"{what}: {code}"
+        task = (await http.get(f"/api/v1/tasks/{failed_id}")).json()
+        assert (task["status"], task["attempts"]) == ("failed", 1)
+        events = (await http.get(f"/api/v1/tasks/{failed_id}/events")).json()["events"]
+        assert "retried" not in [e["type"] for e in events]
+        status = (await http.get("/api/v1/queue/status")).json()
+        assert status["paused"] is False
+        app = (await http.get(f"/api/v1/apps/{app_id}")).json()["app"]
+        assert not app.get("schedulePaused")
+        await shot(page, dash, "refused", figures)
+    (dash.out / "dashboard-readonly.json").write_text(json.dumps(figures, indent=2))
+    print(f"\nread-only dashboard figures and screenshots: {dash.out / 'dashboard-readonly.json'}")
     print(json.dumps(figures, indent=2))
