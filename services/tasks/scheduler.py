@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from shared import metrics
-from shared.errors import FailedPrecondition
+from shared.errors import AlreadyExists, FailedPrecondition
 from shared.log import get_logger
 from shared.principal import KIND_SERVICE, SCOPES, Identity, bind_identity, identity_var
 
@@ -39,6 +39,8 @@ Clock = Callable[[], datetime]
 SCHEDULER_IDENTITY = Identity(
     KIND_SERVICE, "tasks-scheduler", owner=domain.SCHEDULER, scopes=frozenset(SCOPES)
 )
+# The scheduler's tasks created before it had an owner (owner "").
+_UNOWNED_SCHEDULER = Identity(KIND_SERVICE, "tasks-scheduler", scopes=frozenset(SCOPES))
 
 
 @dataclass(frozen=True)
@@ -143,8 +145,17 @@ class Scheduler:
 
     async def _create(self, app: App) -> tuple[Task, bool]:
         """The app's task for its current due run, created as the scheduler."""
-        token = bind_identity(SCHEDULER_IDENTITY)
+        new = domain.task_for(app, domain.scheduled_request_id(app))
         try:
-            return await self.create(domain.task_for(app, domain.scheduled_request_id(app)))
+            return await self._create_as(SCHEDULER_IDENTITY, new)
+        except AlreadyExists:
+            # The due run's task exists from before the scheduler had an owner
+            # (a pass that died before recording it): that task, not a second.
+            return await self._create_as(_UNOWNED_SCHEDULER, new)
+
+    async def _create_as(self, identity: Identity, new: NewTask) -> tuple[Task, bool]:
+        token = bind_identity(identity)
+        try:
+            return await self.create(new)
         finally:
             identity_var.reset(token)

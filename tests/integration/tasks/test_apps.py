@@ -15,6 +15,8 @@ from verifier.verification.v1 import verification_pb2
 
 from services.tasks import apps as domain
 from services.tasks.apps_store import AppStore
+from services.tasks.scheduler import SCHEDULER_IDENTITY
+from shared.principal import bind_identity, identity_var
 from tests.integration.tasks.conftest import (
     BACKENDS,
     Harness,
@@ -203,6 +205,26 @@ async def test_a_pass_that_died_before_recording_creates_nothing_new(ah: Harness
     assert got.app.latest_task_id == orphan.id
     history = await apps_stub(ah).ListAppTasks(apps_pb2.ListAppTasksRequest(id=app.id))
     assert len(history.tasks) == 1
+
+
+async def test_a_pass_that_died_as_the_scheduler_is_recovered_too(ah: Harness) -> None:
+    """As above, the orphan owned by the scheduler (the test above: by nobody, as
+    before the scheduler had an owner)."""
+    app_message = await create(ah)
+    app = await ah.service.apps.apps.get(app_message.id)
+    token = bind_identity(SCHEDULER_IDENTITY)
+    try:
+        orphan, created = await ah.service.app.create_once(
+            domain.task_for(app, domain.scheduled_request_id(app))
+        )
+    finally:
+        identity_var.reset(token)
+    assert created
+    result = await ah.service.scheduler.run_once()
+    assert result.recovered >= 1
+    got = await apps_stub(ah).GetApp(apps_pb2.GetAppRequest(id=app.id))
+    assert got.app.latest_task_id == orphan.id
+    assert (await ah.service.store.get_task(orphan.id)).owner == "scheduler"
 
 
 async def test_paused_schedule_is_skipped_until_resumed(ah: Harness) -> None:
