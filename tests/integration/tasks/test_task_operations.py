@@ -213,6 +213,31 @@ async def test_migrations_create_every_column_the_store_uses(fresh: tuple[str, s
     assert await asyncio.to_thread(migrate.current_revision, url) == head
 
 
+async def test_inline_evidence_is_compressed_with_lz4_on_postgresql(
+    postgres_server_url: str, tmp_path: Path
+) -> None:
+    async with fresh_database("postgresql", postgres_server_url, tmp_path) as url:
+        await asyncio.to_thread(migrate.upgrade, url)
+        engine = sa.create_engine(database_url(url, "sync"))
+        try:
+            with engine.connect() as conn:
+                has_lz4 = conn.execute(
+                    sa.text(
+                        "SELECT 'lz4' = ANY(enumvals) FROM pg_settings"
+                        " WHERE name = 'default_toast_compression'"
+                    )
+                ).scalar()
+                method = conn.execute(
+                    sa.text(
+                        "SELECT attcompression FROM pg_attribute"
+                        " WHERE attrelid = 'tasks'::regclass AND attname = 'evidence'"
+                    )
+                ).scalar()
+        finally:
+            engine.dispose()
+        assert method == ("l" if has_lz4 else "")
+
+
 async def test_watch_sees_changes_made_through_another_instance(
     postgres_server_url: str, tmp_path: Path
 ) -> None:
