@@ -27,6 +27,7 @@ from verifier.tasks.v1 import (
     worker_pb2_grpc,
 )
 from verifier.verification.v1 import (
+    engine_pb2,
     engine_pb2_grpc,
     os_images_pb2,
     os_images_pb2_grpc,
@@ -71,6 +72,9 @@ EXTERNAL: list[tuple[str, Any, str, Message, str, str]] = [
     ("queue", queue_pb2_grpc.QueueServiceStub, "GetQueueStatus", queue_pb2.GetQueueStatusRequest(), SCOPE_QUEUE, SCOPE_SUBMIT),
     ("queue", queue_pb2_grpc.QueueServiceStub, "ListWorkers", queue_pb2.ListWorkersRequest(), SCOPE_QUEUE, SCOPE_READ),
     ("queue", queue_pb2_grpc.QueueServiceStub, "ResumeQueue", queue_pb2.ResumeQueueRequest(), SCOPE_QUEUE, SCOPE_READ),
+    ("queue", queue_pb2_grpc.QueueServiceStub, "ListJobs", queue_pb2.ListJobsRequest(state=queue_pb2.JOB_STATE_WAITING), SCOPE_QUEUE, SCOPE_READ),
+    ("queue", queue_pb2_grpc.QueueServiceStub, "DiscardJob", queue_pb2.DiscardJobRequest(id=str(uuid.uuid4())), SCOPE_QUEUE, SCOPE_READ),
+    ("queue", queue_pb2_grpc.QueueServiceStub, "PromoteJob", queue_pb2.PromoteJobRequest(id=uuid.uuid4().hex), SCOPE_QUEUE, SCOPE_SUBMIT),
     ("verification", verification_pb2_grpc.VerificationServiceStub, "GetReport", verification_pb2.GetReportRequest(task_id=str(uuid.uuid4())), SCOPE_READ, SCOPE_QUEUE),
     ("verification", os_images_pb2_grpc.OsImageServiceStub, "DeleteOsImage", os_images_pb2.DeleteOsImageRequest(os_image_hash="0" * 64), SCOPE_ADMIN, SCOPE_READ),
     ("tasks", apps_pb2_grpc.AppServiceStub, "ListApps", apps_pb2.ListAppsRequest(), SCOPE_READ, SCOPE_SUBMIT),
@@ -116,6 +120,36 @@ def test_every_rpc_of_every_service_has_an_access_rule() -> None:
     assert rule_for("/verifier.tasks.v1.TaskService/SomethingNew") is None
     assert all(not rule.open or "Health" in m or "Signing" in m or "Jwks" in m or "Reflection" in m
                or "Diagnostics" in m for m, rule in {**POLICY, **SERVICE_POLICY}.items())  # fmt: skip
+
+
+async def test_scheduled_tasks_are_the_schedulers_not_the_triggering_operators(
+    auth_stack: Stack, make_key: MakeKey
+) -> None:
+    """An operator's TriggerSchedule creates the scheduler's task (owner
+    `scheduler`): a submitter key of that owner lists it, the operator's own
+    submitter key and another owner's do not see it."""
+    tasks_addr = _addr(auth_stack, "tasks")
+    async with create_channel(tasks_addr, api_key=await make_key(SCOPE_ADMIN)) as channel:
+        app = apps_pb2.App(
+            id=uuid.uuid4().hex, app_config_type=verification_pb2.APP_CONFIG_TYPE_PHALA_CLOUD
+        )
+        await apps_pb2_grpc.AppServiceStub(channel).CreateApp(apps_pb2.CreateAppRequest(app=app))
+    operator = await make_key(SCOPE_QUEUE, SCOPE_SUBMIT, owner="ops-person")
+    async with create_channel(tasks_addr, api_key=operator) as channel:
+        triggered = await apps_pb2_grpc.AppServiceStub(channel).TriggerSchedule(
+            apps_pb2.TriggerScheduleRequest(id=app.id)
+        )
+        own = await tasks_pb2_grpc.TaskServiceStub(channel).ListTasks(
+            tasks_pb2.ListTasksRequest(app_id=app.id)
+        )
+        assert [t.id for t in own.tasks] == []
+    assert triggered.task.created_by == "scheduler"
+    for owner, sees in (("scheduler", True), ("alice", False)):
+        key = await make_key(SCOPE_SUBMIT, owner=owner)
+        async with create_channel(tasks_addr, api_key=key) as channel:
+            stub = tasks_pb2_grpc.TaskServiceStub(channel)
+            listed = await stub.ListTasks(tasks_pb2.ListTasksRequest(app_id=app.id))
+            assert ([t.id for t in listed.tasks] == [triggered.task.id]) is sees, owner
 
 
 async def _wait_finished(tasks: Any, task_id: str) -> tasks_pb2.Task:
@@ -193,6 +227,7 @@ INTERNAL_CALLS: list[tuple[str, Any, str, Message]] = [
     ("tasks", identity_pb2_grpc.IdentityServiceStub, "ValidateApiKey", identity_pb2.ValidateApiKeyRequest(secret="vk_x")),
     ("queue", queue_pb2_grpc.QueueServiceStub, "EnqueueTask", queue_pb2.EnqueueTaskRequest(task_id=str(uuid.uuid4()))),
     ("verification", engine_pb2_grpc.VerificationEngineServiceStub, "Verify", verification_pb2.VerifyRequest(task_id=str(uuid.uuid4()))),
+    ("verification", engine_pb2_grpc.VerificationEngineServiceStub, "DeleteReports", engine_pb2.DeleteReportsRequest(task_ids=[str(uuid.uuid4())])),
 ]  # fmt: skip
 
 
