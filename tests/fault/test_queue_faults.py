@@ -97,7 +97,15 @@ async def test_workers_wait_while_verification_is_down_and_say_why(
 
 async def test_verification_killed_mid_batch_costs_time_not_tasks(stack: PipelineStack) -> None:
     verification = stack.service("verification")
-    created = [await stack.create_task() for _ in range(40)]
+    # A backlog first (queue paused), so a batch is still in hand when the poll
+    # looks: created one by one, 40 tasks can drain before it sees one.
+    async with stack.channel("queue") as channel:
+        queue = queue_pb2_grpc.QueueServiceStub(channel)
+        await queue.PauseQueue(queue_pb2.PauseQueueRequest())
+        created = [await stack.create_task() for _ in range(40)]
+        for task in created:
+            await stack.wait_status(task.id, tasks_pb2.TASK_STATUS_QUEUED)
+        await queue.ResumeQueue(queue_pb2.ResumeQueueRequest())
 
     async def jobs_in_hand() -> bool:
         return (await stack.queue_status()).active > 0
