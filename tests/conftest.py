@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from services.stack import SETTINGS
 from shared import metrics
 from tests.support import servers
+from tests.support.hang_dump import DUMP_BEFORE_TIMEOUT_SECONDS, HangDumpTimer
 
 # The services' metrics ports default to fixed numbers (9451-9453, production's),
 # which parallel test runs on one machine would fight over. A test that names no
@@ -77,3 +79,23 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("fault table")
         for line in TABLE:
             terminalreporter.write_line(line)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
+    """Before pytest-timeout fails a hung test, print where its asyncio tasks
+    wait (tests/support/hang_dump.py); pytest-timeout's own timer is set as usual."""
+    delay = max(settings.timeout - DUMP_BEFORE_TIMEOUT_SECONDS, settings.timeout * 0.9)
+    timer = HangDumpTimer(item.nodeid, delay)
+    item.stash[_HANG_DUMP] = timer
+    timer.start()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> None:
+    timer = item.stash.get(_HANG_DUMP, None)
+    if timer is not None:
+        timer.cancel()
+
+
+_HANG_DUMP = pytest.StashKey[HangDumpTimer]()
