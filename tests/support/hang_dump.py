@@ -81,9 +81,31 @@ def write_tasks(out: TextIO) -> None:
     for task in tasks:
         waiter = getattr(task, "_fut_waiter", None)
         out.write(f"\n{task!r}\n  awaits: {waiter!r}\n")
-        buffer = io.StringIO()
-        task.print_stack(file=buffer)
-        out.write("".join(f"  {line}\n" for line in buffer.getvalue().splitlines()))
+        # Task.print_stack shows only the task's outer coroutine; the await
+        # chain below it says where it actually waits.
+        for frame in await_chain(task.get_coro()):
+            out.write("".join(f"  {line}" for line in traceback.format_stack(frame, limit=1)))
+
+
+def await_chain(awaitable: object) -> list[FrameType]:
+    """The frames of a coroutine and of everything it awaits, outermost first."""
+    frames: list[FrameType] = []
+    seen: set[int] = set()
+    while awaitable is not None and id(awaitable) not in seen:
+        seen.add(id(awaitable))
+        frame = (
+            getattr(awaitable, "cr_frame", None)
+            or getattr(awaitable, "gi_frame", None)
+            or getattr(awaitable, "ag_frame", None)
+        )
+        if frame is not None:
+            frames.append(frame)
+        awaitable = (
+            getattr(awaitable, "cr_await", None)
+            or getattr(awaitable, "gi_yieldfrom", None)
+            or getattr(awaitable, "ag_await", None)
+        )
+    return frames
 
 
 def write_threads(out: TextIO) -> None:
