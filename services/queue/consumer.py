@@ -39,6 +39,12 @@ MAINTENANCE_TICK_SECONDS = 0.25
 TAKE_BACKOFF = Backoff(base_seconds=0.1, cap_seconds=2.0)
 # A lost health watch is watched again soon: the gate stays closed meanwhile.
 GATE_BACKOFF = Backoff(base_seconds=0.2, cap_seconds=2.0)
+# The stop after the jobs in hand, each step bounded: a Redis that does not
+# answer must not keep a stopping worker alive (one redis-py call retries its
+# connect, health check and command with a 10 s socket timeout each: minutes).
+# Whatever is left undone is undone by the idle timeout and the record's expiry.
+STOP_BACKGROUND_SECONDS = 5.0
+LEAVE_TIMEOUT_SECONDS = 5.0
 
 
 class BatchHandler(Protocol):
@@ -132,12 +138,11 @@ class BatchWorker:
         try:
             await self._take_loop(handler, stop)
         finally:
+            # Every step is bounded, and a cancellation of `run` meanwhile is not
+            # swallowed (it ends the stop early): asyncio.wait_for(run, t) on
+            # Python 3.11 waits for the cancelled task to finish, however long.
             await self._finish_batches()
-            for task in background:
-                task.cancel()
-            for task in background:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await self._stop_background(background)
             await self._leave()
 
     async def _start(self, stop: asyncio.Event) -> bool:
@@ -296,12 +301,23 @@ class BatchWorker:
         for task in list(self._batches):
             task.cancel()
 
+    async def _stop_background(self, background: Sequence[asyncio.Task[None]]) -> None:
+        for task in background:
+            task.cancel()
+        _, stuck = await asyncio.wait(background, timeout=STOP_BACKGROUND_SECONDS)
+        if stuck:
+            # Cancelled and still in a call (its finally): left to end on its own.
+            log.warning("worker.background_not_stopped", jobs=len(stuck))
+
     async def _leave(self) -> None:
         """Return whatever this worker still holds and drop its registry record."""
         try:
-            returned = await self.backend.leave(self.record)
+            async with asyncio.timeout(LEAVE_TIMEOUT_SECONDS):
+                returned = await self.backend.leave(self.record)
             if returned:
                 log.info("worker.returned_jobs", count=returned)
         except Exception as exc:
-            log.warning("worker.leave_failed", error=str(exc))
+            # TimeoutError included: the entries stay pending and are reclaimed
+            # after the idle timeout; the record expires (worker_forget_after).
+            log.warning("worker.leave_failed", error=str(exc) or type(exc).__name__)
         log.info("worker.stopped", worker_id=self.id, processed=self.record.processed)

@@ -20,6 +20,7 @@ from services.queue.model import Job, JobResult, Outcome
 from services.queue.settings import QueueSettings
 from services.queue.worker import redis_worker
 from shared.config import load_settings
+from tests.support.hang_dump import await_chain
 
 
 def make_settings(**overrides: Any) -> QueueSettings:
@@ -106,13 +107,28 @@ async def running_worker(settings: QueueSettings, handler: Any) -> AsyncIterator
     finally:
         stop.set()
         try:
-            await asyncio.wait_for(task, 30)
+            await stopped(task, "the worker", within=30)
         finally:
             await worker.backend.close()
 
 
+async def stopped(task: asyncio.Task[Any], what: str, within: float) -> None:
+    """Wait for a task told to stop; fail naming where it waits if it does not
+    (asyncio.wait_for would wait for ever for a task that outlives its cancel)."""
+    done, _ = await asyncio.wait({task}, timeout=within)
+    if not done:
+        where = " > ".join(
+            f"{frame.f_code.co_name}:{frame.f_lineno}" for frame in await_chain(task.get_coro())
+        )
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=10)
+        state = "ended after a cancel" if done else "still running after a cancel"
+        raise AssertionError(f"{what} did not stop within {within} s ({state}); it was in {where}")
+    task.result()
+
+
 async def delete_queue_keys(redis_url: str, queue_name: str) -> None:
-    client = Redis.from_url(redis_url)
+    client = Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
     try:
         keys = [key async for key in client.scan_iter(match=f"verifier:queue:{{{queue_name}}}:*")]
         if keys:

@@ -4,6 +4,8 @@ jobs, offline workers, the pause re-read, trimming, and the duplicate guard."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,9 +17,11 @@ from redis.asyncio import Redis
 from verifier.queue.v1 import queue_pb2, queue_pb2_grpc
 
 from services.queue.broker import GROUP, encode_job
+from services.queue.consumer import LEAVE_TIMEOUT_SECONDS, STOP_BACKGROUND_SECONDS
 from services.queue.main import build_spec
 from services.queue.model import Job, WorkerRecord, WorkerState
 from services.queue.redis_backend import RedisQueue
+from services.queue.worker import redis_worker
 from shared.grpc_client import create_channel
 from shared.grpc_server import start_server
 from tests.integration.queue.conftest import queue_test_settings
@@ -258,3 +262,32 @@ async def test_stream_entry_without_data_is_acknowledged(queue: RedisQueue) -> N
         await wait_until(lambda: handler.finished, "the good job to run")
         await wait_until(_no_pending(queue), "the empty entry to be acknowledged")
     assert [job.task_id for job in handler.runs] == ["next-to-empty"]
+
+
+async def test_stopping_worker_ends_within_seconds_while_redis_does_not_answer(
+    tmp_path: Path,
+) -> None:
+    """Stopped, then cancelled (as asyncio.wait_for does at its timeout), a worker
+    whose Redis is frozen ends within its bounded leave: its Redis calls, each
+    retried by redis-py with a 10 s socket timeout, once kept it for minutes."""
+    with throwaway_redis() as url:
+        worker = redis_worker(queue_test_settings(url, tmp_path))
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(RecordingHandler(), stop))
+        try:
+            await wait_until(lambda: worker.ready.is_set(), "the worker to start")
+            pid = int((await worker.backend.redis.info("server"))["process_id"])
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                stop.set()
+                await asyncio.wait({task}, timeout=2.0)
+                task.cancel()
+                bound = STOP_BACKGROUND_SECONDS + LEAVE_TIMEOUT_SECONDS + 10.0
+                done, _ = await asyncio.wait({task}, timeout=bound)
+                assert done, f"the worker still ran {bound} s after its cancel"
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        finally:
+            stop.set()
+            await asyncio.wait({task}, timeout=30)
+            await worker.backend.close()
