@@ -38,7 +38,11 @@ def auth_settings(postgres_url: str, redis_url: str, data_dir: Path, s3: S3Serve
     return stack_settings(postgres_url, redis_url, data_dir, s3, **extra)
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: the stack's worker retries the redpill tasks these
+# tests create (api.redpill.ai is not reachable from CI: a transient fault) for
+# the whole retry budget; it stops with the last test here instead of costing
+# CPU in every later test of the session (they share one event loop).
+@pytest.fixture(scope="package")
 async def auth_stack(
     postgres_url: str, redis_url: str, s3: S3Server, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
@@ -50,7 +54,7 @@ async def auth_stack(
 MakeKey = Callable[..., Awaitable[str]]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def make_key(auth_stack: Stack) -> AsyncIterator[MakeKey]:
     """make_key("tasks.submit", owner="alice") -> a fresh key with those scopes."""
     store = KeyStore(auth_stack.settings.tasks.effective_database_url)

@@ -1,4 +1,4 @@
-"""The real stack behind the gateway, shared by the gateway's HTTP tests of a session."""
+"""The real stack behind the gateway, shared by the gateway's HTTP tests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from tests.integration.gateway.stack import Stack, running_stack, stack_settings
 from tests.support.servers import S3Server
 
 
-@pytest.fixture(scope="session")
+# Package scope: its servers (health probes, reconciler) stop with the last
+# gateway test instead of running through the rest of the session's one loop.
+@pytest.fixture(scope="package")
 async def gateway_stack(
     postgres_url: str, redis_url: str, s3: S3Server, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
