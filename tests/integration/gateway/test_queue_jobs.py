@@ -122,8 +122,14 @@ async def test_discard_cancels_the_task_and_failed_jobs_come_from_the_tasks(
         await until("the failing task to fail", failed, within=60)
         listed = (await http.get("/api/v1/queue/jobs", params={"state": "failed"})).json()
         assert failed_id in [job["taskId"] for job in listed["jobs"]]
-        job = (await http.get(f"/api/v1/queue/jobs/{failed_id}")).json()
-        assert job["state"] == "failed"
+
+        async def job_failed() -> Any:
+            job = (await http.get(f"/api/v1/queue/jobs/{failed_id}")).json()
+            return job if job["state"] == "failed" else None
+
+        # The worker fails the task (FailTasks) and then settles its job: until
+        # then the job is still in hand ("active").
+        job = await until("the failed task's job to be settled", job_failed)
         assert job["finishedAt"]
 
 
