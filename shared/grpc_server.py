@@ -9,8 +9,8 @@ What each service gets from `serve()` / `start_server()`:
 - the request-context interceptor: takes `x-request-id` from the metadata (or
   makes one), binds it into every log line, returns it, and maps domain errors
   to gRPC status codes (the one place this happens);
-- graceful shutdown on SIGTERM/SIGINT: health turns NOT_SERVING, in-flight
-  calls get `shutdown_grace_seconds` to finish.
+- graceful shutdown (`serve`, which shared.entrypoint runs until SIGTERM/SIGINT):
+  health turns NOT_SERVING, in-flight calls get `shutdown_grace_seconds` to finish.
 
 Servicer methods stay thin: parse, call the domain, map the result. Streaming
 handlers must be async generators.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -472,13 +471,10 @@ async def _supervise(job: Callable[[], Awaitable[None]]) -> None:
     await keep_running(name, job, backoff=BACKGROUND_BACKOFF, traceback=True)
 
 
-async def serve(spec: ServiceSpec) -> None:
-    """Run the server until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(spec: ServiceSpec, stop: asyncio.Event) -> None:
+    """Run the server until `stop` is set (shared.entrypoint sets it on SIGTERM
+    or SIGINT) or it terminates, then shut down gracefully."""
     running = await start_server(spec)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     waiter = asyncio.create_task(running.wait())
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,3 +1,5 @@
+import sys
+
 from services.gateway.main import main
 
-main()
+sys.exit(main())

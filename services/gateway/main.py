@@ -10,15 +10,14 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
+import sys
 from types import FrameType
 
 import uvicorn
 
 from services.gateway.app import GatewayApp, GatewayState, create_app
 from services.gateway.settings import GatewaySettings
-from shared import metrics
-from shared.config import add_config_arguments, settings_from_args
-from shared.log import configure_logging
+from shared.entrypoint import new_parser, run_main
 
 
 def uvicorn_config(settings: GatewaySettings, app: GatewayApp) -> uvicorn.Config:
@@ -57,16 +56,17 @@ class GatewayServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.gateway", description=__doc__)
-    add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    settings = settings_from_args(GatewaySettings, args)
-    configure_logging("gateway", settings.log_level, settings.log_format)
-    metrics.configure(settings.metrics_enabled)
+def _run(settings: GatewaySettings, _args: argparse.Namespace) -> None:
+    # uvicorn runs its own loop (uvloop) and handles SIGTERM/SIGINT itself:
+    # GatewayServer.handle_exit starts the drain, then the graceful shutdown.
     app = create_app(settings)
     GatewayServer(uvicorn_config(settings, app), app.state).run()
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = new_parser("python -m services.gateway", __doc__)
+    return run_main("gateway", GatewaySettings, _run, argv, parser=parser)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

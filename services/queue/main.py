@@ -11,7 +11,6 @@ process's memory and it runs one worker itself.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import time
@@ -21,10 +20,9 @@ import grpc
 from verifier.queue.v1 import queue_pb2_grpc
 from verifier.tasks.v1 import tasks_pb2_grpc
 
-from shared import metrics
-from shared.config import add_config_arguments, settings_from_args
-from shared.grpc_server import DependencyProbe, ServiceSpec, serve
-from shared.log import configure_logging, get_logger
+from shared.entrypoint import new_parser, run_main, serving
+from shared.grpc_server import DependencyProbe, ServiceSpec
+from shared.log import get_logger
 from shared.retry import keep_running
 from shared.security import (
     internal_channel,
@@ -184,14 +182,9 @@ def build_spec(
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.queue",
-        description="QueueService: the verification queue on Redis, or in-process without it",
+def main(argv: list[str] | None = None) -> int:
+    parser = new_parser(
+        "python -m services.queue",
+        "QueueService: the verification queue on Redis, or in-process without it",
     )
-    add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    settings = settings_from_args(QueueSettings, args)
-    configure_logging("queue", settings.log_level, settings.log_format)
-    metrics.configure(settings.metrics_enabled)
-    asyncio.run(serve(build_spec(settings)))
+    return run_main("queue", QueueSettings, serving(build_spec), argv, parser=parser)

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
-import signal
 import sys
 import time
 
 from shared import metrics
-from shared.config import add_config_arguments, settings_from_args
-from shared.log import configure_logging, get_logger
+from shared.entrypoint import new_parser, run_main, until_signalled
+from shared.log import get_logger
 
 from .consumer import BatchWorker
 from .main import create_worker
@@ -39,11 +39,8 @@ def redis_worker(settings: QueueSettings) -> BatchWorker:
     return create_worker(settings, RedisQueue(settings, consumer_name=record.id), record)
 
 
-async def run_worker(settings: QueueSettings, stop: asyncio.Event | None = None) -> None:
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+async def run_worker(settings: QueueSettings, stop: asyncio.Event) -> None:
+    """One worker until `stop` is set; then the jobs in hand finish first."""
     worker = redis_worker(settings)
     connection = PipelineConnection(settings, worker.id)
     exporter = metrics.serve_metrics(settings.worker_metrics_listen_addr)
@@ -56,25 +53,24 @@ async def run_worker(settings: QueueSettings, stop: asyncio.Event | None = None)
             exporter.close()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="verifier-worker",
-        description="A queue worker: verifies queued tasks from Redis (REDIS_URL)",
-    )
-    add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    settings = settings_from_args(QueueSettings, args)
-    configure_logging("worker", settings.log_level, settings.log_format)
-    metrics.configure(settings.metrics_enabled)
+def _run(settings: QueueSettings, _args: argparse.Namespace) -> int | None:
     if not settings.redis_url:
         print(
             "REDIS_URL is not set: in the embedded mode the queue service "
             "(python -m services.queue) runs the workers itself",
             file=sys.stderr,
         )
-        raise SystemExit(2)
-    asyncio.run(run_worker(settings))
+        return 2
+    asyncio.run(until_signalled(functools.partial(run_worker, settings)))
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = new_parser(
+        "verifier-worker", "A queue worker: verifies queued tasks from Redis (REDIS_URL)"
+    )
+    return run_main("worker", QueueSettings, _run, argv, parser=parser)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,7 +8,6 @@ python -m services.tasks migrate   apply the database migrations and exit
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 from dataclasses import dataclass
@@ -24,9 +23,9 @@ from verifier.tasks.v1 import (
 )
 
 from shared import metrics
-from shared.config import add_config_arguments, settings_from_args
-from shared.grpc_server import DependencyProbe, ServiceSpec, serve
-from shared.log import configure_logging, get_logger
+from shared.entrypoint import new_parser, run_main, serving
+from shared.grpc_server import DependencyProbe, ServiceSpec
+from shared.log import get_logger
 from shared.security import internal_target, service_security
 from shared.tls import channel_credentials
 
@@ -253,27 +252,7 @@ def _count_finished(task: Task) -> None:
     metrics.task_finished(task.status.value, task.verdict, seconds)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["api-key"]:
-        from . import keys_cli
-
-        return keys_cli.main(argv[1:])
-    parser = argparse.ArgumentParser(
-        prog="python -m services.tasks", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "command",
-        nargs="?",
-        default="serve",
-        choices=["serve", "migrate", "api-key"],
-        help="default: serve; api-key: see `api-key --help`",
-    )
-    add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    settings = settings_from_args(TasksSettings, args)
-    configure_logging("tasks", settings.log_level, settings.log_format)
-    metrics.configure(settings.metrics_enabled)
+def serve_tasks(settings: TasksSettings, args: argparse.Namespace) -> int | None:
     if args.command == "migrate":
         apply_migrations(settings)
         return 0
@@ -285,5 +264,21 @@ def main(argv: list[str] | None = None) -> int:
         database="sqlite" if settings.embedded_database else "postgresql",
         queue=settings.queue_addr,
     )
-    asyncio.run(serve(service.spec))
-    return 0
+    return serving(lambda _: service.spec)(settings, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["api-key"]:
+        from . import keys_cli
+
+        return keys_cli.main(argv[1:])
+    parser = new_parser("python -m services.tasks", __doc__.split("\n\n")[0])
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="serve",
+        choices=["serve", "migrate", "api-key"],
+        help="default: serve; api-key: see `api-key --help`",
+    )
+    return run_main("tasks", TasksSettings, serve_tasks, argv, parser=parser)

@@ -4,15 +4,12 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 
-from shared import metrics
-from shared.config import add_config_arguments, settings_from_args
-from shared.grpc_server import DependencyProbe, ServiceSpec, serve
-from shared.log import configure_logging
+from shared.entrypoint import new_parser, run_main, serving
+from shared.grpc_server import DependencyProbe, ServiceSpec
 from shared.retry import Backoff, keep_running
 from shared.security import internal_channel, service_security
 
@@ -165,13 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve":
         argv = argv[1:]
-    parser = argparse.ArgumentParser(prog="python -m services.verification serve")
-    add_config_arguments(parser)
-    settings = settings_from_args(VerificationSettings, parser.parse_args(argv))
-    configure_logging("verification", settings.log_level, settings.log_format)
-    metrics.configure(settings.metrics_enabled)
-    asyncio.run(serve(build_spec(settings)))
-    return 0
+    parser = new_parser("python -m services.verification serve")
+    return run_main("verification", VerificationSettings, serving(build_spec), argv, parser=parser)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,7 @@ import httpx
 from redis.asyncio import Redis
 
 from services.queue.main import build_spec as queue_spec
-from services.queue.pipeline import PipelineConnection
-from services.queue.settings import QueueSettings
-from services.queue.worker import redis_worker
+from services.queue.worker import run_worker
 from services.stack import StackSettings
 from services.tasks.main import apply_migrations, build_service
 from services.verification.main import build_spec as verification_spec
@@ -73,16 +71,6 @@ def stack_settings(
     return stack_settings_from(values)
 
 
-async def _run_worker(settings: QueueSettings, stop: asyncio.Event) -> None:
-    worker = redis_worker(settings)
-    connection = PipelineConnection(settings, worker.id)
-    try:
-        await worker.run(connection.pipeline, stop, connection.gates)
-    finally:
-        await connection.close()
-        await worker.backend.close()
-
-
 async def wait_ready(base_url: str, within_seconds: float = 60.0) -> None:
     """Until /health/detailed says every service and store is up (as a deployment waits
     for readiness): a service's first probe pass, or its bucket, may still be pending."""
@@ -112,7 +100,7 @@ async def running_stack(
         servers["queue"] = await start_server(queue_spec(settings.queue))
         servers["tasks"] = await start_server(build_service(settings.tasks).spec)
         if with_worker:
-            worker_task = asyncio.create_task(_run_worker(settings.queue, stop_worker))
+            worker_task = asyncio.create_task(run_worker(settings.queue, stop_worker))
         async with running_gateway(settings.gateway) as base_url:
             await wait_ready(base_url)
             yield Stack(settings, base_url, servers)
