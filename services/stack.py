@@ -11,10 +11,13 @@ Ctrl-C or SIGTERM stops the children gracefully (SIGTERM, then SIGKILL after
 the grace period). If one child dies, the rest are stopped and the exit code
 is non-zero: a half-running stack is worse than a clear failure.
 
-`--check-config` (`make check-config`) loads every service's settings from the
-same environment and file, prints them (secrets masked) and refuses a file key
-that no service declares. This module is not a service: it imports each
-service's settings module and nothing else of them (tests/unit/test_import_rules.py).
+`--check-config` (`make check-config`) asks every service for its effective
+settings (`python -m services.<name> --check-config`, from the same
+environment and file), prints them (secrets masked) and refuses a file key
+that no service declares. `make run` asks the same first, so a bad value stops
+the stack before anything starts. This module is not a service and imports
+none: it knows the services by their module names only
+(tests/unit/test_import_rules.py).
 """
 
 from __future__ import annotations
@@ -31,57 +34,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.gateway.settings import GatewaySettings
-from services.queue.settings import QueueSettings
-from services.tasks.settings import TasksSettings
-from services.verification.settings import VerificationSettings
+import grpc
+
 from shared.config import (
+    INVALID_CONFIGURATION,
     PROJECT_ROOT,
     CommonSettings,
     ConfigError,
     add_config_arguments,
     check_known_keys,
     config_file_path,
-    load_settings,
-    setting_names,
+    with_values,
 )
+from shared.grpc_client import health_serving
+from shared.security import public_channel_credentials
 from shared.tls import ensure_dev_certs
 
-# Each service's settings class, by the name of its process (workers are the queue's).
-SETTINGS: dict[str, type[CommonSettings]] = {
-    "tasks": TasksSettings,
-    "queue": QueueSettings,
-    "verification": VerificationSettings,
-    "gateway": GatewaySettings,
-}
-
-
-@dataclass(frozen=True)
-class StackSettings:
-    """Every service's settings, loaded from one environment and file."""
-
-    tasks: TasksSettings
-    queue: QueueSettings
-    verification: VerificationSettings
-    gateway: GatewaySettings
-
-    def masked(self) -> dict[str, dict[str, Any]]:
-        return {name: getattr(self, name).masked() for name in SETTINGS}
-
-
-def load_stack_settings(
-    env: Mapping[str, str] | None = None, config_file: str | Path | None = None
-) -> StackSettings:
-    """Load and check every service's settings; a ConfigError names the service."""
-    loaded: dict[str, Any] = {}
-    for name, cls in SETTINGS.items():
-        try:
-            loaded[name] = load_settings(cls, env, config_file)
-        except ConfigError as exc:
-            raise ConfigError(f"{name}.{exc.field}", exc.message) from None
-    known = set().union(*(setting_names(cls) for cls in SETTINGS.values()))
-    check_known_keys(config_file_path(env, config_file), known)
-    return StackSettings(**loaded)
+# A service's settings as its --check-config prints them (secrets masked).
+Printed = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -89,61 +59,105 @@ class Component:
     name: str
     module: str
     args: tuple[str, ...] = ()
-    # Where its grpc.health.v1 answers; the gateway starts once these all serve,
-    # so the first REST request does not meet a service still starting.
-    health_addr: str = ""
+    # The setting holding where its grpc.health.v1 answers; the gateway starts
+    # once these all serve, so the first REST request does not meet a service
+    # still starting.
+    health_setting: str = ""
 
-    def command(self, config: str | None) -> list[str]:
-        cmd = [sys.executable, "-m", self.module, *self.args]
+    def command(self, config: str | None, *extra: str) -> list[str]:
+        cmd = [sys.executable, "-m", self.module, *self.args, *extra]
         if config:
             cmd += ["--config", config]
         return cmd
 
 
-def components(stack: StackSettings) -> list[Component]:
+# The services, in start order (dependencies first); the worker reads the
+# queue's settings and joins with REDIS_URL.
+SERVICES: dict[str, Component] = {
+    "verification": Component(
+        "verification", "services.verification", ("serve",), "verification_addr"
+    ),
+    "queue": Component("queue", "services.queue", (), "queue_addr"),
+    "tasks": Component("tasks", "services.tasks", (), "tasks_addr"),
+    "gateway": Component("gateway", "services.gateway"),
+}
+WORKER = Component("worker", "services.queue.worker")
+# The order in which a refused configuration is reported.
+CHECK_ORDER = ("tasks", "queue", "verification", "gateway")
+
+
+def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The children's environment: ours, with the project and its generated
+    stubs on the path whatever the caller's cwd."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(
+            None, [str(PROJECT_ROOT), str(PROJECT_ROOT / "shared" / "gen"), env.get("PYTHONPATH")]
+        )
+    )
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _refusal(name: str, code: int, stderr: str) -> ConfigError:
+    """The ConfigError a service's --check-config exited with, named service.field."""
+    line = next((x for x in stderr.splitlines() if x.startswith(INVALID_CONFIGURATION)), "")
+    if code == 2 and line:
+        field, _, message = line[len(INVALID_CONFIGURATION) :].partition(": ")
+        return ConfigError(f"{name}.{field}", message)
+    return ConfigError(name, f"--check-config exited with {code}: {stderr.strip()[-2000:]}")
+
+
+def check_settings(config: str | None, env: Mapping[str, str] | None = None) -> dict[str, Printed]:
+    """Every service's effective settings, each printed by the service itself
+    (run side by side); a ConfigError names service.field when one refuses."""
+    env = child_env(env)
+    procs = {
+        name: subprocess.Popen(
+            part.command(config, "--check-config"),
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, part in SERVICES.items()
+    }
+    replies = {name: proc.communicate(timeout=300) for name, proc in procs.items()}
+    for name in CHECK_ORDER:
+        if procs[name].returncode != 0:
+            raise _refusal(name, procs[name].returncode, replies[name][1])
+    printed = {name: json.loads(replies[name][0]) for name in CHECK_ORDER}
+    check_known_keys(config_file_path(env, config), set().union(*printed.values()))
+    return printed
+
+
+def components(printed: Mapping[str, Printed]) -> list[Component]:
     """The processes of the stack, in start order (dependencies first)."""
-    settings = stack.gateway  # the peers' addresses are the same in every service's settings
-    parts = [
-        Component("verification", "services.verification", ("serve",), settings.verification_addr),
-        Component("queue", "services.queue", (), settings.queue_addr),
-        Component("tasks", "services.tasks", (), settings.tasks_addr),
-        Component("gateway", "services.gateway"),
-    ]
-    if stack.queue.redis_url:
-        parts.insert(2, Component("worker", "services.queue.worker"))
+    parts = list(SERVICES.values())
+    if printed["queue"]["redis_url"]:
+        parts.insert(2, WORKER)
     return parts
 
 
-def _serving(addr: str) -> bool:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(addr) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1
-            )
-        except grpc.RpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-
 def _wait_serving(
-    parts: list[Component],
+    targets: Mapping[str, str],
     procs: dict[str, subprocess.Popen[bytes]],
     within: float,
     stopping: Callable[[], bool],
+    credentials: grpc.ChannelCredentials | None,
 ) -> bool:
-    """Wait until every started gRPC service serves. False if one exits or a stop
-    is requested meanwhile; True (with a warning) when time runs out."""
+    """Wait until every started gRPC service (name: its address) serves. False if
+    one exits or a stop is requested meanwhile; True (with a warning) when time
+    runs out."""
     deadline = time.monotonic() + within
-    pending = [p for p in parts if p.health_addr and p.name in procs]
+    pending = [name for name in targets if name in procs]
     while pending:
-        if stopping() or any(procs[p.name].poll() is not None for p in pending):
+        if stopping() or any(procs[name].poll() is not None for name in pending):
             return False
-        pending = [p for p in pending if not _serving(p.health_addr)]
+        pending = [name for name in pending if not health_serving(targets[name], credentials)]
         if pending and time.monotonic() > deadline:
-            names = ", ".join(p.name for p in pending)
+            names = ", ".join(pending)
             print(f"stack: still waiting for {names}; starting the rest", file=sys.stderr)
             return True
         if pending:
@@ -178,27 +192,34 @@ def prepare_auth(settings: CommonSettings, config: str | None, env: dict[str, st
             f"stack: made dev certificates for {', '.join(made)} in {settings.effective_tls_dir}",
             file=sys.stderr,
         )
-    cmd = [sys.executable, "-m", "services.tasks", "api-key", "bootstrap"]
-    if config:
-        cmd += ["--config", config]
+    cmd = Component("api-key", SERVICES["tasks"].module, ("api-key", "bootstrap")).command(config)
     done = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"stack: cannot create the admin key:\n{done.stderr[-2000:]}")
     print(f"stack: {done.stdout.strip()}", file=sys.stderr, flush=True)
 
 
-def run(stack: StackSettings, config: str | None) -> int:
-    settings = stack.gateway
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    # Children find the project and its generated stubs whatever the caller's cwd.
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(
-            None, [str(PROJECT_ROOT), str(PROJECT_ROOT / "shared" / "gen"), env.get("PYTHONPATH")]
-        )
+def _describe(printed: Mapping[str, Printed], data_dir: str) -> str:
+    gateway, tasks = printed["gateway"], printed["tasks"]
+    mode = "redis" if printed["queue"]["redis_url"] else "embedded queue"
+    store = "postgresql" if tasks["database_url"] else f"sqlite ({data_dir})"
+    reports = printed["verification"]["s3_endpoint"] or f"local folder ({data_dir})"
+    return (
+        f"stack: database={store} queue={mode} reports={reports}\n"
+        f"stack: REST http://{gateway['host']}:{gateway['port']}"
+        f"  tasks gRPC {tasks['tasks_listen_addr']}"
     )
-    env.setdefault("PYTHONUNBUFFERED", "1")
+
+
+def run(printed: Mapping[str, Printed], config: str | None) -> int:
+    # The topology (peers' addresses, data folder, authentication) is the same
+    # in every service's settings.
+    settings = with_values(CommonSettings, printed["gateway"])
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    env = child_env()
     prepare_auth(settings, config, env)
+    # The public ports speak TLS under TLS_PUBLIC: so does the wait for them.
+    credentials = public_channel_credentials(settings, "gateway")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -208,20 +229,12 @@ def run(stack: StackSettings, config: str | None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    mode = "redis" if stack.queue.redis_url else "embedded queue"
-    store = "postgresql" if stack.tasks.database_url else f"sqlite ({settings.data_dir})"
-    reports = stack.verification.s3_endpoint or f"local folder ({settings.data_dir})"
-    print(
-        f"stack: database={store} queue={mode} reports={reports}\n"
-        f"stack: REST http://{settings.host}:{settings.port}"
-        f"  tasks gRPC {stack.tasks.tasks_listen_addr}",
-        file=sys.stderr,
-        flush=True,
-    )
-    parts = components(stack)
+    print(_describe(printed, settings.data_dir), file=sys.stderr, flush=True)
+    parts = components(printed)
+    targets = {p.name: getattr(settings, p.health_setting) for p in parts if p.health_setting}
     for part in parts:
         if part.name == "gateway" and not _wait_serving(
-            parts, procs, within=60, stopping=lambda: stopping
+            targets, procs, 60, lambda: stopping, credentials
         ):
             break  # a service died while starting: the loop below reports it
         procs[part.name] = subprocess.Popen(part.command(config), cwd=PROJECT_ROOT, env=env)
@@ -246,14 +259,14 @@ def main(argv: list[str] | None = None) -> None:
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        stack = load_stack_settings(config_file=args.config)
+        printed = check_settings(args.config)
     except ConfigError as exc:
-        print(f"invalid configuration: {exc}", file=sys.stderr)
+        print(f"{INVALID_CONFIGURATION}{exc}", file=sys.stderr)
         raise SystemExit(2) from None
     if args.check_config:
-        print(json.dumps(stack.masked(), indent=2, sort_keys=True))
+        print(json.dumps(printed, indent=2, sort_keys=True))
         raise SystemExit(0)
-    raise SystemExit(run(stack, args.config))
+    raise SystemExit(run(printed, args.config))
 
 
 if __name__ == "__main__":

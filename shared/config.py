@@ -33,6 +33,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 CONFIG_FILE_ENV = "VERIFIER_CONFIG"
 MASK = "********"
+# How an entry point reports a ConfigError on stderr (before exiting 2).
+INVALID_CONFIGURATION = "invalid configuration: "
 
 # The project root: embedded-mode files (SQLite, report folder) default under data/.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -416,7 +418,7 @@ def settings_from_args(cls: type[S], args: argparse.Namespace) -> S:
     try:
         settings = load_settings(cls, config_file=getattr(args, "config", None))
     except ConfigError as exc:
-        print(f"invalid configuration: {exc}", file=sys.stderr)
+        print(f"{INVALID_CONFIGURATION}{exc}", file=sys.stderr)
         raise SystemExit(2) from None
     if getattr(args, "check_config", False):
         print(json.dumps(settings.masked(), indent=2, sort_keys=True))

@@ -124,3 +124,26 @@ def create_channel(
             target, credentials, options=CHANNEL_OPTIONS, interceptors=interceptors
         )
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
+
+
+def health_serving(
+    target: str, credentials: grpc.ChannelCredentials | None = None, timeout: float = 1.0
+) -> bool:
+    """Whether grpc.health.v1 at `target` answers SERVING: a blocking check for
+    whatever waits for a process to come up (the `make run` launcher, test stacks).
+    TLS with `credentials` (a public port under TLS_PUBLIC), else plaintext."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    channel = (
+        grpc.secure_channel(target, credentials)
+        if credentials is not None
+        else grpc.insecure_channel(target)
+    )
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

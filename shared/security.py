@@ -116,8 +116,9 @@ def internal_target(settings: Settings, peer: str) -> str:
 
 def public_channel_credentials(settings: Settings, me: str) -> grpc.ChannelCredentials | None:
     """Credentials for the peers' public ports: TLS trusting our CA when
-    TLS_PUBLIC is set, None (plaintext) otherwise."""
-    if not settings.tls_public:
+    TLS_PUBLIC is set with authentication on (as the servers listen), None
+    (plaintext) otherwise."""
+    if not (settings.auth_enabled and settings.tls_public):
         return None
     creds: Any = channel_credentials(
         CertPaths.of(settings.effective_tls_dir, me), client_cert=False

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from services.stack import SETTINGS
 from shared import metrics
 from tests.support import servers
 from tests.support.hang_dump import DUMP_BEFORE_TIMEOUT_SECONDS, HangDumpTimer
+from tests.support.settings import SETTINGS
 
 # The services' metrics ports default to fixed numbers (9451-9453, production's),
 # which parallel test runs on one machine would fight over. A test that names no

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
-from services.stack import SETTINGS, load_stack_settings
 from shared import metrics
 from shared.config import secret_names, setting_names
 from shared.grpc_server import ServiceSpec, start_server
 from tests.support.servers import free_port
+from tests.support.settings import SETTINGS, load_stack_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"

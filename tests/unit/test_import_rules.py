@@ -2,8 +2,8 @@
 
 - no service imports another service (each talks to the others over gRPC);
 - shared/ (the library) imports no service;
-- services/stack.py (make run, make check-config) is not a service: it may
-  import each service's settings module, and nothing else of a service.
+- services/stack.py (make run, make check-config) is not a service and imports
+  none: it starts each as a process by its module name.
 
 Imports inside functions and `if TYPE_CHECKING:` blocks count too."""
 
@@ -77,13 +77,12 @@ def _shared_violations() -> list[str]:
 
 
 def _stack_violations() -> list[str]:
-    found = []
-    for path in sorted((ROOT / "services").glob("*.py")):
-        for line, module in _imports(path):
-            service = _service_of(module)
-            if service is not None and module != f"services.{service}.settings":
-                found.append(_where(path, line, module))
-    return found
+    return [
+        _where(path, line, module)
+        for path in sorted((ROOT / "services").glob("*.py"))
+        for line, module in _imports(path)
+        if _service_of(module) is not None
+    ]
 
 
 def violations() -> list[str]:
@@ -111,8 +110,9 @@ def test_there_are_services_to_check() -> None:
         ("services/tasks/x.py", "from services.tasks.settings import TasksSettings\n", False),
         ("shared/x.py", "from services.tasks.settings import TasksSettings\n", True),
         ("shared/x.py", "from shared.config import CommonSettings\n", False),
-        ("services/x.py", "from services.queue.settings import QueueSettings\n", False),
+        ("services/x.py", "from services.queue.settings import QueueSettings\n", True),
         ("services/x.py", "from services.queue.main import build_spec\n", True),
+        ("services/x.py", "from shared.config import CommonSettings\n", False),
     ],
 )
 def test_the_rule_catches_what_it_should(

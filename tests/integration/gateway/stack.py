@@ -17,13 +17,12 @@ from redis.asyncio import Redis
 
 from services.queue.main import build_spec as queue_spec
 from services.queue.worker import run_worker
-from services.stack import StackSettings
 from services.tasks.main import apply_migrations, build_service
 from services.verification.main import build_spec as verification_spec
 from shared.grpc_server import RunningServer, start_server
 from tests.integration.gateway.support import running_gateway
 from tests.support.servers import S3Server, free_port
-from tests.support.settings import stack_settings_from
+from tests.support.settings import StackSettings, stack_settings_from
 
 
 @dataclass

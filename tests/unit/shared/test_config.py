@@ -12,10 +12,10 @@ import pytest
 
 from services.gateway.settings import GatewaySettings
 from services.queue.settings import QueueSettings
-from services.stack import SETTINGS, load_stack_settings
 from services.tasks.settings import TasksSettings, database_url
 from services.verification.settings import VerificationSettings
 from shared.config import MASK, CommonSettings, ConfigError, load_settings, mask_url
+from tests.support.settings import SETTINGS, load_stack_settings
 
 ROOT = Path(__file__).resolve().parents[3]
 
