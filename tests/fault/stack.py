@@ -22,11 +22,10 @@ from typing import Any
 import grpc
 import redis
 from google.protobuf import json_format
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from verifier.queue.v1 import queue_pb2, queue_pb2_grpc
 from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 
-from shared.grpc_client import create_channel
+from shared.grpc_client import create_channel, health_serving
 from shared.tls import CertPaths, channel_credentials
 from tests.support.auth import auth_env, bootstrap_admin_key
 from tests.support.servers import free_port
@@ -44,17 +43,6 @@ FINISHED = {
     tasks_pb2.TASK_STATUS_FAILED,
     tasks_pb2.TASK_STATUS_CANCELLED,
 }
-
-
-def _serving(port: int) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1.0
-            )
-        except grpc.RpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 @dataclass
@@ -92,7 +80,7 @@ class Process:
         while time.monotonic() < deadline:
             if not self.running:
                 raise RuntimeError(f"{self.name} exited:\n{self.tail()}")
-            if _serving(self.port):
+            if health_serving(f"127.0.0.1:{self.port}"):
                 return
             time.sleep(0.2)
         raise RuntimeError(f"{self.name} did not become SERVING:\n{self.tail()}")
