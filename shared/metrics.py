@@ -20,8 +20,9 @@ benchmark's "off" side).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -170,6 +171,33 @@ def _code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> str:
     return default.name
 
 
+class _CallMetrics:
+    """The series of one method and kind ("unary", "server_stream"): `observe`
+    counts a call started, then its duration and status code once it ends."""
+
+    def __init__(self, kind: str, service: str, name: str) -> None:
+        self._labels = (kind, service, name)
+        self._started = GRPC_STARTED.labels(*self._labels)
+        self._handling = GRPC_HANDLING.labels(*self._labels)
+
+    @contextlib.contextmanager
+    def observe(self, context: grpc.aio.ServicerContext) -> Iterator[None]:
+        self._started.inc()
+        began = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except BaseException:
+            code = grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            self._handling.observe(time.perf_counter() - began)
+            GRPC_HANDLED.labels(*self._labels, _code(context, code)).inc()
+
+
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """go-grpc-prometheus's server metrics; install it outermost, so it sees the
     status the error mapping chose."""
@@ -185,24 +213,11 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         service, name = _split(handler_call_details.method)
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
-            started_uu = GRPC_STARTED.labels("unary", service, name)
-            handling_uu = GRPC_HANDLING.labels("unary", service, name)
+            unary = _CallMetrics("unary", service, name)
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started_uu.inc()
-                began = time.perf_counter()
-                code = grpc.StatusCode.OK
-                try:
+                with unary.observe(context):
                     return await inner_uu(request, context)
-                except asyncio.CancelledError:
-                    code = grpc.StatusCode.CANCELLED
-                    raise
-                except BaseException:
-                    code = grpc.StatusCode.UNKNOWN
-                    raise
-                finally:
-                    handling_uu.observe(time.perf_counter() - began)
-                    GRPC_HANDLED.labels("unary", service, name, _code(context, code)).inc()
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,
@@ -211,27 +226,14 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             )
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
-            started_us = GRPC_STARTED.labels("server_stream", service, name)
-            handling_us = GRPC_HANDLING.labels("server_stream", service, name)
+            stream = _CallMetrics("server_stream", service, name)
 
             async def unary_stream(
                 request: Any, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
-                started_us.inc()
-                began = time.perf_counter()
-                code = grpc.StatusCode.OK
-                try:
+                with stream.observe(context):
                     async for item in inner_us(request, context):
                         yield item
-                except asyncio.CancelledError:
-                    code = grpc.StatusCode.CANCELLED
-                    raise
-                except BaseException:
-                    code = grpc.StatusCode.UNKNOWN
-                    raise
-                finally:
-                    handling_us.observe(time.perf_counter() - began)
-                    GRPC_HANDLED.labels("server_stream", service, name, _code(context, code)).inc()
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream,
