@@ -18,11 +18,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.errors import AlreadyExists, NotFound
 
+from . import database
 from .apps import App, AppFilter, AppSource, AppState, LatestTask, Schedule
 from .model import AppConfigType, TaskStatus, VerificationFlags
 from .tables import apps, tasks
@@ -120,17 +121,20 @@ class AppStore:
 
     @classmethod
     def open(cls, async_url: str, pool_size: int = 4) -> AppStore:
-        if async_url.startswith("sqlite"):
-            return cls(create_async_engine(async_url, pool_size=1, max_overflow=0))
-        return cls(create_async_engine(async_url, pool_size=pool_size, max_overflow=2))
+        return cls(database.engine(async_url, pool_size))
 
     async def close(self) -> None:
         await self.engine.dispose()
 
     async def _rows(self, statement: sa.Executable, params: Any = None) -> Sequence[Any]:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(statement, params)
-            return result.mappings().all() if result.returns_rows else []
+        """A read; once more on a fresh connection if the server dropped this one."""
+
+        async def run() -> Sequence[Any]:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(statement, params)
+                return result.mappings().all() if result.returns_rows else []
+
+        return await database.healed(run, lost=(OperationalError,), idempotent=True)
 
     # --- CRUD ---------------------------------------------------------------------------
 

@@ -16,24 +16,19 @@ from typing import Any
 import orjson
 import psycopg
 import sqlalchemy as sa
-from psycopg.rows import dict_row
 from psycopg.types.json import Json, set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
-from shared.errors import Unavailable
-from shared.log import get_logger
-
+from . import database
 from . import statements as st
 from .model import Task
 from .rows import Audit, LeaseRow, Row, lease_row, task_from_row
 from .settings import database_url
 from .store import Builder, Clock, TaskStore
 from .tables import BASIC_COLUMNS, TaskId, task_events, tasks
-
-log = get_logger(__name__)
 
 _DIALECT = PGDialect_psycopg()
 
@@ -221,15 +216,7 @@ class PostgresTaskStore(TaskStore):
     def __init__(self, url: str, *, pool_size: int, clock: Clock) -> None:
         super().__init__(clock)
         self.url = database_url(url, "libpq")
-        self._pool = AsyncConnectionPool(
-            self.url,
-            min_size=min(2, pool_size),
-            max_size=pool_size,
-            kwargs={"autocommit": True, "row_factory": dict_row},
-            configure=_configure_connection,
-            timeout=5.0,
-            open=False,
-        )
+        self._pool = database.task_pool(self.url, pool_size, _configure_connection)
         self._opened = False
         # key -> (SQL text, values of the literals SQLAlchemy turned into parameters)
         self._sql: dict[Any, tuple[str, dict[str, Any]]] = {}
@@ -252,7 +239,8 @@ class PostgresTaskStore(TaskStore):
         sql, literals = self._compiled(key, build)
         values = _params({**literals, **params})
         pool = await self._connection_pool()
-        for attempt in (1, 2):
+
+        async def run() -> Sequence[Row]:
             try:
                 async with pool.connection() as conn:
                     cursor = await conn.execute(sql, values)
@@ -260,17 +248,16 @@ class PostgresTaskStore(TaskStore):
                         return []
                     return await cursor.fetchall()
             except PoolTimeout as exc:
-                raise Unavailable(f"database unavailable: {str(exc).strip()[:200]}") from None
-            except psycopg.OperationalError as exc:
-                # A pooled connection the server dropped (a restart): the pool
-                # discards it on return. An idempotent statement runs once more
-                # on a fresh connection, after the pool has checked its idle
-                # ones (all of them died with the server).
-                if attempt == 2 or not _idempotent(key, params):
-                    raise Unavailable(f"database unavailable: {str(exc).strip()[:200]}") from None
-                log.warning("database.connection_lost", error=str(exc).strip()[:200])
-                await pool.check()
-        raise AssertionError("unreachable")
+                raise database.unavailable(exc) from None
+
+        # A pooled connection the server dropped (a restart): the pool discards
+        # it on return, and an idempotent statement runs once more.
+        return await database.healed(
+            run,
+            lost=(psycopg.OperationalError,),
+            idempotent=_idempotent(key, params),
+            check=pool.check,
+        )
 
     async def close(self) -> None:
         if self._opened:

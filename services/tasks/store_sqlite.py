@@ -15,9 +15,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from . import lifecycle
+from . import database, lifecycle
 from . import statements as st
 from .errors import TaskNotFound
 from .model import Task
@@ -84,7 +84,7 @@ class SqliteTaskStore(TaskStore):
 
     def __init__(self, url: str, *, clock: Clock, on_change: OnChange | None) -> None:
         super().__init__(clock)
-        self.engine: AsyncEngine = create_async_engine(url, pool_size=1, max_overflow=0)
+        self.engine: AsyncEngine = database.engine(url)
         sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.on_change = on_change
         self._statements: dict[Any, sa.Executable] = {}

@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from verifier.ops.v1 import diagnostics_pb2, diagnostics_pb2_grpc
-from verifier.tasks.v1 import tasks_pb2, worker_pb2, worker_pb2_grpc
+from verifier.tasks.v1 import apps_pb2, apps_pb2_grpc, tasks_pb2, worker_pb2, worker_pb2_grpc
+from verifier.verification.v1 import verification_pb2
 
 from services.tasks import migrate
 from services.tasks.settings import database_url
@@ -372,5 +373,34 @@ async def test_a_postgresql_restart_costs_a_create_retried_with_its_request_id_n
             assert fresh_task.id != first.id
             got = await h.stub.GetTask(tasks_pb2.GetTaskRequest(id=fresh_task.id))
             assert got.task.request_id == f"{mode}-2"
+        finally:
+            await h.close()
+
+
+async def test_a_postgresql_restart_costs_the_apps_no_error() -> None:
+    # The apps' engine heals as the task store does: the pool checks a
+    # connection before handing it out, and a read runs once more on a fresh one.
+    with servers.throwaway_postgres() as server, servers.postgres_database(server.url) as url:
+        h = await start_harness("postgresql", url, SCHEDULER_ENABLED="false")
+        try:
+            stub = apps_pb2_grpc.AppServiceStub(h.channel)
+            app = apps_pb2.App(
+                id="0123456789abcdef0123456789abcdef",
+                name="demo",
+                app_config_type=verification_pb2.APP_CONFIG_TYPE_PHALA_CLOUD,
+                model_or_domain="demo.phala.network",
+            )
+            created = (await stub.CreateApp(apps_pb2.CreateAppRequest(app=app))).app
+            # Several connections in the pool, all of which die with the server.
+            await asyncio.gather(
+                *(stub.GetApp(apps_pb2.GetAppRequest(id=created.id)) for _ in range(4))
+            )
+            await asyncio.to_thread(server.restart, "immediate")
+            again = await asyncio.gather(
+                *(stub.GetApp(apps_pb2.GetAppRequest(id=created.id)) for _ in range(4))
+            )
+            assert {r.app.id for r in again} == {created.id}
+            listed = await stub.ListApps(apps_pb2.ListAppsRequest(page_size=10))
+            assert created.id in {a.id for a in listed.apps}
         finally:
             await h.close()
