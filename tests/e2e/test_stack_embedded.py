@@ -54,7 +54,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
         [sys.executable, "-m", "services.stack"], cwd=ROOT, env=env, stdout=log, stderr=log
     )
     try:
-        deadline = time.monotonic() + 90
+        # make run asks every service for its settings first, then starts them.
+        deadline = time.monotonic() + 150
         while time.monotonic() < deadline:
             assert proc.poll() is None, Path(log.name).read_text()[-3000:]
             if all(_serving(ports[name]) for name in ("tasks", "queue", "verification")):

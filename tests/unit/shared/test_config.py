@@ -195,7 +195,8 @@ def _run(module: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         env={"PATH": "/usr/bin:/bin", **env},
         capture_output=True,
         text=True,
-        timeout=60,
+        # Every service process imports its whole package: slow on a loaded machine.
+        timeout=240,
     )
 
 
