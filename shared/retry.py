@@ -1,5 +1,7 @@
-"""The one retry mechanism: a capped, jittered exponential backoff, and
-`keep_running`, which keeps a background body alive across faults.
+"""The one retry mechanism: a capped, jittered exponential backoff;
+`keep_running`, which keeps a background body alive across faults; and
+`retry_call`, a call tried again on a fault it may be retried for, within a
+number of tries or a time budget.
 
 A loop that must survive an outage (a listener, a maintenance tick, a bucket
 that may not exist yet) is written as a body and handed to `keep_running`
@@ -18,6 +20,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from shared.log import get_logger
 
@@ -25,6 +28,7 @@ log = get_logger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
 Rand = Callable[[], float]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -151,3 +155,56 @@ async def keep_running(
         if every is None:
             return
         await sleep(every)
+
+
+def _any(_exc: BaseException) -> bool:
+    return True
+
+
+async def retry_call(
+    name: str,
+    body: Callable[[], Awaitable[T]],
+    *,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    retry_if: Callable[[BaseException], bool] = _any,
+    backoff: Backoff | None = None,
+    tries: int | None = None,
+    budget_seconds: float | None = None,
+    outage: Outage | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
+    rand: Rand = random.random,
+) -> T:
+    """`body()`'s result, tried again after an error in `retry_on` that
+    `retry_if` accepts (a transient status), with `backoff`.
+
+    Bounded by `tries` (attempts in all) and by `budget_seconds` (no attempt
+    starts later than that after the first fault); None leaves a bound off,
+    both None retries until the body succeeds. Other errors propagate at once,
+    the last error when a bound is reached, and cancellation always. The
+    outage is logged once when it starts and once when it ends (`Outage`,
+    event "retry"), never once per attempt.
+    """
+    backoff = backoff or Backoff()
+    outage = outage or Outage(name, event="retry", clock=clock)
+    first_fault = 0.0
+    while True:
+        try:
+            result = await body()
+        except asyncio.CancelledError:
+            raise
+        except retry_on as exc:
+            if not retry_if(exc):
+                raise
+            failures = outage.failed(exc)
+            if failures == 1:
+                first_fault = clock()
+            delay = backoff.delay(failures, rand)
+            if tries is not None and failures >= tries:
+                raise
+            if budget_seconds is not None and clock() + delay - first_fault >= budget_seconds:
+                raise
+            await sleep(delay)
+            continue
+        outage.succeeded()
+        return result

@@ -4,14 +4,14 @@ embedded queue (QueueControl.recover decides when)."""
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 
 from shared.log import get_logger
-from shared.retry import Backoff
+from shared.retry import Backoff, retry_call
 
 from . import policy
 from .model import EnqueueResult
@@ -19,8 +19,16 @@ from .model import EnqueueResult
 log = get_logger(__name__)
 
 
+# ListTasks while the tasks service is not up yet: tried until it answers.
+LIST_BACKOFF = Backoff(base_seconds=0.5, cap_seconds=5.0)
+
+
 def _describe(step: str, exc: grpc.aio.AioRpcError) -> str:
     return f"{step}: {exc.code().name}: {exc.details() or ''}".rstrip(": ")
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and policy.is_transient(exc.code().name)
 
 
 async def requeue_unfinished(
@@ -39,33 +47,31 @@ async def requeue_unfinished(
     tasks the tasks service re-sends meanwhile are not doubled.
     """
     task_ids: list[str] = []
-    backoff = Backoff(base_seconds=0.5, cap_seconds=5.0)
     for status in (
         tasks_pb2.TASK_STATUS_ACTIVE,
         tasks_pb2.TASK_STATUS_WAITING,
         tasks_pb2.TASK_STATUS_QUEUED,
     ):
         token = ""
-        failures = 0
         while True:
             request = tasks_pb2.ListTasksRequest(
                 status=status, page_size=page_size, page_token=token
             )
             try:
-                page = await tasks.ListTasks(request, timeout=call_timeout_seconds)
+                page = await retry_call(
+                    "requeue ListTasks",
+                    functools.partial(tasks.ListTasks, request, timeout=call_timeout_seconds),
+                    retry_on=(grpc.aio.AioRpcError,),
+                    retry_if=_transient,
+                    backoff=LIST_BACKOFF,
+                )
             except grpc.aio.AioRpcError as exc:
-                if not policy.is_transient(exc.code().name):
-                    # A status this tasks service does not know (an older
-                    # version without WAITING): the others still come back.
-                    log.error(
-                        "queue.requeue_status_skipped",
-                        status=status,
-                        error=_describe("ListTasks", exc),
-                    )
-                    break
-                failures += 1
-                await asyncio.sleep(backoff.delay(failures))
-                continue
+                # A status this tasks service does not know (an older version
+                # without WAITING): the others still come back.
+                log.error(
+                    "queue.requeue_status_skipped", status=status, error=_describe("ListTasks", exc)
+                )
+                break
             # Newest first, per status: reversed below into the order they came.
             task_ids.extend(task.id for task in page.tasks)
             token = page.next_page_token

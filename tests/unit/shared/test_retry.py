@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 from shared.grpc_client import IDEMPOTENT_METHODS, RETRY_POLICY, service_config
-from shared.retry import Backoff, Outage, keep_running
+from shared.retry import Backoff, Outage, keep_running, retry_call
 
 
 class FakeSleep:
@@ -224,3 +224,69 @@ def test_channel_service_config_retries_unavailable_on_the_idempotent_methods_on
     assert len(names) == sum(len(methods) for methods in IDEMPOTENT_METHODS.values())
     # gRPC caps attempts at 5; more would be silently ignored.
     assert 2 <= method_config["retryPolicy"]["maxAttempts"] <= 5
+
+
+def flaky(times: int, error: Exception | None = None) -> tuple[Callable[[], object], list[int]]:
+    """A call that raises `times` times, then answers "ok"; counts its calls."""
+    calls = [0]
+
+    async def body() -> str:
+        calls[0] += 1
+        if calls[0] <= times:
+            raise error or ConnectionError("down")
+        return "ok"
+
+    return body, calls
+
+
+async def test_retry_call_answers_after_the_faults_with_growing_delays() -> None:
+    body, calls = flaky(2)
+    sleep = FakeSleep()
+    with structlog.testing.capture_logs() as logs:
+        got = await retry_call(
+            "ListTasks", body, backoff=Backoff(base_seconds=1.0, jitter=0.0), sleep=sleep
+        )
+    assert (got, calls[0], sleep.delays) == ("ok", 3, [1.0, 2.0])
+    events = [entry["event"] for entry in logs]
+    assert events.count("retry.failing") == 1 and events.count("retry.recovered") == 1
+
+
+async def test_retry_call_stops_after_its_tries_with_the_last_error() -> None:
+    body, calls = flaky(10)
+    sleep = FakeSleep()
+    with pytest.raises(ConnectionError):
+        await retry_call("CompleteTasks", body, tries=3, backoff=Backoff(jitter=0.0), sleep=sleep)
+    assert calls[0] == 3
+    assert len(sleep.delays) == 2
+
+
+async def test_retry_call_stops_when_the_next_try_would_start_past_its_budget() -> None:
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    body, calls = flaky(100)
+    with pytest.raises(ConnectionError):
+        await retry_call(
+            "FailTasks",
+            body,
+            budget_seconds=10.0,
+            backoff=Backoff(base_seconds=1.0, cap_seconds=4.0, jitter=0.0),
+            clock=lambda: now[0],
+            sleep=sleep,
+        )
+    # Tries at 0, 1, 3, 7; the next would start at 11, past the budget.
+    assert calls[0] == 4 and now[0] == 7.0
+
+
+async def test_retry_call_lets_a_refused_error_through_at_once() -> None:
+    body, calls = flaky(1, ValueError("bad request"))
+    with pytest.raises(ValueError):
+        await retry_call(
+            "x", body, retry_if=lambda exc: isinstance(exc, ConnectionError), sleep=FakeSleep()
+        )
+    body, calls = flaky(1, KeyError("not retried"))
+    with pytest.raises(KeyError):
+        await retry_call("x", body, retry_on=(ConnectionError,), sleep=FakeSleep())
+    assert calls[0] == 1
