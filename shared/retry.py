@@ -179,30 +179,29 @@ async def retry_call(
     `retry_if` accepts (a transient status), with `backoff`.
 
     Bounded by `tries` (attempts in all) and by `budget_seconds` (no attempt
-    starts later than that after the first fault); None leaves a bound off,
-    both None retries until the body succeeds. Other errors propagate at once,
-    the last error when a bound is reached, and cancellation always. The
-    outage is logged once when it starts and once when it ends (`Outage`,
-    event "retry"), never once per attempt.
+    starts `budget_seconds` or later after the first one did); None leaves a
+    bound off, both None retries until the body succeeds. Other errors
+    propagate at once, the last error when a bound is reached, and
+    cancellation always. The outage is logged once when it starts and once
+    when it ends (`Outage`, event "retry" unless one is passed), never once
+    per attempt; `outage.failures` tells a caller how many tries failed.
     """
     backoff = backoff or Backoff()
     outage = outage or Outage(name, event="retry", clock=clock)
-    first_fault = 0.0
+    started = clock()
     while True:
         try:
             result = await body()
         except asyncio.CancelledError:
             raise
         except retry_on as exc:
+            failures = outage.failed(exc)
             if not retry_if(exc):
                 raise
-            failures = outage.failed(exc)
-            if failures == 1:
-                first_fault = clock()
             delay = backoff.delay(failures, rand)
             if tries is not None and failures >= tries:
                 raise
-            if budget_seconds is not None and clock() + delay - first_fault >= budget_seconds:
+            if budget_seconds is not None and clock() + delay - started >= budget_seconds:
                 raise
             await sleep(delay)
             continue

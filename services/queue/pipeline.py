@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,7 +41,7 @@ from verifier.tasks.v1 import worker_pb2, worker_pb2_grpc
 from verifier.verification.v1 import engine_pb2, engine_pb2_grpc, verification_pb2
 
 from shared.log import get_logger
-from shared.retry import Backoff, Outage
+from shared.retry import Backoff, Outage, retry_call
 from shared.security import internal_channel
 
 from . import policy
@@ -59,6 +60,10 @@ PROGRESS_VERIFYING = 30
 # its own meanwhile (the heartbeat keeps re-claiming the jobs in hand, and a
 # stale attempt is refused by the tasks service, FAILED_PRECONDITION).
 RECORD_BACKOFF = Backoff(base_seconds=0.2, cap_seconds=3.0)
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and policy.is_transient(exc.code().name)
 
 
 def _code_name(code: int) -> str:
@@ -362,25 +367,24 @@ class VerificationPipeline:
         its first fault; the reply, or the last fault's description. The outage
         is logged once when it starts and once when it ends."""
         outage = Outage(name, event="batch.record")
-        started = self.clock()
-        while True:
-            try:
-                reply = await call(request, timeout=self.call_timeout)
-            except grpc.aio.AioRpcError as exc:
-                error = _describe(name, exc)
-                failures = outage.failed(exc)
-                if not policy.is_transient(exc.code().name):
-                    return error
-                delay = RECORD_BACKOFF.delay(failures, self.rand)
-                if not policy.within_budget(
-                    started, self.clock() + delay, self.retry_budget_seconds
-                ):
-                    log.warning("batch.record_gave_up", call=name, error=error, tries=failures)
-                    return error
-                await self.sleep(delay)
-                continue
-            outage.succeeded()
-            return reply
+        try:
+            return await retry_call(
+                name,
+                functools.partial(call, request, timeout=self.call_timeout),
+                retry_on=(grpc.aio.AioRpcError,),
+                retry_if=_transient,
+                backoff=RECORD_BACKOFF,
+                budget_seconds=self.retry_budget_seconds,
+                outage=outage,
+                clock=self.clock,
+                sleep=self.sleep,
+                rand=self.rand,
+            )
+        except grpc.aio.AioRpcError as exc:
+            error = _describe(name, exc)
+            if policy.is_transient(exc.code().name):
+                log.warning("batch.record_gave_up", call=name, error=error, tries=outage.failures)
+            return error
 
     def _stale(self, lease: _Lease, message: str) -> JobResult:
         log.info("job.stale", task_id=lease.job.task_id, attempt=lease.attempt, reason=message)
