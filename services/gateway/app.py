@@ -43,9 +43,10 @@ from services.gateway.errors import (
 )
 from services.gateway.health import detailed_health
 from services.gateway.openapi import build_document
+from services.gateway.rest_json import dumps, message_to_json, response_to_json
 from services.gateway.settings import GatewaySettings
 from services.gateway.status import domain_error_response, error_body, rpc_error_response
-from services.gateway.transcode import build_request, dumps, message_to_json, response_to_json
+from services.gateway.transcode import build_request
 from services.gateway.upstream import Upstreams, parse_timeout
 from shared import errors, metrics
 from shared.auth import AUTHORIZATION_METADATA_KEY, WWW_AUTHENTICATE

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from verifier.ops.v1 import diagnostics_pb2, diagnostics_pb2_grpc
 
-from services.gateway.transcode import message_to_json
+from services.gateway.rest_json import message_to_json
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,10 @@ from google.api import field_behavior_pb2  # type: ignore[import-untyped]
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 from services.gateway.catalog import HttpRoute
-from services.gateway.transcode import (
+from services.gateway.descriptors import (
     STRING_WELL_KNOWN,
     WRAPPERS,
     descriptor_of,
-    enum_names,
     enum_of,
     field_of,
     is_map,
@@ -27,6 +26,7 @@ from services.gateway.transcode import (
     is_well_known,
     message_of,
 )
+from services.gateway.enums import enum_names
 
 OPENAPI_VERSION = "3.1.0"
 ERROR_SCHEMA = "Error"

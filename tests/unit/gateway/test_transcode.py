@@ -11,14 +11,10 @@ from verifier.tasks.v1 import tasks_pb2
 from verifier.verification.v1 import verification_pb2
 
 from services.gateway.catalog import HttpRoute, build_routes, discover_services
+from services.gateway.enums import enum_names, enum_prefix
 from services.gateway.errors import BadRequest, MalformedJson, UnknownField
-from services.gateway.transcode import (
-    build_request,
-    enum_names,
-    enum_prefix,
-    message_to_json,
-    response_to_json,
-)
+from services.gateway.rest_json import message_to_json, response_to_json
+from services.gateway.transcode import build_request
 from tests.unit.gateway.things import compiled, thing_service
 
 TARGETS = {"tasks": "t:1", "queue": "q:1", "verification": "v:1", "gatewaytest": "g:1"}

@@ -14,7 +14,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 from verifier.verification.v1 import verification_pb2 as pb
 
-from services.gateway.transcode import message_to_json
+from services.gateway.rest_json import message_to_json
 from services.verification.engine import VerificationEngine
 from services.verification.report import canonical_json, public_key_bytes, sign_report
 from services.verification.token import attestation_token, claims, jwk
