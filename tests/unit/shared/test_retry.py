@@ -28,13 +28,14 @@ class FakeSleep:
 
 
 def failing(times: int, error: Exception | None = None) -> tuple[Callable[[], object], list[int]]:
-    """A body that raises `times` times, then returns; counts its calls."""
+    """A body that raises `times` times, then returns "ok"; counts its calls."""
     calls = [0]
 
-    async def body() -> None:
+    async def body() -> str:
         calls[0] += 1
         if calls[0] <= times:
             raise error or ConnectionError("down")
+        return "ok"
 
     return body, calls
 
@@ -226,21 +227,8 @@ def test_channel_service_config_retries_unavailable_on_the_idempotent_methods_on
     assert 2 <= method_config["retryPolicy"]["maxAttempts"] <= 5
 
 
-def flaky(times: int, error: Exception | None = None) -> tuple[Callable[[], object], list[int]]:
-    """A call that raises `times` times, then answers "ok"; counts its calls."""
-    calls = [0]
-
-    async def body() -> str:
-        calls[0] += 1
-        if calls[0] <= times:
-            raise error or ConnectionError("down")
-        return "ok"
-
-    return body, calls
-
-
 async def test_retry_call_answers_after_the_faults_with_growing_delays() -> None:
-    body, calls = flaky(2)
+    body, calls = failing(2)
     sleep = FakeSleep()
     with structlog.testing.capture_logs() as logs:
         got = await retry_call(
@@ -252,7 +240,7 @@ async def test_retry_call_answers_after_the_faults_with_growing_delays() -> None
 
 
 async def test_retry_call_stops_after_its_tries_with_the_last_error() -> None:
-    body, calls = flaky(10)
+    body, calls = failing(10)
     sleep = FakeSleep()
     with pytest.raises(ConnectionError):
         await retry_call("CompleteTasks", body, tries=3, backoff=Backoff(jitter=0.0), sleep=sleep)
@@ -266,7 +254,7 @@ async def test_retry_call_stops_when_the_next_try_would_start_past_its_budget() 
     async def sleep(seconds: float) -> None:
         now[0] += seconds
 
-    body, calls = flaky(100)
+    body, calls = failing(100)
     with pytest.raises(ConnectionError):
         await retry_call(
             "FailTasks",
@@ -281,12 +269,12 @@ async def test_retry_call_stops_when_the_next_try_would_start_past_its_budget() 
 
 
 async def test_retry_call_lets_a_refused_error_through_at_once() -> None:
-    body, calls = flaky(1, ValueError("bad request"))
+    body, calls = failing(1, ValueError("bad request"))
     with pytest.raises(ValueError):
         await retry_call(
             "x", body, retry_if=lambda exc: isinstance(exc, ConnectionError), sleep=FakeSleep()
         )
-    body, calls = flaky(1, KeyError("not retried"))
+    body, calls = failing(1, KeyError("not retried"))
     with pytest.raises(KeyError):
         await retry_call("x", body, retry_on=(ConnectionError,), sleep=FakeSleep())
     assert calls[0] == 1
