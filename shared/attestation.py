@@ -1,11 +1,14 @@
 """Names every service shares about one verification, as in verification.v1:
 the checks in report order (verification.v1.Check without its prefix) and the
-inline evidence fields (verification.v1.Evidence). One list, so the tasks and
-verification services cannot drift apart."""
+inline evidence fields (verification.v1.Evidence), and which checks a task
+runs (`VerificationFlags`, with the reference system's defaults). One list,
+so the tasks and verification services cannot drift apart."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Any
 
 CHECK_NAMES: tuple[str, ...] = (
     "hardware",
@@ -16,6 +19,42 @@ CHECK_NAMES: tuple[str, ...] = (
     "dns_caa",
     "ct_log",
 )
+
+
+@dataclass(frozen=True)
+class VerificationFlags:
+    """Which checks run, one flag per check (named after it). The defaults are
+    the reference system's task defaults."""
+
+    hardware: bool = True
+    os: bool = True
+    source_code: bool = True
+    tee_controlled_key: bool = True
+    certificate_key: bool = True
+    dns_caa: bool = False
+    ct_log: bool = False
+
+    @classmethod
+    def only(cls, names: list[str] | tuple[str, ...] | set[str]) -> VerificationFlags:
+        """Flags with exactly `names` enabled; unknown names raise ValueError."""
+        unknown = set(names) - set(CHECK_NAMES)
+        if unknown:
+            raise ValueError(f"unknown check(s): {', '.join(sorted(unknown))}")
+        return cls(**{name: name in names for name in CHECK_NAMES})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VerificationFlags:
+        return cls(**{k: bool(v) for k, v in data.items() if k in CHECK_NAMES})
+
+    def enabled(self) -> list[str]:
+        return [name for name in CHECK_NAMES if getattr(self, name)]
+
+    def to_dict(self) -> dict[str, bool]:
+        return {name: bool(getattr(self, name)) for name in CHECK_NAMES}
+
+
+assert tuple(VerificationFlags.__dataclass_fields__) == CHECK_NAMES  # a flag per check
+
 
 EVIDENCE_FIELDS: tuple[str, ...] = (
     "quote",

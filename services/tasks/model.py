@@ -7,11 +7,14 @@ store reads and writes them.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared.attestation import CHECK_NAMES
+from shared.attestation import VerificationFlags
+
+# VerificationFlags is the one of shared.attestation (both services read it).
+__all__ = ["VerificationFlags"]
 
 
 class TaskStatus(enum.StrEnum):
@@ -61,34 +64,6 @@ class EventType(enum.StrEnum):
     CANCELLED = "cancelled"
     # An operator put a failed or cancelled task back to pending (RetryTask).
     RETRIED = "retried"
-
-
-@dataclass(frozen=True)
-class VerificationFlags:
-    """Which checks run. The defaults are the reference system's."""
-
-    hardware: bool = True
-    os: bool = True
-    source_code: bool = True
-    tee_controlled_key: bool = True
-    certificate_key: bool = True
-    dns_caa: bool = False
-    ct_log: bool = False
-
-    def enabled(self) -> list[str]:
-        return [name for name in CHECK_NAMES if getattr(self, name)]
-
-    def to_dict(self) -> dict[str, bool]:
-        return {name: bool(getattr(self, name)) for name in CHECK_NAMES}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VerificationFlags:
-        return cls(**{k: bool(v) for k, v in data.items() if k in _FLAG_NAMES})
-
-
-# The flags are named after the checks they turn on.
-_FLAG_NAMES = frozenset(CHECK_NAMES)
-assert {f.name for f in fields(VerificationFlags)} == _FLAG_NAMES
 
 
 # What a check can report (CheckResult.status), in the proto's order.

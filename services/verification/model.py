@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from shared.attestation import CHECK_NAMES
+from shared.attestation import VerificationFlags as VerificationFlags  # the one, re-exported
 
 if TYPE_CHECKING:
     from .chain import ChainEvidence
@@ -30,30 +31,6 @@ class Evidence:
     collateral: str | None = None
     acme_account_uri: str | None = None
     acme_info: str | None = None  # the gateway's /.dstack/acme-info JSON
-
-
-@dataclass(frozen=True)
-class VerificationFlags:
-    """Which checks run. Defaults follow the reference system's task defaults."""
-
-    hardware: bool = True
-    os: bool = True
-    source_code: bool = True
-    tee_controlled_key: bool = True
-    certificate_key: bool = True
-    dns_caa: bool = False
-    ct_log: bool = False
-
-    @classmethod
-    def only(cls, names: list[str] | tuple[str, ...] | set[str]) -> VerificationFlags:
-        """Flags with exactly `names` enabled; unknown names raise ValueError."""
-        unknown = set(names) - set(CHECK_ORDER)
-        if unknown:
-            raise ValueError(f"unknown check(s): {', '.join(sorted(unknown))}")
-        return cls(**{name: name in names for name in CHECK_ORDER})
-
-    def enabled(self) -> list[str]:
-        return [name for name in CHECK_ORDER if getattr(self, name)]
 
 
 class CheckStatus(enum.StrEnum):
