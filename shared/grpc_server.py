@@ -35,6 +35,7 @@ import shared
 from shared import errors, metrics, reflection
 from shared.auth import WWW_AUTHENTICATE, Authorizer, peer_common_name
 from shared.context import REQUEST_ID_METADATA_KEY, bind_request_id, sanitize_request_id
+from shared.interceptors import HandlerInterceptor, Stream, Unary
 from shared.log import get_logger
 from shared.principal import bind_identity
 from shared.retry import Backoff, keep_running
@@ -127,7 +128,48 @@ async def _abort_for(
     )
 
 
-class RequestContextInterceptor(grpc.aio.ServerInterceptor):
+@dataclass(frozen=True)
+class _CallContext:
+    """What one call carries in: its method, metadata and request id."""
+
+    method: str
+    metadata: dict[str, Any]
+    request_id: str
+    authorizer: Authorizer | None
+
+    @classmethod
+    def of(cls, details: grpc.HandlerCallDetails, authorizer: Authorizer | None) -> _CallContext:
+        metadata = dict(details.invocation_metadata or ())
+        request_id = sanitize_request_id(metadata.get(REQUEST_ID_METADATA_KEY))
+        return cls(details.method, metadata, request_id, authorizer)
+
+    def enter(self, context: grpc.aio.ServicerContext) -> float:
+        bind_request_id(self.request_id)
+        context.set_trailing_metadata(((REQUEST_ID_METADATA_KEY, self.request_id),))
+        return time.perf_counter()
+
+    async def check(self, context: grpc.aio.ServicerContext) -> None:
+        if self.authorizer is None:
+            return
+        identity = await self.authorizer.authorize(
+            self.method, self.metadata, lambda: peer_common_name(context.auth_context())
+        )
+        if identity is not None:
+            bind_identity(identity)
+
+    def ok(self, started: float) -> None:
+        if not self.method.startswith(("/grpc.health", "/grpc.reflection")):
+            log.debug(
+                "rpc.ok", method=self.method, ms=round((time.perf_counter() - started) * 1000, 2)
+            )
+
+    async def fail(
+        self, exc: BaseException, context: grpc.aio.ServicerContext, started: float
+    ) -> None:
+        await _abort_for(exc, context, self.method, started, self.request_id)
+
+
+class RequestContextInterceptor(HandlerInterceptor):
     """Binds the request id, checks the caller (shared.auth's policy, when an
     authorizer is given) and binds its identity, and maps domain errors, around
     every handler."""
@@ -135,88 +177,47 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authorizer: Authorizer | None = None) -> None:
         self.authorizer = authorizer
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method: str = handler_call_details.method
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        request_id = sanitize_request_id(metadata.get(REQUEST_ID_METADATA_KEY))
-        quiet = method.startswith(("/grpc.health", "/grpc.reflection"))
+    def wrap_unary(self, inner: Any, details: grpc.HandlerCallDetails) -> Unary:
+        call = _CallContext.of(details, self.authorizer)
 
-        authorizer = self.authorizer
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = call.enter(context)
+            try:
+                await call.check(context)
+                response = await inner(request, context)
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                await call.fail(exc, context, started)
+                raise  # unreachable: abort raises
+            call.ok(started)
+            return response
 
-        def enter(context: grpc.aio.ServicerContext) -> float:
-            bind_request_id(request_id)
-            context.set_trailing_metadata(((REQUEST_ID_METADATA_KEY, request_id),))
-            return time.perf_counter()
+        return unary_unary
 
-        async def check(context: grpc.aio.ServicerContext) -> None:
-            if authorizer is None:
-                return
-            identity = await authorizer.authorize(
-                method, metadata, lambda: peer_common_name(context.auth_context())
-            )
-            if identity is not None:
-                bind_identity(identity)
+    def wrap_stream(self, inner: Any, details: grpc.HandlerCallDetails) -> Stream:
+        call = _CallContext.of(details, self.authorizer)
 
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
+        async def unary_stream(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            started = call.enter(context)
+            try:
+                await call.check(context)
+                stream = inner(request, context)
+                if hasattr(stream, "__aiter__"):
+                    async for item in stream:
+                        yield item
+                else:
+                    # A handler that writes with context.write() (the health
+                    # service's Watch) is a coroutine, not an async iterator.
+                    await stream
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                await call.fail(exc, context, started)
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started = enter(context)
-                try:
-                    await check(context)
-                    response = await inner_uu(request, context)
-                except (grpc.aio.AbortError, asyncio.CancelledError):
-                    raise
-                except Exception as exc:
-                    await _abort_for(exc, context, method, started, request_id)
-                    raise  # unreachable: abort raises
-                if not quiet:
-                    log.debug(
-                        "rpc.ok", method=method, ms=round((time.perf_counter() - started) * 1000, 2)
-                    )
-                return response
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                started = enter(context)
-                try:
-                    await check(context)
-                    stream = inner_us(request, context)
-                    if hasattr(stream, "__aiter__"):
-                        async for item in stream:
-                            yield item
-                    else:
-                        # A handler that writes with context.write() (the health
-                        # service's Watch) is a coroutine, not an async iterator.
-                        await stream
-                except (grpc.aio.AbortError, asyncio.CancelledError):
-                    raise
-                except Exception as exc:
-                    await _abort_for(exc, context, method, started, request_id)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return unary_stream
 
 
 # --- dependency probes -------------------------------------------------------

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -30,6 +30,7 @@ import grpc
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shared.interceptors import HandlerInterceptor, Stream, Unary
 from shared.log import get_logger
 
 log = get_logger(__name__)
@@ -198,49 +199,30 @@ class _CallMetrics:
             GRPC_HANDLED.labels(*self._labels, _code(context, code)).inc()
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(HandlerInterceptor):
     """go-grpc-prometheus's server metrics; install it outermost, so it sees the
     status the error mapping chose."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        service, name = _split(handler_call_details.method)
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
-            unary = _CallMetrics("unary", service, name)
+    def wrap_unary(self, inner: Any, details: grpc.HandlerCallDetails) -> Unary:
+        series = _CallMetrics("unary", *_split(details.method))
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                with unary.observe(context):
-                    return await inner_uu(request, context)
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with series.observe(context):
+                return await inner(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
-            stream = _CallMetrics("server_stream", service, name)
+        return unary_unary
 
-            async def unary_stream(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                with stream.observe(context):
-                    async for item in inner_us(request, context):
-                        yield item
+    def wrap_stream(self, inner: Any, details: grpc.HandlerCallDetails) -> Stream:
+        series = _CallMetrics("server_stream", *_split(details.method))
 
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        async def unary_stream(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            with series.observe(context):
+                async for item in inner(request, context):
+                    yield item
+
+        return unary_stream
 
 
 # --- serving ---------------------------------------------------------------------------
