@@ -126,6 +126,27 @@ def create_channel(
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
 
 
+class LazyChannel:
+    """A client's channel to one peer, opened on first use: a grpc.aio channel
+    belongs to the running event loop, and clients are built before it runs.
+    `close` closes it (a later call opens a new one)."""
+
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.target = target
+        self.credentials = credentials
+        self._channel: grpc.aio.Channel | None = None
+
+    def get(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            self._channel = create_channel(self.target, self.credentials)
+        return self._channel
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close()
+
+
 def health_serving(
     target: str, credentials: grpc.ChannelCredentials | None = None, timeout: float = 1.0
 ) -> bool:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import grpc
 from verifier.tasks.v1 import worker_pb2, worker_pb2_grpc
 
-from shared.grpc_client import create_channel
+from shared.grpc_client import LazyChannel
 
 from .errors import QueueUnavailable
 
@@ -38,14 +38,10 @@ class QueueState:
         self.credentials = credentials
         self.queue_name = queue_name
         self.timeout = timeout_seconds
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: worker_pb2_grpc.QueueStateServiceStub | None = None
+        self._channel = LazyChannel(tasks_addr, credentials)
 
     def _client(self) -> worker_pb2_grpc.QueueStateServiceStub:
-        if self._stub is None:
-            self._channel = create_channel(self.tasks_addr, self.credentials)
-            self._stub = worker_pb2_grpc.QueueStateServiceStub(self._channel)
-        return self._stub
+        return worker_pb2_grpc.QueueStateServiceStub(self._channel.get())
 
     async def get(self) -> DurableState:
         request = worker_pb2.GetQueueStateRequest(queue_name=self.queue_name)
@@ -66,8 +62,7 @@ class QueueState:
         return _state(reply.state)
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
+        await self._channel.close()
 
 
 def _state(state: worker_pb2.QueueState) -> DurableState:

@@ -23,7 +23,7 @@ from verifier.queue.v1 import queue_pb2, queue_pb2_grpc
 
 from shared.context import bind_request_id, bind_task_id, current_request_id, new_request_id
 from shared.errors import Unavailable
-from shared.grpc_client import create_channel
+from shared.grpc_client import LazyChannel
 from shared.log import get_logger
 from shared.retry import Backoff, keep_running
 
@@ -72,14 +72,11 @@ class GrpcQueueClient:
         self.target = target
         self.timeout_seconds = timeout_seconds
         # mutual TLS to the queue's internal port (shared.security), or plaintext.
-        self.credentials = credentials
-        self._channel: grpc.aio.Channel | None = None
+        self._channel = LazyChannel(target, credentials)
         self._batch_rpc = True
 
     def _open(self) -> grpc.aio.Channel:
-        if self._channel is None:
-            self._channel = create_channel(self.target, self.credentials)
-        return self._channel
+        return self._channel.get()
 
     def _unavailable(self, exc: grpc.aio.AioRpcError) -> Unavailable:
         return Unavailable(f"queue {self.target}: {exc.code().name} {exc.details()}")
@@ -126,9 +123,7 @@ class GrpcQueueClient:
         return f"{response.status.backend} queue {response.status.queue_name}"
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        await self._channel.close()
 
 
 class Dispatcher:

@@ -18,7 +18,7 @@ from verifier.verification.v1 import (
 )
 
 from shared.errors import Unavailable
-from shared.grpc_client import create_channel
+from shared.grpc_client import LazyChannel
 from shared.log import get_logger
 
 log = get_logger(__name__)
@@ -37,14 +37,11 @@ class SigningKeyClient:
         self.timeout_seconds = timeout_seconds
         # mutual TLS to the verification service's internal port: the key that
         # checks verdicts comes from the service whose certificate says so.
-        self.credentials = credentials
-        self._channel: grpc.aio.Channel | None = None
+        self._channel = LazyChannel(target, credentials)
 
     async def fetch(self) -> tuple[str, bytes]:
         """(key id, raw public key) of the key that signs reports and summaries."""
-        if self._channel is None:
-            self._channel = create_channel(self.target, self.credentials)
-        stub = verification_pb2_grpc.VerificationServiceStub(self._channel)
+        stub = verification_pb2_grpc.VerificationServiceStub(self._channel.get())
         try:
             response = await stub.GetSigningKey(
                 verification_pb2.GetSigningKeyRequest(), timeout=self.timeout_seconds
@@ -60,9 +57,7 @@ class SigningKeyClient:
         return response.key_id, raw
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        await self._channel.close()
 
 
 class ReportDeleter:
@@ -78,17 +73,14 @@ class ReportDeleter:
         self.target = target
         self.timeout_seconds = timeout_seconds
         # Internal: mutual TLS to the verification service's internal port.
-        self.credentials = credentials
-        self._channel: grpc.aio.Channel | None = None
+        self._channel = LazyChannel(target, credentials)
 
     async def delete(self, task_ids: Sequence[str]) -> dict[str, int]:
         """Task id -> reports deleted, for the tasks whose reports are all gone;
         a task missing from the answer still has reports (the store failed: the
         caller keeps its row for the next pass). Raises Unavailable when the
         service cannot be asked at all."""
-        if self._channel is None:
-            self._channel = create_channel(self.target, self.credentials)
-        stub = engine_pb2_grpc.VerificationEngineServiceStub(self._channel)
+        stub = engine_pb2_grpc.VerificationEngineServiceStub(self._channel.get())
         done: dict[str, int] = {}
         ids = list(task_ids)
         for start in range(0, len(ids), DELETE_BATCH):
@@ -109,6 +101,4 @@ class ReportDeleter:
         return done
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        await self._channel.close()
