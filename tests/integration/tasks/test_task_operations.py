@@ -179,14 +179,23 @@ async def test_health_serves_with_the_database_and_reports_the_queue_as_optional
 async def _health_once_set(
     health: health_pb2_grpc.HealthStub, service: str
 ) -> health_pb2.HealthCheckResponse:
-    async with asyncio.timeout(10):
-        while True:
-            try:
-                return await health.Check(health_pb2.HealthCheckRequest(service=service))
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.NOT_FOUND:
-                    raise
-            await asyncio.sleep(0.05)
+    # The server says NOT_SERVING until its first probe round has decided
+    # (shared.grpc_server): wait for that round, not only for the name.
+    last: health_pb2.HealthCheckResponse | None = None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while loop.time() < deadline:
+        try:
+            last = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+        else:
+            if last.status == health_pb2.HealthCheckResponse.SERVING:
+                return last
+        await asyncio.sleep(0.05)
+    assert last is not None, f"{service} never appeared in health"
+    return last
 
 
 async def test_migrations_create_every_column_the_store_uses(fresh: tuple[str, str]) -> None:
