@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from shared.entrypoint import new_parser, run_main, serving
 from shared.grpc_server import DependencyProbe, ServiceSpec
@@ -31,7 +32,7 @@ from .server import (
     VerificationServicer,
 )
 from .service import VerificationService
-from .settings import VerificationSettings
+from .settings import ReportStoreSettings, VerificationSettings
 from .task_inputs import GrpcTaskInputs
 from .version import VERIFIER_VERSION
 
@@ -39,43 +40,53 @@ from .version import VERIFIER_VERSION
 BUCKET_BACKOFF = Backoff(base_seconds=0.5, cap_seconds=10.0)
 
 
+@dataclass(frozen=True)
+class _StoreParts:
+    """The report store the settings select, its probe, and its background jobs."""
+
+    store: ReportStore
+    probe: DependencyProbe
+    background: list[Callable[[], Awaitable[None]]]
+
+
+def _s3_store(store_settings: ReportStoreSettings) -> _StoreParts:
+    s3_store = S3ReportStore(store_settings)
+
+    async def check_store() -> str:
+        await asyncio.to_thread(s3_store.client.head_bucket, Bucket=s3_store.bucket)
+        return "s3"
+
+    async def ensure_bucket() -> None:
+        # S3 may come up after us: keep trying to create the bucket until it exists.
+        await keep_running(
+            "s3.ensure_bucket",
+            lambda: asyncio.to_thread(s3_store.ensure_bucket),
+            backoff=BUCKET_BACKOFF,
+        )
+
+    return _StoreParts(s3_store, DependencyProbe("s3", check_store), [ensure_bucket])
+
+
+def _folder_store(store_settings: ReportStoreSettings) -> _StoreParts:
+    folder = LocalReportStore(store_settings.local_dir, store_settings.local_encryption_key)
+
+    async def check_store() -> str:
+        def writable() -> str:
+            folder.root.mkdir(parents=True, exist_ok=True)
+            probe = folder.root / ".probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+            return "local-folder"
+
+        return await asyncio.to_thread(writable)
+
+    return _StoreParts(folder, DependencyProbe("local-folder", check_store), [])
+
+
 def build_spec(settings: VerificationSettings) -> ServiceSpec:
     store_settings = settings.report_store
-    store: ReportStore
-    if store_settings.uses_s3:
-        s3_store = S3ReportStore(store_settings)
-        store = s3_store
-
-        async def check_store() -> str:
-            await asyncio.to_thread(s3_store.client.head_bucket, Bucket=s3_store.bucket)
-            return "s3"
-
-        async def ensure_bucket() -> None:
-            # S3 may come up after us: keep trying to create the bucket until it exists.
-            await keep_running(
-                "s3.ensure_bucket",
-                lambda: asyncio.to_thread(s3_store.ensure_bucket),
-                backoff=BUCKET_BACKOFF,
-            )
-
-        background = [ensure_bucket]
-        store_name = "s3"
-    else:
-        folder = LocalReportStore(store_settings.local_dir, store_settings.local_encryption_key)
-        store = folder
-
-        async def check_store() -> str:
-            def writable() -> str:
-                folder.root.mkdir(parents=True, exist_ok=True)
-                probe = folder.root / ".probe"
-                probe.write_bytes(b"")
-                probe.unlink()
-                return "local-folder"
-
-            return await asyncio.to_thread(writable)
-
-        background = []
-        store_name = "local-folder"
+    parts = _s3_store(store_settings) if store_settings.uses_s3 else _folder_store(store_settings)
+    store, background = parts.store, parts.background
 
     collateral = CollateralStore(
         local_dir=settings.collateral_path,
@@ -148,7 +159,7 @@ def build_spec(settings: VerificationSettings) -> ServiceSpec:
         service_names=[SERVICE_NAME, ENGINE_SERVICE_NAME, OS_IMAGE_SERVICE_NAME],
         register=register,
         listen_addr=settings.verification_listen_addr,
-        probes=[DependencyProbe(store_name, check_store), DependencyProbe("engine", check_pool)],
+        probes=[parts.probe, DependencyProbe("engine", check_pool)],
         background=[*background, warm_up, record_key],
         on_stop=closing,
         health_probe_interval_seconds=settings.health_probe_interval_seconds,
