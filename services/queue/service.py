@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from shared.log import get_logger
 from shared.principal import current_identity
+from shared.text import MAX_REASON, bounded_text
 
 from .backend import QueueBackend
 from .errors import InvalidTaskId, QueueUnavailable
@@ -48,7 +49,6 @@ PAUSE_SYNC_SECONDS = 1.0
 DEFAULT_JOB_PAGE = 50
 MAX_JOB_PAGE = 500
 SCAN_PAGE = 500
-MAX_REASON = 512
 # The states the backend holds, in the order GetJob looks (the fewest first).
 HELD_STATES = (JobState.ACTIVE, JobState.DELAYED, JobState.WAITING)
 # A job id (uuid4 hex) or a task id (a UUID); any sane token of the queue's ids.
@@ -202,11 +202,13 @@ class QueueControl:
         """Cancel the WAITING job's task through the tasks service, then take the
         job off the queue."""
         job_id = _validate_job_id(job_id)
-        if len(reason) > MAX_REASON:
-            raise InvalidArgument("reason", f"at most {MAX_REASON} characters")
+        # The tasks service's rule for a reason, checked here: its refusal of
+        # the forwarded reason would otherwise reach the caller as a fault.
+        reason = bounded_text("reason", reason, MAX_REASON)
         view = await self._held(job_id, JobState.WAITING, "discarded")
         who = current_identity().principal
         why = f"discarded from the queue by {who}" + (f": {reason}" if reason else "")
+        why = why[:MAX_REASON]  # the prefix must not push a valid reason over the limit
         # The task first: once it is CANCELLED, a worker that takes the job
         # anyway skips it, so the task is never left queued without a job.
         await self._tasks().cancel(view.job.task_id, why)

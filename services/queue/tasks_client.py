@@ -9,7 +9,7 @@ from __future__ import annotations
 import grpc
 from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 
-from shared.errors import FailedPrecondition, NotFound
+from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from shared.grpc_client import create_channel
 
 from .errors import QueueUnavailable
@@ -71,6 +71,9 @@ class TaskDirectory:
                 raise FailedPrecondition(exc.details() or "the task is finished") from exc
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise NotFound(f"task {task_id} is not known to the tasks service") from exc
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                # The caller's input (the reason), not a fault of the tasks service.
+                raise InvalidArgument("reason", exc.details() or "refused") from exc
             raise _error("CancelTask", exc) from exc
 
     async def close(self) -> None:

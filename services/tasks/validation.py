@@ -19,6 +19,8 @@ from shared.attestation import (
 from shared.errors import InvalidArgument
 from shared.ids import canonical_task_id
 from shared.json_numbers import non_finite_path
+from shared.text import MAX_REASON
+from shared.text import bounded_text as _bounded_text
 
 from .model import (
     CHECK_STATUSES,
@@ -33,7 +35,6 @@ MAX_APP_ID = 128
 MAX_APP_NAME = 256
 MAX_MODEL_OR_DOMAIN = 253
 MAX_METADATA_BYTES = 16 * 1024
-MAX_REASON = 512
 MAX_ERROR_MESSAGE = 4 * 1024
 MAX_WORKER_ID = 256
 MAX_PROGRESS_MESSAGE = 512
@@ -49,18 +50,9 @@ _APP_ID = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _CONTRACT = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _HEX = re.compile(r"^[0-9a-fA-F]*$")
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Timestamps outside this window are typos, not moments a quote can be evaluated at.
 _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 _LATEST = datetime(2200, 1, 1, tzinfo=UTC)
-
-
-def _bounded_text(field: str, value: str, limit: int, *, single_line: bool = True) -> str:
-    if len(value) > limit:
-        raise InvalidArgument(field, f"at most {limit} characters, got {len(value)}")
-    if single_line and _CONTROL.search(value):
-        raise InvalidArgument(field, "must not contain control characters")
-    return value
 
 
 def validate_request_id(value: str) -> str | None:

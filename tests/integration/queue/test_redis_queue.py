@@ -235,6 +235,16 @@ async def test_service_answers_unavailable_and_not_serving_while_redis_is_down(
     with throwaway_redis() as url:
         settings = queue_test_settings(url, tmp_path)
         server = await start_server(build_spec(settings))
+        # SERVING first (health says NOT_SERVING until its first probe round),
+        # so the NOT_SERVING below is the probe seeing Redis gone.
+        async with create_channel(f"127.0.0.1:{server.port}") as first:
+            first_health = health_pb2_grpc.HealthStub(first)
+
+            async def serving() -> bool:
+                reply = await first_health.Check(health_pb2.HealthCheckRequest())
+                return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+            await wait_until(serving, "health to report SERVING while Redis is up")
     # The context stopped that Redis: the service keeps running without it.
     channel = create_channel(f"127.0.0.1:{server.port}")
     try:
