@@ -15,7 +15,7 @@ from verifier.ops.v1 import diagnostics_pb2, diagnostics_pb2_grpc
 from verifier.queue.v1 import queue_pb2, queue_pb2_grpc
 from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 
-from shared import errors
+from shared import errors, grpc_server
 from shared.context import current_request_id
 from shared.grpc_client import create_channel
 from shared.grpc_server import DependencyProbe, RunningServer, ServiceSpec, start_server
@@ -302,3 +302,46 @@ async def test_a_crashed_background_job_is_restarted() -> None:
     finally:
         await running.stop(0.1)
     assert len(runs) == 2
+
+
+async def test_stop_ends_in_bounded_time_when_a_job_and_a_hook_ignore_their_cancel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A background job stuck in a call that outlives its cancel (a store that
+    does not answer) and a hook that never returns cost STOP_STEP_SECONDS each,
+    not a hung process."""
+    monkeypatch.setattr(grpc_server, "STOP_STEP_SECONDS", 0.5)
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def stubborn() -> None:
+        started.set()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue  # swallows the cancel, as a retried store call does
+
+    async def never_returns() -> None:
+        await asyncio.Event().wait()
+
+    running = await start_server(
+        ServiceSpec(
+            name="stubborn",
+            service_names=[QUEUE_SERVICE],
+            register=lambda server: queue_pb2_grpc.add_QueueServiceServicer_to_server(
+                EchoQueue(), server
+            ),
+            listen_addr="127.0.0.1:0",
+            background=[stubborn],
+            on_stop=[never_returns],
+        )
+    )
+    try:
+        await asyncio.wait_for(started.wait(), timeout=10)
+        loop = asyncio.get_running_loop()
+        begun = loop.time()
+        await asyncio.wait_for(running.stop(0.1), timeout=20)
+        assert loop.time() - begun < 10
+    finally:
+        release.set()  # let the stubborn job end, so it leaks nothing
