@@ -66,6 +66,11 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
+    # Our clients ping every 30 s (grpc_client.CHANNEL_OPTIONS); grpc's server
+    # default allows one ping in 5 min and answers more with GOAWAY
+    # too_many_pings, dropping the connection. Accept them.
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
 ]
 
 
