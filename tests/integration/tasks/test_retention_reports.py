@@ -6,6 +6,7 @@ removed (no row without its reports' deletion)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
@@ -88,12 +89,12 @@ async def failed_with_reports(h: Harness, store: S3ReportStore, attempts: int = 
     return task.id
 
 
-async def test_nothing_is_removed_while_the_verification_service_is_down(
-    postgres_server_url: str,
-    tmp_path: Path,
-    s3_verification: tuple[Verification, S3ReportStore],
-) -> None:
-    verification, store = s3_verification
+@contextlib.asynccontextmanager
+async def retention_harness(
+    postgres_server_url: str, tmp_path: Path, verification: Verification
+) -> AsyncIterator[Harness]:
+    """The tasks service on a fresh database, keeping one failed task, removing
+    in batches of 2, its retention run only when asked (RunRetention)."""
     async with fresh_database("postgres", postgres_server_url, tmp_path / "db") as url:
         h = await start_harness(
             "postgres",
@@ -106,37 +107,53 @@ async def test_nothing_is_removed_while_the_verification_service_is_down(
             RETENTION_BATCH_SIZE="2",
         )
         try:
-            ops = operations_pb2_grpc.TaskOperationsServiceStub(h.channel)
-            # An app's latest task: kept, with its reports, though beyond the count.
-            apps = apps_pb2_grpc.AppServiceStub(h.channel)
-            app = (
-                await apps.CreateApp(
-                    apps_pb2.CreateAppRequest(
-                        app=apps_pb2.App(
-                            id=uuid.uuid4().hex,
-                            app_config_type=verification_pb2.APP_CONFIG_TYPE_PHALA_CLOUD,
-                        )
-                    )
-                )
-            ).app
-            latest = (await apps.TriggerSchedule(apps_pb2.TriggerScheduleRequest(id=app.id))).task
-            [attempt] = await start_tasks(h, latest.id)
-            assert await fail_task(h, latest.id, attempt) == 0
-            store.create(report_key(latest.id, 1), b"{}", SIGNATURE)
-            old = [await failed_with_reports(h, store) for _ in range(3)]
-            await failed_with_reports(h, store, attempts=1)
-            assert all(len(reports_of(store, task_id)) == 2 for task_id in old)
-
-            # Verification down: nothing is removed, rows and reports stay.
-            await verification.running.stop(0.1)
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await ops.RunRetention(operations_pb2.RunRetentionRequest())
-            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-            for task_id in old:
-                await h.stub.GetTask(tasks_pb2.GetTaskRequest(id=task_id))
-                assert len(reports_of(store, task_id)) == 2
+            yield h
         finally:
             await h.close()
+
+
+async def app_latest_failed_with_report(h: Harness, store: S3ReportStore) -> tasks_pb2.Task:
+    """An app's latest task, FAILED with one report: retention keeps it, with
+    its report, though it is beyond the count."""
+    apps = apps_pb2_grpc.AppServiceStub(h.channel)
+    app = (
+        await apps.CreateApp(
+            apps_pb2.CreateAppRequest(
+                app=apps_pb2.App(
+                    id=uuid.uuid4().hex,
+                    app_config_type=verification_pb2.APP_CONFIG_TYPE_PHALA_CLOUD,
+                )
+            )
+        )
+    ).app
+    latest = (await apps.TriggerSchedule(apps_pb2.TriggerScheduleRequest(id=app.id))).task
+    [attempt] = await start_tasks(h, latest.id)
+    assert await fail_task(h, latest.id, attempt) == 0
+    store.create(report_key(latest.id, 1), b"{}", SIGNATURE)
+    return latest
+
+
+async def test_nothing_is_removed_while_the_verification_service_is_down(
+    postgres_server_url: str,
+    tmp_path: Path,
+    s3_verification: tuple[Verification, S3ReportStore],
+) -> None:
+    verification, store = s3_verification
+    async with retention_harness(postgres_server_url, tmp_path, verification) as h:
+        ops = operations_pb2_grpc.TaskOperationsServiceStub(h.channel)
+        await app_latest_failed_with_report(h, store)
+        old = [await failed_with_reports(h, store) for _ in range(3)]
+        await failed_with_reports(h, store, attempts=1)
+        assert all(len(reports_of(store, task_id)) == 2 for task_id in old)
+
+        # Verification down: nothing is removed, rows and reports stay.
+        await verification.running.stop(0.1)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await ops.RunRetention(operations_pb2.RunRetentionRequest())
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        for task_id in old:
+            await h.stub.GetTask(tasks_pb2.GetTaskRequest(id=task_id))
+            assert len(reports_of(store, task_id)) == 2
 
 
 async def test_retention_removes_rows_after_their_reports(
@@ -145,54 +162,27 @@ async def test_retention_removes_rows_after_their_reports(
     s3_verification: tuple[Verification, S3ReportStore],
 ) -> None:
     verification, store = s3_verification
-    async with fresh_database("postgres", postgres_server_url, tmp_path / "db") as url:
-        h = await start_harness(
-            "postgres",
-            url,
-            verification=verification,
-            SCHEDULER_ENABLED="false",
-            RETENTION_FAILED_MAX_COUNT="1",
-            RETENTION_FAILED_MAX_AGE_SECONDS="0",
-            RETENTION_INTERVAL_SECONDS="3600",
-            RETENTION_BATCH_SIZE="2",
-        )
-        try:
-            ops = operations_pb2_grpc.TaskOperationsServiceStub(h.channel)
-            apps = apps_pb2_grpc.AppServiceStub(h.channel)
-            app = (
-                await apps.CreateApp(
-                    apps_pb2.CreateAppRequest(
-                        app=apps_pb2.App(
-                            id=uuid.uuid4().hex,
-                            app_config_type=verification_pb2.APP_CONFIG_TYPE_PHALA_CLOUD,
-                        )
-                    )
-                )
-            ).app
-            latest = (await apps.TriggerSchedule(apps_pb2.TriggerScheduleRequest(id=app.id))).task
-            [attempt] = await start_tasks(h, latest.id)
-            assert await fail_task(h, latest.id, attempt) == 0
-            store.create(report_key(latest.id, 1), b"{}", SIGNATURE)
-            old = [await failed_with_reports(h, store) for _ in range(3)]
-            newest = await failed_with_reports(h, store, attempts=1)
-            no_reports = (await h.stub.CreateTask(create_request("abcdef01"))).task
-            [attempt] = await start_tasks(h, no_reports.id)
-            assert await fail_task(h, no_reports.id, attempt) == 0  # newest: kept
+    async with retention_harness(postgres_server_url, tmp_path, verification) as h:
+        ops = operations_pb2_grpc.TaskOperationsServiceStub(h.channel)
+        latest = await app_latest_failed_with_report(h, store)
+        old = [await failed_with_reports(h, store) for _ in range(3)]
+        newest = await failed_with_reports(h, store, attempts=1)
+        no_reports = (await h.stub.CreateTask(create_request("abcdef01"))).task
+        [attempt] = await start_tasks(h, no_reports.id)
+        assert await fail_task(h, no_reports.id, attempt) == 0  # newest: kept
 
-            result = await ops.RunRetention(operations_pb2.RunRetentionRequest())
-            # Beyond the newest 1 (no_reports): newest and the three old ones, in
-            # batches of 2; never the app's latest.
-            assert result.removed == 4
-            for task_id in [*old, newest]:
-                assert reports_of(store, task_id) == []
-                with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await h.stub.GetTask(tasks_pb2.GetTaskRequest(id=task_id))
-                assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-            assert reports_of(store, latest.id) == [report_key(latest.id, 1)]
-            await h.stub.GetTask(tasks_pb2.GetTaskRequest(id=latest.id))
-            await h.stub.GetTask(tasks_pb2.GetTaskRequest(id=no_reports.id))
-            audit = await ops.ListRetentionAudit(operations_pb2.ListRetentionAuditRequest())
-            assert {r.task_id for r in audit.records} == {*old, newest}
-            assert (await ops.RunRetention(operations_pb2.RunRetentionRequest())).removed == 0
-        finally:
-            await h.close()
+        result = await ops.RunRetention(operations_pb2.RunRetentionRequest())
+        # Beyond the newest 1 (no_reports): newest and the three old ones, in
+        # batches of 2; never the app's latest.
+        assert result.removed == 4
+        for task_id in [*old, newest]:
+            assert reports_of(store, task_id) == []
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await h.stub.GetTask(tasks_pb2.GetTaskRequest(id=task_id))
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert reports_of(store, latest.id) == [report_key(latest.id, 1)]
+        await h.stub.GetTask(tasks_pb2.GetTaskRequest(id=latest.id))
+        await h.stub.GetTask(tasks_pb2.GetTaskRequest(id=no_reports.id))
+        audit = await ops.ListRetentionAudit(operations_pb2.ListRetentionAuditRequest())
+        assert {r.task_id for r in audit.records} == {*old, newest}
+        assert (await ops.RunRetention(operations_pb2.RunRetentionRequest())).removed == 0
