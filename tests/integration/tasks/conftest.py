@@ -22,7 +22,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from verifier.queue.v1 import queue_pb2, queue_pb2_grpc
-from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc, worker_pb2, worker_pb2_grpc
+from verifier.tasks.v1 import (
+    apps_pb2,
+    apps_pb2_grpc,
+    tasks_pb2,
+    tasks_pb2_grpc,
+    worker_pb2,
+    worker_pb2_grpc,
+)
 from verifier.verification.v1 import verification_pb2
 
 from services.tasks import migrate
@@ -396,6 +403,26 @@ async def fail_task(h: Harness, task_id: str, attempt: int = 1, error: str = "x"
         )
     )
     return response.acks[0].status.code
+
+
+async def app_latest_failed(h: Harness) -> tasks_pb2.Task:
+    """A new app's latest task (made by TriggerSchedule), started and FAILED:
+    retention never removes it."""
+    apps = apps_pb2_grpc.AppServiceStub(h.channel)
+    app = (
+        await apps.CreateApp(
+            apps_pb2.CreateAppRequest(
+                app=apps_pb2.App(
+                    id=uuid.uuid4().hex,
+                    app_config_type=verification_pb2.APP_CONFIG_TYPE_PHALA_CLOUD,
+                )
+            )
+        )
+    ).app
+    latest = (await apps.TriggerSchedule(apps_pb2.TriggerScheduleRequest(id=app.id))).task
+    [attempt] = await start_tasks(h, latest.id)
+    assert await fail_task(h, latest.id, attempt) == 0
+    return latest
 
 
 async def report_progress(

@@ -10,8 +10,6 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from verifier.tasks.v1 import (
-    apps_pb2,
-    apps_pb2_grpc,
     operations_pb2,
     operations_pb2_grpc,
     tasks_pb2,
@@ -23,6 +21,7 @@ from tests.integration.tasks.conftest import (
     BACKENDS,
     Harness,
     Verification,
+    app_latest_failed,
     complete_task,
     create_request,
     fail_task,
@@ -164,20 +163,7 @@ async def test_retention_by_count_audits_removals_and_keeps_the_apps_latest(
             RETENTION_BATCH_SIZE="1",
         )
         try:
-            apps = apps_pb2_grpc.AppServiceStub(h.channel)
-            app = (
-                await apps.CreateApp(
-                    apps_pb2.CreateAppRequest(
-                        app=apps_pb2.App(
-                            id=uuid.uuid4().hex,
-                            app_config_type=verification_pb2.APP_CONFIG_TYPE_PHALA_CLOUD,
-                        )
-                    )
-                )
-            ).app
-            latest = (await apps.TriggerSchedule(apps_pb2.TriggerScheduleRequest(id=app.id))).task
-            [attempt] = await start_tasks(h, latest.id)
-            assert await fail_task(h, latest.id, attempt) == 0
+            latest = await app_latest_failed(h)
             others = [await failed_task(h, uuid.uuid4().hex[:12]) for _ in range(4)]
             done = (await h.stub.CreateTask(create_request("abcdef01"))).task  # completed: kept
             [attempt] = await start_tasks(h, done.id)

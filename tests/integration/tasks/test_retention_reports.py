@@ -15,13 +15,10 @@ from pathlib import Path
 import grpc
 import pytest
 from verifier.tasks.v1 import (
-    apps_pb2,
-    apps_pb2_grpc,
     operations_pb2,
     operations_pb2_grpc,
     tasks_pb2,
 )
-from verifier.verification.v1 import verification_pb2
 
 from services.verification.main import build_spec as verification_spec
 from services.verification.report import load_or_create_signing_key
@@ -32,6 +29,7 @@ from shared.grpc_server import start_server
 from tests.integration.tasks.conftest import (
     Harness,
     Verification,
+    app_latest_failed,
     create_request,
     fail_task,
     fresh_database,
@@ -115,20 +113,7 @@ async def retention_harness(
 async def app_latest_failed_with_report(h: Harness, store: S3ReportStore) -> tasks_pb2.Task:
     """An app's latest task, FAILED with one report: retention keeps it, with
     its report, though it is beyond the count."""
-    apps = apps_pb2_grpc.AppServiceStub(h.channel)
-    app = (
-        await apps.CreateApp(
-            apps_pb2.CreateAppRequest(
-                app=apps_pb2.App(
-                    id=uuid.uuid4().hex,
-                    app_config_type=verification_pb2.APP_CONFIG_TYPE_PHALA_CLOUD,
-                )
-            )
-        )
-    ).app
-    latest = (await apps.TriggerSchedule(apps_pb2.TriggerScheduleRequest(id=app.id))).task
-    [attempt] = await start_tasks(h, latest.id)
-    assert await fail_task(h, latest.id, attempt) == 0
+    latest = await app_latest_failed(h)
     store.create(report_key(latest.id, 1), b"{}", SIGNATURE)
     return latest
 
