@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -141,7 +142,15 @@ class Verification:
 async def verification(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Verification]:
     """The verification service, in-process on a real socket (one engine process)."""
     data = tmp_path_factory.mktemp("verification")
-    settings = dataclasses.replace(
+    verification = await start_verification(verification_settings(data))
+    yield verification
+    await verification.running.stop(0.5)
+
+
+def verification_settings(data: Path, **overrides: Any) -> VerificationSettings:
+    """The verification service's settings for these tests, with its data in
+    `data` (one engine process, no metrics port, no authentication)."""
+    return dataclasses.replace(
         load_settings(VerificationSettings, env={}),
         data_dir=str(data),
         verification_listen_addr=f"127.0.0.1:{servers.free_port()}",
@@ -151,12 +160,15 @@ async def verification(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
         verification_metrics_listen_addr="",
         # The tasks domain's tests; authentication has its own (tests/integration/auth).
         auth_enabled=False,
+        **overrides,
     )
+
+
+async def start_verification(settings: VerificationSettings) -> Verification:
     running = await start_server(verification_spec(settings))
     # The key the service loaded (created on its first start) from its data folder.
-    key = load_or_create_signing_key(data / "keys" / "report-signing.pem")
-    yield Verification(running, key)
-    await running.stop(0.5)
+    key = load_or_create_signing_key(Path(settings.data_dir) / "keys" / "report-signing.pem")
+    return Verification(running, key)
 
 
 @dataclass

@@ -20,12 +20,7 @@ from verifier.tasks.v1 import (
     tasks_pb2,
 )
 
-from services.verification.main import build_spec as verification_spec
-from services.verification.report import load_or_create_signing_key
 from services.verification.report_store import S3ReportStore, report_key
-from services.verification.settings import VerificationSettings
-from shared.config import load_settings
-from shared.grpc_server import start_server
 from tests.integration.tasks.conftest import (
     Harness,
     Verification,
@@ -35,6 +30,8 @@ from tests.integration.tasks.conftest import (
     fresh_database,
     start_harness,
     start_tasks,
+    start_verification,
+    verification_settings,
 )
 from tests.support import servers
 
@@ -48,15 +45,8 @@ async def s3_verification(
     s3: servers.S3Server, tmp_path: Path
 ) -> AsyncIterator[tuple[Verification, S3ReportStore]]:
     """The verification service with its reports in a bucket of its own."""
-    settings = dataclasses.replace(
-        load_settings(VerificationSettings, env={}),
-        data_dir=str(tmp_path / "verification"),
-        verification_listen_addr=f"127.0.0.1:{servers.free_port()}",
-        verification_processes=1,
-        health_probe_interval_seconds=1.0,
-        shutdown_grace_seconds=0.5,
-        verification_metrics_listen_addr="",
-        auth_enabled=False,
+    settings = verification_settings(
+        tmp_path / "verification",
         s3_endpoint=s3.endpoint,
         s3_access_key_id=s3.access_key_id or "test",
         s3_secret_access_key=s3.secret_access_key or "test",
@@ -64,12 +54,11 @@ async def s3_verification(
         s3_bucket=f"retention-{uuid.uuid4().hex[:10]}",
     )
     store = S3ReportStore(dataclasses.replace(settings.report_store, s3_create_bucket=True))
-    running = await start_server(verification_spec(settings))
-    key = load_or_create_signing_key(tmp_path / "verification" / "keys" / "report-signing.pem")
+    verification = await start_verification(settings)
     try:
-        yield Verification(running, key), store
+        yield verification, store
     finally:
-        await running.stop(0.5)
+        await verification.running.stop(0.5)
 
 
 def reports_of(store: S3ReportStore, task_id: str) -> list[str]:
