@@ -155,7 +155,14 @@ async def test_every_endpoint_reports_the_known_run(mstack: MetricsStack) -> Non
         finished = value(scraped, "verifier_queue_jobs", queue=queue, state="completed") + value(
             scraped, "verifier_queue_jobs", queue=queue, state="failed"
         )
-        if finished == 3 or time.monotonic() > deadline:
+        # completed/failed are the tasks database's and count as soon as the
+        # task is final; the worker acks its Redis jobs just after, so "active"
+        # drains a refresh or two later. Wait for both.
+        in_queue = sum(
+            value(scraped, "verifier_queue_jobs", queue=queue, state=state)
+            for state in ("waiting", "active", "delayed")
+        )
+        if (finished == 3 and in_queue == 0) or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.3)
     assert finished == 3
