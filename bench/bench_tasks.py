@@ -22,8 +22,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from verifier.verification.v1 import verification_pb2  # noqa: E402
 from services.tasks import migrate  # noqa: E402
 from services.tasks.model import AppConfigType, Cursor, ListFilter, TaskStatus  # noqa: E402
 from services.tasks.paging import encode_page_token  # noqa: E402
+from shared.tls import CertPaths, channel_credentials, ensure_dev_certs  # noqa: E402
 from tests.support import servers  # noqa: E402
 
 PAGE = 50
@@ -137,51 +140,78 @@ def _create_request(index: int) -> tasks_pb2.CreateTaskRequest:
     )
 
 
-async def bench_calls(target: str, calls: int, concurrency: int) -> None:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = tasks_pb2_grpc.TaskServiceStub(channel)
-        await stub.CreateTask(_create_request(-1))  # warm up the pool and prepared statements
-        ids: list[str] = [""] * calls
+@dataclass(frozen=True)
+class Access:
+    """How the bench reaches the tasks service in one auth mode: the public
+    channel (plaintext or TLS) with the API key's metadata, and the worker
+    contract's channel (the internal mutual-TLS port when auth is on)."""
 
-        async def create(index: int) -> None:
-            ids[index] = (await stub.CreateTask(_create_request(index))).task.id
+    public: grpc.aio.Channel
+    internal: grpc.aio.Channel
+    metadata: tuple[tuple[str, str], ...] = ()
 
-        async def get(index: int) -> None:
-            await stub.GetTask(tasks_pb2.GetTaskRequest(id=ids[index % calls]))
 
-        worker = worker_pb2_grpc.TaskWorkerServiceStub(channel)
+async def bench_calls(access: Access, calls: int, concurrency: int) -> dict[str, float]:
+    """Runs the three call mixes; returns rate/p50/p99 per mix for the mode table."""
+    figures: dict[str, float] = {}
+    md = access.metadata or None
+    stub = tasks_pb2_grpc.TaskServiceStub(access.public)
+    # Warm up the pool and prepared statements.
+    await stub.CreateTask(_create_request(-1), metadata=md)
+    ids: list[str] = [""] * calls
 
-        async def lifecycle(index: int) -> None:
-            # The worker contract, one task a call (no verification service here,
-            # so the task ends by FailTasks rather than a signed CompleteTasks).
-            task_id = ids[index]
-            started = await worker.StartTasks(
-                worker_pb2.StartTasksRequest(worker_id="bench", task_ids=[task_id])
-            )
-            lease = worker_pb2.TaskAttempt(task_id=task_id, attempt=started.tasks[0].attempt)
-            await worker.ReportProgress(
-                worker_pb2.ReportProgressRequest(
-                    progress=[worker_pb2.TaskProgress(task=lease, progress=50)]
-                )
-            )
-            await worker.FailTasks(
-                worker_pb2.FailTasksRequest(
-                    worker_id="bench",
-                    tasks=[worker_pb2.TaskFailure(task=lease, error_message="bench")],
-                )
-            )
+    async def create(index: int) -> None:
+        ids[index] = (await stub.CreateTask(_create_request(index), metadata=md)).task.id
 
-        print(f"calls with {concurrency} concurrent callers (server: its own process):")
-        latencies, elapsed = await _concurrently(calls, concurrency, create)
-        _report("CreateTask", latencies, elapsed)
-        latencies, elapsed = await _concurrently(calls * 2, concurrency, get)
-        _report("GetTask", latencies, elapsed)
-        latencies, elapsed = await _concurrently(calls, concurrency, lifecycle)
-        ms = sorted(latency * 1000 for latency in latencies)
-        print(
-            f"  {'StartTasks+Progress+FailTasks (3)':<34} {len(ms) / elapsed:8.0f} tasks/s   "
-            f"p50 {_percentile(ms, 0.5):6.2f} ms   p99 {_percentile(ms, 0.99):6.2f} ms"
+    async def get(index: int) -> None:
+        await stub.GetTask(tasks_pb2.GetTaskRequest(id=ids[index % calls]), metadata=md)
+
+    worker = worker_pb2_grpc.TaskWorkerServiceStub(access.internal)
+
+    async def lifecycle(index: int) -> None:
+        # The worker contract, one task a call (no verification service here,
+        # so the task ends by FailTasks rather than a signed CompleteTasks).
+        task_id = ids[index]
+        started = await worker.StartTasks(
+            worker_pb2.StartTasksRequest(worker_id="bench", task_ids=[task_id])
         )
+        lease = worker_pb2.TaskAttempt(task_id=task_id, attempt=started.tasks[0].attempt)
+        await worker.ReportProgress(
+            worker_pb2.ReportProgressRequest(
+                progress=[worker_pb2.TaskProgress(task=lease, progress=50)]
+            )
+        )
+        await worker.FailTasks(
+            worker_pb2.FailTasksRequest(
+                worker_id="bench",
+                tasks=[worker_pb2.TaskFailure(task=lease, error_message="bench")],
+            )
+        )
+
+    print(f"calls with {concurrency} concurrent callers (server: its own process):")
+    latencies, elapsed = await _concurrently(calls, concurrency, create)
+    figures.update(_figures("create", latencies, elapsed))
+    _report("CreateTask", latencies, elapsed)
+    latencies, elapsed = await _concurrently(calls * 2, concurrency, get)
+    figures.update(_figures("get", latencies, elapsed))
+    _report("GetTask", latencies, elapsed)
+    latencies, elapsed = await _concurrently(calls, concurrency, lifecycle)
+    figures.update(_figures("worker", latencies, elapsed))
+    ms = sorted(latency * 1000 for latency in latencies)
+    print(
+        f"  {'StartTasks+Progress+FailTasks (3)':<34} {len(ms) / elapsed:8.0f} tasks/s   "
+        f"p50 {_percentile(ms, 0.5):6.2f} ms   p99 {_percentile(ms, 0.99):6.2f} ms"
+    )
+    return figures
+
+
+def _figures(name: str, latencies: list[float], elapsed: float) -> dict[str, float]:
+    ms = sorted(latency * 1000 for latency in latencies)
+    return {
+        f"{name}_rate": len(ms) / elapsed,
+        f"{name}_p50": _percentile(ms, 0.5),
+        f"{name}_p99": _percentile(ms, 0.99),
+    }
 
 
 # --- a million rows -----------------------------------------------------------------
@@ -360,23 +390,24 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
     )
 
 
-async def _wait_serving(target: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+async def _wait_serving(
+    channel: grpc.aio.Channel, proc: subprocess.Popen[bytes], log: Path
+) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + 60
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                tail = await asyncio.to_thread(log.read_text)
-                raise SystemExit(f"tasks service exited:\n{tail[-3000:]}")
-            try:
-                response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.3)
+    stub = health_pb2_grpc.HealthStub(channel)
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = await asyncio.to_thread(log.read_text)
+            raise SystemExit(f"tasks service exited:\n{tail[-3000:]}")
+        try:
+            response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            if response.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.3)
     raise SystemExit("tasks service did not become healthy")
 
 
@@ -386,6 +417,13 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=6000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument(
+        "--modes",
+        default="off,key,tls",
+        help="auth modes of the calls phase, each its own server: off (AUTH_ENABLED=false), "
+        "key (an API key on every call, the worker contract over mutual TLS), tls (key, and "
+        "the public port over TLS)",
+    )
     parser.add_argument("--queue-standin", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.queue_standin:
@@ -394,16 +432,94 @@ def main() -> None:
 
     with servers.postgres_server() as server_url:
         print(f"PostgreSQL: {server_url.rsplit('@', 1)[-1]}; {os.cpu_count()} cores")
-        for phase in ("calls", "list"):
-            with servers.postgres_database(server_url, prefix=f"verifier_bench_{phase}") as url:
+        results: dict[str, dict[str, float]] = {}
+        for mode in args.modes.split(","):
+            print(f"\n== auth mode {mode!r}")
+            with servers.postgres_database(server_url, prefix="verifier_bench_calls") as url:
                 migrate.upgrade(url)
-                if phase == "list":
-                    print(f"loading {args.rows:,} rows ...", flush=True)
-                    print(f"  loaded and analysed in {load_rows(url, args.rows):.1f} s")
-                asyncio.run(_run_phase(phase, url, args))
+                results[mode] = asyncio.run(_run_phase("calls", url, args, mode))
+        print_auth_cost(results)
+        if args.rows:
+            with servers.postgres_database(server_url, prefix="verifier_bench_list") as url:
+                migrate.upgrade(url)
+                print(f"\nloading {args.rows:,} rows ...", flush=True)
+                print(f"  loaded and analysed in {load_rows(url, args.rows):.1f} s")
+                asyncio.run(_run_phase("list", url, args, "off"))
 
 
-async def _run_phase(phase: str, url: str, args: argparse.Namespace) -> None:
+def print_auth_cost(results: dict[str, dict[str, float]]) -> None:
+    """Each auth mode beside AUTH_ENABLED=false, from the same run."""
+    base = results.get("off")
+    print("\nthe cost of authentication and TLS (ratio of rates to off):")
+    for mode, f in results.items():
+        ratio = ""
+        if base and mode != "off":
+            ratio = (
+                f"  (x{f['create_rate'] / base['create_rate']:.2f} create,"
+                f" x{f['get_rate'] / base['get_rate']:.2f} get,"
+                f" x{f['worker_rate'] / base['worker_rate']:.2f} worker)"
+            )
+        print(
+            f"  {mode:<4} CreateTask {f['create_rate']:5.0f}/s p50 {f['create_p50']:.1f}"
+            f" p99 {f['create_p99']:.1f} ms; GetTask {f['get_rate']:5.0f}/s"
+            f" p50 {f['get_p50']:.1f} p99 {f['get_p99']:.1f} ms;"
+            f" worker contract {f['worker_rate']:4.0f} tasks/s{ratio}"
+        )
+
+
+def _auth_env(mode: str, workdir: Path) -> dict[str, str]:
+    """The tasks service's settings for one auth mode (see --modes)."""
+    if mode == "off":
+        return {"AUTH_ENABLED": "false"}
+    ensure_dev_certs(workdir)
+    return {
+        "AUTH_ENABLED": "true",
+        "TLS_DIR": str(workdir),
+        "TLS_PUBLIC": "true" if mode == "tls" else "false",
+        "TASKS_INTERNAL_LISTEN_ADDR": f"127.0.0.1:{servers.free_port()}",
+        "QUEUE_INTERNAL_ADDR": f"127.0.0.1:{servers.free_port()}",
+        "ADMIN_KEY_FILE": str(workdir / "admin.key"),
+        # The buckets are computed on every call, never refusing at this load.
+        "RATE_LIMIT_CREATE_PER_SECOND": "1000000",
+        "RATE_LIMIT_CREATE_BURST": "1000000",
+        "RATE_LIMIT_READ_PER_SECOND": "1000000",
+        "RATE_LIMIT_READ_BURST": "1000000",
+    }
+
+
+def _make_key(env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "services.tasks", "api-key", "create", "--name", "bench",
+         "--scopes", "tasks.submit,tasks.read"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return next(
+        line.split(":", 1)[1].strip()
+        for line in done.stdout.splitlines()
+        if line.startswith("key:")
+    )
+
+
+def _access(mode: str, env: dict[str, str], target: str) -> Access:
+    if mode == "off":
+        return Access(grpc.aio.insecure_channel(target), grpc.aio.insecure_channel(target))
+    certs = Path(env["TLS_DIR"])
+    internal = grpc.aio.secure_channel(
+        env["TASKS_INTERNAL_LISTEN_ADDR"],
+        channel_credentials(CertPaths.of(certs, "queue")),
+    )
+    public = (
+        grpc.aio.secure_channel(
+            target,
+            channel_credentials(CertPaths.of(certs, "queue"), client_cert=False),
+        )
+        if mode == "tls"
+        else grpc.aio.insecure_channel(target)
+    )
+    return Access(public, internal, (("authorization", f"Bearer {_make_key(env)}"),))
+
+
+async def _run_phase(phase: str, url: str, args: argparse.Namespace, mode: str) -> dict[str, float]:
     tasks_port, queue_port = servers.free_port(), servers.free_port()
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     env = {
@@ -413,19 +529,24 @@ async def _run_phase(phase: str, url: str, args: argparse.Namespace) -> None:
         "QUEUE_ADDR": f"127.0.0.1:{queue_port}",
         "LOG_LEVEL": "warning",
         "MIGRATE_ON_START": "false",
+        **_auth_env(mode, Path(tempfile.mkdtemp(prefix="bench-tasks-certs-"))),
     }
     queue = _start([__file__, "--queue-standin", str(queue_port)], env, logs / "bench-queue.log")
     tasks_log = logs / "bench-tasks.log"
     tasks = _start(["-m", "services.tasks"], env, tasks_log)
     target = f"127.0.0.1:{tasks_port}"
+    access = _access(mode, env, target)
+    figures: dict[str, float] = {}
     try:
-        await _wait_serving(target, tasks, tasks_log)
+        await _wait_serving(access.public, tasks, tasks_log)
         if phase == "calls":
-            await bench_calls(target, args.calls, args.concurrency)
+            figures = await bench_calls(access, args.calls, args.concurrency)
         else:
             await bench_list(target, url, args.rows, args.samples)
             explain_deep(url)
     finally:
+        await access.public.close()
+        await access.internal.close()
         for proc in (tasks, queue):
             proc.send_signal(signal.SIGTERM)
         for proc in (tasks, queue):
@@ -433,6 +554,7 @@ async def _run_phase(phase: str, url: str, args: argparse.Namespace) -> None:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    return figures
 
 
 if __name__ == "__main__":
