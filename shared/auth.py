@@ -52,14 +52,25 @@ class Rule:
     open: bool = False
     # The caller's token bucket this call draws from ("" = none).
     bucket: str = ""
+    # How many tokens a call draws, from its request (None: one a call).
+    cost: Callable[[Any], int] | None = None
+
+    def tokens(self, request: Any) -> int:
+        return 1 if self.cost is None or request is None else self.cost(request)
 
 
 OPEN = Rule(open=True)
 INTERNAL = Rule(internal=True)
 
 
-def needs(*scopes: str, bucket: str = "") -> Rule:
-    return Rule(scopes=frozenset(scopes), bucket=bucket)
+def needs(*scopes: str, bucket: str = "", cost: Callable[[Any], int] | None = None) -> Rule:
+    return Rule(scopes=frozenset(scopes), bucket=bucket, cost=cost)
+
+
+def per_item(request: Any) -> int:
+    """A batch call costs one token per item (`requests`), as that many calls
+    would: a batch is not a way around the create limit."""
+    return len(getattr(request, "requests", ()))
 
 
 _TASKS = "/verifier.tasks.v1.TaskService/"
@@ -75,7 +86,7 @@ POLICY: dict[str, Rule] = {
     # reads every task. Which tasks a caller sees is the tasks service's filter.
     _TASKS + "CreateTask": needs(SCOPE_SUBMIT, bucket=BUCKET_CREATE),
     # One token per call, as CreateTask (at most 100 tasks a call).
-    _TASKS + "BatchCreateTasks": needs(SCOPE_SUBMIT, bucket=BUCKET_CREATE),
+    _TASKS + "BatchCreateTasks": needs(SCOPE_SUBMIT, bucket=BUCKET_CREATE, cost=per_item),
     _TASKS + "CancelTask": needs(SCOPE_SUBMIT, bucket=BUCKET_READ),
     _TASKS + "GetTask": needs(SCOPE_SUBMIT, SCOPE_READ, bucket=BUCKET_READ),
     _TASKS + "ListTasks": needs(SCOPE_SUBMIT, SCOPE_READ, bucket=BUCKET_READ),
@@ -292,9 +303,14 @@ class Authorizer:
         self.rates = rates
 
     async def authorize(
-        self, method: str, metadata: Mapping[str, Any], peer_service: Callable[[], str]
+        self,
+        method: str,
+        metadata: Mapping[str, Any],
+        peer_service: Callable[[], str],
+        request: Any = None,
     ) -> Identity | None:
-        """The caller's identity (None on an open method), or a domain error."""
+        """The caller's identity (None on an open method), or a domain error.
+        `request` (unary calls) sets what a call draws from its bucket."""
         rule = rule_for(method)
         if rule is None:
             raise NoPolicy(method)
@@ -319,7 +335,9 @@ class Authorizer:
             raise ScopeMissing(method, rule)
         if rule.bucket and self.limiter is not None and self.rates is not None:
             wait = await self.limiter.take(
-                f"{identity.key_id}:{rule.bucket}", self.rates.of(rule.bucket)
+                f"{identity.key_id}:{rule.bucket}",
+                self.rates.of(rule.bucket),
+                rule.tokens(request),
             )
             if wait > 0:
                 raise RateLimited(rule.bucket, retry_after_seconds(wait))

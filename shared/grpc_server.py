@@ -152,11 +152,14 @@ class _CallContext:
         context.set_trailing_metadata(((REQUEST_ID_METADATA_KEY, self.request_id),))
         return time.perf_counter()
 
-    async def check(self, context: grpc.aio.ServicerContext) -> None:
+    async def check(self, context: grpc.aio.ServicerContext, request: Any) -> None:
         if self.authorizer is None:
             return
         identity = await self.authorizer.authorize(
-            self.method, self.metadata, lambda: peer_common_name(context.auth_context())
+            self.method,
+            self.metadata,
+            lambda: peer_common_name(context.auth_context()),
+            request,
         )
         if identity is not None:
             bind_identity(identity)
@@ -187,7 +190,7 @@ class RequestContextInterceptor(HandlerInterceptor):
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = call.enter(context)
             try:
-                await call.check(context)
+                await call.check(context, request)
                 response = await inner(request, context)
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
@@ -207,7 +210,7 @@ class RequestContextInterceptor(HandlerInterceptor):
         ) -> AsyncIterator[Any]:
             started = call.enter(context)
             try:
-                await call.check(context)
+                await call.check(context, request)
                 stream = inner(request, context)
                 if hasattr(stream, "__aiter__"):
                     async for item in stream:

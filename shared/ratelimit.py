@@ -23,11 +23,16 @@ class BucketRule:
     def unlimited(self) -> bool:
         return self.rate <= 0
 
+    def cost_of(self, tokens: int) -> float:
+        """What a call of `tokens` items draws: at least 1, at most the burst."""
+        return float(min(max(tokens, 1), self.burst))
+
 
 class RateLimiter(abc.ABC):
     @abc.abstractmethod
-    async def take(self, key: str, rule: BucketRule) -> float:
-        """0 when a token was taken, else the seconds to wait for one."""
+    async def take(self, key: str, rule: BucketRule, tokens: int = 1) -> float:
+        """0 when `tokens` were taken, else the seconds until they are back.
+        A call never needs more than the burst (it could never go ahead)."""
 
     async def close(self) -> None:
         return None
@@ -43,17 +48,18 @@ class MemoryRateLimiter(RateLimiter):
         self._max_keys = max_keys
         self._buckets: dict[str, tuple[float, float]] = {}
 
-    async def take(self, key: str, rule: BucketRule) -> float:
+    async def take(self, key: str, rule: BucketRule, tokens: int = 1) -> float:
         if rule.unlimited:
             return 0.0
+        cost = rule.cost_of(tokens)
         now = self._clock()
-        tokens, last = self._buckets.get(key, (float(rule.burst), now))
-        tokens = min(float(rule.burst), tokens + (now - last) * rule.rate)
-        if tokens >= 1.0:
-            self._remember(key, (tokens - 1.0, now))
+        saved, last = self._buckets.get(key, (float(rule.burst), now))
+        saved = min(float(rule.burst), saved + (now - last) * rule.rate)
+        if saved >= cost:
+            self._remember(key, (saved - cost, now))
             return 0.0
-        self._remember(key, (tokens, now))
-        return (1.0 - tokens) / rule.rate
+        self._remember(key, (saved, now))
+        return (cost - saved) / rule.rate
 
     def _remember(self, key: str, value: tuple[float, float]) -> None:
         if key not in self._buckets and len(self._buckets) >= self._max_keys:
@@ -68,12 +74,13 @@ local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) + tonumber(now_t[2]) / 1000000
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
 local state = redis.call('HMGET', KEYS[1], 't', 'at')
 local tokens = tonumber(state[1]) or burst
 local at = tonumber(state[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
 local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+if tokens >= cost then tokens = tokens - cost else wait = (cost - tokens) / rate end
 redis.call('HSET', KEYS[1], 't', tostring(tokens), 'at', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
 return tostring(wait)
@@ -94,20 +101,22 @@ class RedisRateLimiter(RateLimiter):
         self._fallback = MemoryRateLimiter()
         self._down_until = 0.0
 
-    async def take(self, key: str, rule: BucketRule) -> float:
+    async def take(self, key: str, rule: BucketRule, tokens: int = 1) -> float:
         if rule.unlimited:
             return 0.0
         if time.monotonic() < self._down_until:
-            return await self._fallback.take(key, rule)
+            return await self._fallback.take(key, rule, tokens)
         try:
-            wait = await self._script(keys=[self._prefix + key], args=[rule.rate, rule.burst])
+            wait = await self._script(
+                keys=[self._prefix + key], args=[rule.rate, rule.burst, rule.cost_of(tokens)]
+            )
         except (OSError, ConnectionError, TimeoutError) as exc:
             self._went_down(exc)
-            return await self._fallback.take(key, rule)
+            return await self._fallback.take(key, rule, tokens)
         except Exception as exc:  # redis.RedisError and its kin, without importing them here
             if type(exc).__module__.startswith("redis"):
                 self._went_down(exc)
-                return await self._fallback.take(key, rule)
+                return await self._fallback.take(key, rule, tokens)
             raise
         return float(wait)
 

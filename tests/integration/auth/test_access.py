@@ -302,6 +302,32 @@ async def test_create_burst_past_the_bucket_is_resource_exhausted_with_retry_aft
         await tasks_pb2_grpc.TaskServiceStub(channel).CreateTask(request, timeout=10)
 
 
+async def test_a_batch_create_draws_one_token_per_task_and_refusal_creates_nothing(
+    auth_stack: Stack, make_key: MakeKey
+) -> None:
+    # A batch is not a way around the create limit: BatchCreateTasks of
+    # CREATE_BURST tasks drains the bucket, and the next batch is refused whole.
+    key = await make_key(SCOPE_SUBMIT, owner=f"batch-{uuid.uuid4().hex[:8]}")
+    task = tasks_pb2.CreateTaskRequest(
+        app_config_type=verification_pb2.APP_CONFIG_TYPE_REDPILL, model_or_domain="org/model"
+    )
+    async with create_channel(_addr(auth_stack, "tasks"), api_key=key) as channel:
+        stub = tasks_pb2_grpc.TaskServiceStub(channel)
+        made = await stub.BatchCreateTasks(
+            tasks_pb2.BatchCreateTasksRequest(requests=[task] * CREATE_BURST), timeout=10
+        )
+        assert len(made.tasks) == CREATE_BURST
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            # Two tokens need 4 s of refill at CREATE_PER_SECOND: refused now.
+            await stub.BatchCreateTasks(
+                tasks_pb2.BatchCreateTasksRequest(requests=[task] * 2), timeout=10
+            )
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert int(dict(refused.value.trailing_metadata() or ()).get("retry-after", "0")) >= 1
+        listed = await stub.ListTasks(tasks_pb2.ListTasksRequest(page_size=50), timeout=10)
+        assert {t.id for t in listed.tasks} == {t.id for t in made.tasks}
+
+
 async def test_a_revoked_key_stops_working_in_every_service(
     auth_stack: Stack, make_key: MakeKey
 ) -> None:

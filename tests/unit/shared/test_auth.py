@@ -162,6 +162,41 @@ async def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
     assert retry_after_seconds(0.01) == 1 and retry_after_seconds(2.2) == 3
 
 
+async def test_a_batch_draws_one_token_per_item_up_to_the_burst() -> None:
+    clock = FakeClock()
+    limiter = MemoryRateLimiter(clock=clock)
+    rule = BucketRule(rate=1.0, burst=5)
+    assert await limiter.take("k", rule, 3) == 0.0
+    assert await limiter.take("k", rule, 3) == pytest.approx(1.0)  # 2 left, 3 wanted
+    assert await limiter.take("k", rule, 2) == 0.0
+    # Larger than the burst: draws the whole burst (it could never go ahead otherwise).
+    clock.now += 100
+    assert await limiter.take("k", rule, 50) == 0.0
+    assert await limiter.take("k", rule, 1) == pytest.approx(1.0)
+
+
+async def test_batch_create_is_limited_by_its_tasks_not_by_its_calls() -> None:
+    async def lookup(token: str) -> Identity | None:
+        return _key(SCOPE_SUBMIT)
+
+    from types import SimpleNamespace
+
+    authorizer = Authorizer(
+        CachedValidator(lookup, ttl=5),
+        MemoryRateLimiter(clock=FakeClock()),
+        RateRules(create=BucketRule(1, 10), read=BucketRule(1, 10)),
+    )
+    batch = "/verifier.tasks.v1.TaskService/BatchCreateTasks"
+    bearer = {"authorization": f"Bearer {KEY}"}
+    seven = SimpleNamespace(requests=[object()] * 7)
+    await authorizer.authorize(batch, bearer, lambda: "", seven)
+    with pytest.raises(RateLimited) as limited:
+        await authorizer.authorize(batch, bearer, lambda: "", seven)  # 3 left, 7 wanted
+    assert limited.value.retry_after == 4
+    # A single create still draws one.
+    await authorizer.authorize("/verifier.tasks.v1.TaskService/CreateTask", bearer, lambda: "")
+
+
 def test_non_finite_numbers_are_found_with_their_path() -> None:
     import json
 
