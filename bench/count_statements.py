@@ -5,13 +5,20 @@ RPCs StartTask, UpdateTaskProgress and CompleteTask cost 6 statements and 5
 audit rows a task: insert, acknowledgement, start, progress, read + complete.)
 
     .venv/bin/python bench/count_statements.py [--tasks 200] [--batch 50]
+        [--create-batch 1|100] [--evidence] [--per-statement]
 
-The task life: CreateTask, the dispatcher's enqueue and its acknowledgement,
-start, one progress report, completion with a signed summary. The queue is an
-in-process stand-in of the QueueClient protocol (only PostgreSQL is counted);
-the verification service runs for real, for the key that signs summaries.
+The task life: CreateTask (BatchCreateTasks of --create-batch tasks when it is
+more than 1; --evidence: each with the dstack vector inline, as
+bench_pipeline.py creates them), the dispatcher's enqueue and its
+acknowledgement, start, one progress report, GetTaskInputs (the engine's one
+read per batch), completion with a signed summary. The queue is an in-process
+stand-in of the QueueClient protocol (only PostgreSQL is counted); the
+verification service runs for real, for the key that signs summaries.
 Counted: statements touching the tasks or task_events tables (health probes,
 the scheduler and pg_stat_statements itself excluded), and task_events rows.
+--per-statement adds, per statement, its calls and per task its execution
+time, rows, shared blocks (hit/read/dirtied/written) and WAL (records, full
+page images, bytes), and the CPU the server's processes spent per task.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ import argparse
 import asyncio
 import dataclasses
 import hashlib
+import os
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat  # noqa: E402
+from google.protobuf import json_format  # noqa: E402
 from verifier.tasks.v1 import tasks_pb2, tasks_pb2_grpc, worker_pb2, worker_pb2_grpc  # noqa: E402
 from verifier.verification.v1 import verification_pb2  # noqa: E402
 
@@ -44,6 +54,7 @@ from shared.config import load_settings  # noqa: E402
 from shared.grpc_client import create_channel  # noqa: E402
 from shared.grpc_server import start_server  # noqa: E402
 from tests.support.servers import free_port, postgres_database, throwaway_postgres  # noqa: E402
+from tests.support.vectors import dstack_create_task_json  # noqa: E402
 
 
 class MemoryQueue:
@@ -84,7 +95,11 @@ def summary(task_id: str, attempt: int, key_id: str) -> verification_pb2.ReportS
     return message
 
 
-def create(app_id: str) -> tasks_pb2.CreateTaskRequest:
+def create(app_id: str, evidence: bool) -> tasks_pb2.CreateTaskRequest:
+    if evidence:
+        request = json_format.ParseDict(dstack_create_task_json(), tasks_pb2.CreateTaskRequest())
+        request.request_id = uuid.uuid4().hex
+        return request
     return tasks_pb2.CreateTaskRequest(
         app_id=app_id,
         app_config_type=verification_pb2.APP_CONFIG_TYPE_PHALA_CLOUD,
@@ -108,17 +123,58 @@ POLL = (
 )
 
 
-COUNT = """
-SELECT coalesce(sum(calls), 0) FROM pg_stat_statements
+COUNTED = """
 WHERE (query ILIKE '%tasks%' OR query ILIKE '%task_events%')
   AND query NOT ILIKE '%pg_stat_statements%'
   AND query NOT ILIKE '%apps%'
   AND query NOT ILIKE '%bench-poll%'
 """
+COUNT = "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements" + COUNTED
+PER_STATEMENT = (
+    "SELECT query, calls, total_exec_time, rows, shared_blks_hit, shared_blks_read,"
+    " shared_blks_dirtied, shared_blks_written, wal_records, wal_fpi, wal_bytes"
+    " FROM pg_stat_statements" + COUNTED + " ORDER BY total_exec_time DESC"
+)
 
 
-async def measure(url: str, args: argparse.Namespace, data: Path) -> None:
-    common: dict[str, Any] = {"data_dir": str(data), "health_probe_interval_seconds": 3600}
+def label(query: str) -> str:
+    """A short name of one of the store's statements."""
+    text = " ".join(query.split())
+    if "INSERT INTO tasks" in text:
+        return "insert tasks+events"
+    if "UPDATE tasks SET" in text:
+        sets = text.split("UPDATE tasks SET", 1)[1].split(" FROM ", 1)[0].split(" WHERE ", 1)[0]
+        columns = [part.split("=", 1)[0].strip() for part in sets.split(", ") if "=" in part]
+        return "update " + ",".join(columns[:3])
+    if "tasks.evidence" in text and text.startswith("SELECT"):
+        return "select with evidence"
+    return text[:60]
+
+
+def server_cpu_seconds(pid_file: Path) -> float:
+    """CPU seconds of the PostgreSQL server (postmaster and every child) so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    root = int(pid_file.read_text().split()[0])
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(proc.name) == root or int(fields[1]) == root:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+async def measure(url: str, args: argparse.Namespace, data: Path, pid_file: Path) -> None:
+    common: dict[str, Any] = {
+        "data_dir": str(data),
+        "health_probe_interval_seconds": 3600,
+        # Only PostgreSQL is measured here: no keys, no TLS.
+        "auth_enabled": False,
+    }
     verification_settings = dataclasses.replace(
         load_settings(VerificationSettings, env={}),
         verification_listen_addr=f"127.0.0.1:{free_port()}",
@@ -153,8 +209,11 @@ async def measure(url: str, args: argparse.Namespace, data: Path) -> None:
 
     async def counted(name: str, path: object) -> None:
         await db.execute("SELECT pg_stat_statements_reset()")
+        cpu_before = server_cpu_seconds(pid_file)
         ids: list[str] = await path()  # type: ignore[operator]
+        cpu = server_cpu_seconds(pid_file) - cpu_before
         statements = (await (await db.execute(COUNT)).fetchone())[0]  # type: ignore[index]
+        per_statement = await (await db.execute(PER_STATEMENT)).fetchall()
         events = (
             await (
                 await db.execute(
@@ -167,15 +226,38 @@ async def measure(url: str, args: argparse.Namespace, data: Path) -> None:
             f"path={name} tasks={n} statements={statements} statements_per_task="
             f"{statements / n:.2f} audit_rows_per_task={events / n:.2f}"
         )
+        if args.per_statement:
+            print(f"server_cpu_ms_per_task={1000 * cpu / n:.3f} (every server process)")
+            print(
+                f"{'statement':<44} {'calls':>6} {'ms/task':>8} {'rows/t':>7} {'hit/t':>7}"
+                f" {'read/t':>7} {'dirt/t':>7} {'writ/t':>7} {'walrec/t':>8} {'fpi/t':>6}"
+                f" {'walB/t':>8}"
+            )
+            for row in per_statement:
+                query, calls, ms, rows, hit, read, dirtied, written, records, fpi, wal = row
+                print(
+                    f"{label(query)[:44]:<44} {calls:>6} {ms / n:>8.3f} {rows / n:>7.2f}"
+                    f" {hit / n:>7.1f} {read / n:>7.1f} {dirtied / n:>7.2f} {written / n:>7.2f}"
+                    f" {records / n:>8.2f} {fpi / n:>6.2f} {int(wal) / n:>8.0f}"
+                )
 
     async def create_all(app_id: str) -> list[str]:
         # Created `batch` at a time, concurrently, as clients would.
         ids: list[str] = []
-        for _ in range(0, args.tasks, args.batch):
-            created = await asyncio.gather(
-                *(tasks.CreateTask(create(app_id)) for _ in range(args.batch))
-            )
-            ids.extend(c.task.id for c in created)
+        if args.create_batch > 1:
+            for _ in range(0, args.tasks, args.create_batch):
+                response = await tasks.BatchCreateTasks(
+                    tasks_pb2.BatchCreateTasksRequest(
+                        requests=[create(app_id, args.evidence) for _ in range(args.create_batch)]
+                    )
+                )
+                ids.extend(t.id for t in response.tasks)
+        else:
+            for _ in range(0, args.tasks, args.batch):
+                created = await asyncio.gather(
+                    *(tasks.CreateTask(create(app_id, args.evidence)) for _ in range(args.batch))
+                )
+                ids.extend(c.task.id for c in created)
         await wait_queued(db, ids)
         return ids
 
@@ -189,6 +271,8 @@ async def measure(url: str, args: argparse.Namespace, data: Path) -> None:
             leases = [
                 worker_pb2.TaskAttempt(task_id=t.task_id, attempt=t.attempt) for t in started.tasks
             ]
+            inputs = await worker.GetTaskInputs(worker_pb2.GetTaskInputsRequest(tasks=leases))
+            assert all(t.status.code == 0 for t in inputs.tasks), inputs.tasks[0].status
             await worker.ReportProgress(
                 worker_pb2.ReportProgressRequest(
                     progress=[worker_pb2.TaskProgress(task=lease, progress=50) for lease in leases]
@@ -224,13 +308,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument(
+        "--create-batch", type=int, default=1, help="BatchCreateTasks of N (1: CreateTask)"
+    )
+    parser.add_argument("--evidence", action="store_true", help="the dstack vector inline")
+    parser.add_argument("--per-statement", action="store_true")
     args = parser.parse_args()
     with (
         throwaway_postgres(shared_preload_libraries="pg_stat_statements") as server,
         postgres_database(server.url, prefix="count_statements") as url,
         tempfile.TemporaryDirectory() as data,
     ):
-        asyncio.run(measure(url, args, Path(data)))
+        asyncio.run(measure(url, args, Path(data), server.datadir / "postmaster.pid"))
 
 
 if __name__ == "__main__":

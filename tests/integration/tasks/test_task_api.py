@@ -158,6 +158,31 @@ async def test_batch_create_makes_one_pending_task_per_item_in_order(h: Harness)
         await wait_for_status(h.stub, task.id, QUEUED)
 
 
+async def test_batch_create_keeps_each_items_evidence_with_its_task(h: Harness) -> None:
+    # PostgreSQL takes the batch's evidence apart from its rows, in row order.
+    evidences = [
+        verification_pb2.Evidence(quote="ab" * (10 + n), event_log=f'[{{"n": {n}}}]')
+        for n in range(3)
+    ]
+    response = await h.stub.BatchCreateTasks(
+        _batch(
+            create_request("e0", evidence=evidences[0]),
+            create_request("e1"),
+            create_request("e2", evidence=evidences[1]),
+            create_request("e3", evidence=evidences[2]),
+            create_request("e4"),
+        )
+    )
+    expected = [evidences[0], None, evidences[1], evidences[2], None]
+    for task, evidence in zip(response.tasks, expected, strict=True):
+        assert task.has_evidence == (evidence is not None)
+        full = await h.stub.GetTask(
+            tasks_pb2.GetTaskRequest(id=task.id, view=tasks_pb2.TASK_VIEW_FULL)
+        )
+        assert full.task.has_evidence == (evidence is not None)
+        assert full.task.evidence == (evidence or verification_pb2.Evidence())
+
+
 async def test_batch_create_is_idempotent_per_request_id(h: Harness) -> None:
     first = await _create(h, request_id="batch-known")
     response = await h.stub.BatchCreateTasks(
