@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 from services.verification.engine import VerificationEngine  # noqa: E402
 from services.verification.evidence import parse_evidence_json  # noqa: E402
 from services.verification.model import Evidence, VerificationFlags, VerificationRequest  # noqa: E402
+from services.verification.ratls import embedded_attestation, load_chain  # noqa: E402
 
 VECTORS = Path(os.environ.get("VECTORS_DIR", ROOT.parent / "shared" / "vectors"))
 DCAP, DSTACK = VECTORS / "dcap-qvl", VECTORS / "dstack"
@@ -39,21 +40,12 @@ def _dstack(name: str) -> Evidence:
 
 def _ratls_evidence(path: Path) -> Evidence:
     """An RA-TLS chain's leaf as a task's evidence: its own quote and event log
-    (extensions 1.3.6.1.4.1.62397.1.1/.1.2, DER OCTET STRINGs) and the chain."""
-    from cryptography import x509
-
+    (extensions 1.3.6.1.4.1.62397.1.1/.1.2) and the chain."""
     pem = path.read_text()
-    leaf = x509.load_pem_x509_certificates(pem.encode())[0]
-
-    def ext(oid: str) -> bytes:
-        raw: bytes = leaf.extensions.get_extension_for_oid(x509.ObjectIdentifier(oid)).value.value  # type: ignore[attr-defined]
-        return raw[4:] if raw[1] == 0x82 else raw[2:]
-
-    return Evidence(
-        quote=ext("1.3.6.1.4.1.62397.1.1"),
-        event_log=ext("1.3.6.1.4.1.62397.1.2").decode(),
-        certificate_chain=pem,
-    )
+    embedded = embedded_attestation(load_chain(pem)[0])
+    if embedded is None:
+        raise SystemExit(f"{path}: its leaf carries no RA-TLS quote")
+    return Evidence(quote=embedded.quote, event_log=embedded.event_log, certificate_chain=pem)
 
 
 def attestations() -> list[tuple[str, Evidence, str, datetime, str]]:
@@ -89,7 +81,8 @@ def attestations() -> list[tuple[str, Evidence, str, datetime, str]]:
         ("dstack/quote-report.json", _dstack("quote-report.json"), c_90, AT_90C06F, COMPOSE_HASH),
         ("dstack/tdx-lite-getquote.json", _dstack("tdx-lite-getquote.json"), c_90, AT_90C06F, ""),
     ] + (
-        # Not in ../shared/vectors: a real dstack RA-TLS chain (RATLS_CHAIN=file).
+        # Not vendored: a real dstack RA-TLS chain (RATLS_CHAIN=file, see
+        # tests/unit/verification/real_ratls.py).
         [
             (
                 "RA-TLS chain " + Path(os.environ["RATLS_CHAIN"]).name,

@@ -104,6 +104,9 @@ class EmbeddedAttestation:
     quote: bytes
     events: list[Event] | None
     app_id: str  # hex, from the app-id extension (informational)
+    # The log's text as carried, to pass on as a task's event_log (None when
+    # absent or not UTF-8); `events` is None too when it does not parse.
+    event_log: str | None = None
 
 
 @lru_cache(maxsize=64)
@@ -112,14 +115,16 @@ def embedded_attestation(cert: x509.Certificate) -> EmbeddedAttestation | None:
     if quote is None:
         return None
     log = _extension(cert, RATLS_EVENT_LOG_OID)
-    events = None
+    text: str | None = None
+    events: list[Event] | None = None
     if log is not None:
         try:
-            events = parse_event_log(log.decode("utf-8"))
+            text = log.decode("utf-8")
+            events = parse_event_log(text)
         except (UnicodeDecodeError, EvidenceMalformed):
             events = None
     app_id = _extension(cert, RATLS_APP_ID_OID)
-    return EmbeddedAttestation(quote, events, app_id.hex() if app_id else "")
+    return EmbeddedAttestation(quote, events, app_id.hex() if app_id else "", text)
 
 
 def _dns_names(cert: x509.Certificate) -> list[str]:
