@@ -1,8 +1,11 @@
 """Progress held in memory (issue 13.3): a worker's ReportProgress is kept
 here and wakes the task's watchers at once, but reaches the database only at
 most once a second per task (and never as an audit row: progress is not a
-state change). Watchers of this process see every report; other instances of
-the service see the written ones."""
+state change). The start counts as a write: a report within a second of the
+start this process recorded is held, so a task verified in less than a
+second is written twice (started, finished), not three times. Watchers and
+GetTask of this process see every report; other instances of the service see
+the written ones."""
 
 from __future__ import annotations
 
@@ -26,8 +29,14 @@ class ProgressBoard:
         self.min_write_seconds = min_write_seconds
         self._entries: dict[str, _Entry] = {}
 
+    def started(self, task_id: str, attempt: int) -> None:
+        """This process started the attempt (its row was just written, progress 0)."""
+        self._entries[task_id] = _Entry(attempt, 0, "", self._clock())
+
     def offer(self, task_id: str, attempt: int, progress: int, message: str) -> bool:
-        """Hold the report; True when it is due to be written now."""
+        """Hold the report; True when it is due to be written now. A report of an
+        attempt this process did not start is written (the database then says
+        whether it is the task's current attempt)."""
         now = self._clock()
         entry = self._entries.get(task_id)
         if entry is None or entry.attempt != attempt:
@@ -41,9 +50,13 @@ class ProgressBoard:
             return True
         return False
 
-    def progress(self, task_id: str) -> int | None:
+    def progress(self, task_id: str, attempt: int | None = None) -> int | None:
+        """The latest reported progress held for the task (of that attempt when
+        given), None without a report."""
         entry = self._entries.get(task_id)
-        return entry.progress if entry is not None else None
+        if entry is None or not entry.progress:
+            return None
+        return entry.progress if attempt is None or entry.attempt == attempt else None
 
     def forget(self, task_id: str) -> None:
         """The task left its attempt (finished, deferred, stale)."""

@@ -27,6 +27,7 @@ from .model import (
     TaskEvent,
     TaskPage,
     TaskStats,
+    TaskStatus,
     TaskView,
 )
 from .paging import decode_page_token, encode_page_token
@@ -123,6 +124,10 @@ class TaskApp:
         task = await self.store.get_task(task_id, view)
         if not current_identity().can_see(task.owner):
             raise TaskNotFound(task_id)
+        held = self.progress.progress(task_id, task.attempts) if self.progress else None
+        if held is not None and held > task.progress and task.status is TaskStatus.ACTIVE:
+            # Reported, held in memory, not written yet (progress.py).
+            return dataclasses.replace(task, progress=held)
         return task
 
     async def list_tasks(

@@ -121,7 +121,7 @@ class WorkerApp:
 
     def _started(self, task_id: str, row: LeaseRow, worker_id: str) -> ItemResult:
         if row.applied:
-            self.progress.forget(task_id)
+            self.progress.started(task_id, row.new_attempt)
             log.info("task.started", task_id=task_id, attempt=row.new_attempt, worker_id=worker_id)
             return ItemResult(task_id, attempt=row.new_attempt)
         # A start carries no attempt: only the status can refuse it (or no task).

@@ -349,10 +349,14 @@ async def test_task_inputs_are_given_to_the_current_attempt_only(wh: Harness) ->
 
 async def test_progress_is_published_but_written_at_most_once_a_second(wh: Harness) -> None:
     task_id = await new_task(wh)
-    await start(wh, task_id)
     board = wh.service.worker.progress
     now = [1000.0]
     board._clock = lambda: now[0]
+    await start(wh, task_id)
+    store = wh.service.worker.store
+
+    async def written() -> int:
+        return (await store.get_task(task_id)).progress
 
     async def report(progress: int) -> int:
         response = await worker(wh).ReportProgress(
@@ -366,14 +370,19 @@ async def test_progress_is_published_but_written_at_most_once_a_second(wh: Harne
         )
         return response.acks[0].status.code
 
-    assert await report(10) == OK
-    assert (await get(wh, task_id)).progress == 10
-    assert await report(20) == OK  # held: less than a second since the last write
-    assert (await get(wh, task_id)).progress == 10
-    assert board.progress(task_id) == 20
+    assert await report(10) == OK  # held: less than a second since the start's write
+    assert await written() == 0
+    assert (await get(wh, task_id)).progress == 10, "GetTask shows the held progress"
     now[0] += 1.5
-    assert await report(30) == OK
+    assert await report(20) == OK
+    assert await written() == 20
+    assert await report(30) == OK  # held: less than a second since the last write
+    assert await written() == 20
+    assert board.progress(task_id) == 30
     assert (await get(wh, task_id)).progress == 30
+    now[0] += 1.5
+    assert await report(40) == OK
+    assert await written() == 40
     assert "progress" not in await event_types(wh, task_id)
 
 
