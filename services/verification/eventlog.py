@@ -4,7 +4,8 @@ The rules are dstack's own (Dstack-TEE/dstack cc-eventlog tdx.rs and
 runtime_events.rs, dstack-attest attestation.rs):
 - a runtime event is one whose event_type is 0x08000001, wherever it sits; its
   digest is sha384(le32(0x08000001) || ":" || name || ":" || payload), always
-  recomputed (a supplied digest proves nothing about the payload);
+  recomputed (a supplied digest proves nothing about the payload; dstack's
+  stripped logs leave it out, and one supplied must match);
 - RTMR3 holds runtime events only, and runtime events live in RTMR3 only;
 - identity events are read before `system-ready` only (find_event stops
   there); what follows is the application's own and never identity.
@@ -137,13 +138,19 @@ def _explain(i: int, item: object) -> EvidenceMalformed:
         return EvidenceMalformed(f"{where}.imr", "expected an integer 0..3")
     if type(event_type) is not int or not 0 <= event_type <= 0xFFFFFFFF:
         return EvidenceMalformed(f"{where}.event_type", "expected an integer in the u32 range")
-    name, payload, digest = item.get("event", ""), item.get("event_payload", ""), item.get("digest")
+    name, payload = item.get("event", ""), item.get("event_payload", "")
+    digest = item.get("digest", "")
     if not isinstance(name, str) or not isinstance(payload, str):
         return EvidenceMalformed(where, "event and event_payload must be strings")
     if not isinstance(digest, str):
         return EvidenceMalformed(f"{where}.digest", "expected a hex string")
+    if not digest and event_type != DSTACK_RUNTIME_EVENT_TYPE:
+        return EvidenceMalformed(
+            f"{where}.digest", "is required (only a runtime event's digest may be left out)"
+        )
     try:
-        decode_hex(digest, f"{where}.digest", expected_len=DIGEST_LEN)
+        if digest:
+            decode_hex(digest, f"{where}.digest", expected_len=DIGEST_LEN)
         decode_hex(payload, f"{where}.event_payload")
     except EvidenceMalformed as exc:
         return exc
@@ -176,7 +183,10 @@ def parse_event_log(text: str) -> list[Event]:
         try:
             imr = item["imr"]
             event_type = item["event_type"]
-            digest_hex = item["digest"]
+            # dstack's stripped logs (TdxEvent::stripped, "TDX lite") leave
+            # out runtime events' digests: they are recomputed from name and
+            # payload anyway. Every other event's digest is what replays.
+            digest_hex = item.get("digest", "")
             name = item.get("event", "")
             payload_hex = item.get("event_payload", "")
             digest = bytes.fromhex(digest_hex)
@@ -197,8 +207,8 @@ def parse_event_log(text: str) -> list[Event]:
             or type(event_type) is not int
             or not 0 <= event_type <= 0xFFFFFFFF
             or type(name) is not str
-            or len(digest) != DIGEST_LEN
-            or len(digest_hex) != 2 * DIGEST_LEN
+            or len(digest_hex) != 2 * len(digest)
+            or (len(digest) != DIGEST_LEN and (digest or event_type != DSTACK_RUNTIME_EVENT_TYPE))
             or len(payload_hex) != 2 * len(payload)
         ):
             raise _explain(i, item)
@@ -229,12 +239,13 @@ def replay(events: list[Event]) -> list[bytes]:
 
 
 def forged_runtime_events(runtime: list[Event]) -> list[Event]:
-    """Those of `runtime` (see runtime_events) whose digest is not that of their
-    payload; for V2, also those whose published pre-image is missing or is not the
+    """Those of `runtime` (see runtime_events) whose supplied digest is not that
+    of their payload (a left-out digest claims nothing: the replay recomputes
+    it); for V2, also those whose published pre-image is missing or is not the
     canonical one (cc-eventlog validate_v2_preimages)."""
     forged: list[Event] = []
     for e in runtime:
-        if runtime_event_digest(e.name, e.payload, e.version) != e.digest or (
+        if (e.digest and runtime_event_digest(e.name, e.payload, e.version) != e.digest) or (
             e.version == 2
             and (
                 e.preimage is None

@@ -25,6 +25,7 @@ from services.verification.engine import VerificationEngine
 from services.verification.errors import EvidenceMalformed
 from services.verification.eventlog import (
     DSTACK_RUNTIME_EVENT_TYPE,
+    forged_runtime_events,
     parse_event_log,
     replay,
     runtime_event_digest,
@@ -307,3 +308,70 @@ def test_an_unknown_event_log_version_is_malformed() -> None:
     with pytest.raises(EvidenceMalformed) as caught:
         parse_event_log(json.dumps(events))
     assert caught.value.field == "event_log[21].version"
+
+
+# --- dstack's stripped event logs ("TDX lite", TdxEvent::stripped) --------------------
+
+
+def _lite_evidence() -> Any:
+    from services.verification.evidence import parse_evidence_json
+
+    from .support import DSTACK
+
+    return parse_evidence_json((DSTACK / "tdx-lite-getquote.json").read_text())
+
+
+def test_a_stripped_log_leaves_out_runtime_digests_and_replays_the_quotes_rtmrs() -> None:
+    # The real dstack 0.6 capture: its runtime events carry no digest (dstack
+    # recomputes them), and the recomputed replay gives the quote's registers.
+    from services.verification.quote import parse_quote
+
+    evidence = _lite_evidence()
+    events = parse_event_log(evidence.event_log or "[]")
+    stripped = [e for e in events if e.event_type == DSTACK_RUNTIME_EVENT_TYPE and not e.digest]
+    assert [e.name for e in stripped][:3] == ["system-preparing", "app-id", "compose-hash"]
+    fields = parse_quote(evidence.quote).fields
+    assert [r.hex() for r in replay(events)] == [fields[f"rt_mr{i}"] for i in range(4)]
+    assert not forged_runtime_events(runtime_events(events))
+
+
+def test_the_lite_capture_fails_hardware_on_its_certificate_dates_not_as_malformed(
+    engine: VerificationEngine,
+) -> None:
+    # ../shared/vectors says: its PCK certificate is newer than any collateral
+    # here, so at 2026-03-05 verification fails with CertNotValidYet.
+    from .support import AT_90C06F, collateral_90c06f
+
+    evidence = replace(_lite_evidence(), collateral=collateral_90c06f())
+    report = engine.verify(
+        quote_report_request(evidence=evidence, evaluated_at=AT_90C06F, expected_compose_hash="")
+    )
+    hardware = report.check("hardware")
+    assert hardware.status is CheckStatus.FAILED
+    assert "CertNotValidYet" in hardware.reason or "not valid yet" in hardware.reason.lower()
+
+
+def test_only_a_runtime_event_may_leave_out_its_digest() -> None:
+    events = [dict(e) for e in VECTOR_EVENTS]
+    boot = next(i for i, e in enumerate(events) if e["event_type"] != DSTACK_RUNTIME_EVENT_TYPE)
+    events[boot]["digest"] = ""
+    with pytest.raises(EvidenceMalformed) as caught:
+        parse_event_log(json.dumps(events))
+    assert caught.value.field == f"event_log[{boot}].digest"
+    del events[boot]["digest"]
+    with pytest.raises(EvidenceMalformed):
+        parse_event_log(json.dumps(events))
+
+
+def test_a_supplied_runtime_digest_still_has_to_match(engine: VerificationEngine) -> None:
+    # Leaving digests out is allowed; a wrong one is still a forgery.
+    events = [dict(e) for e in VECTOR_EVENTS]
+    for e in events:
+        if e["event_type"] == DSTACK_RUNTIME_EVENT_TYPE:
+            e["digest"] = ""
+    evidence = quote_report_evidence(event_log=json.dumps(events))
+    assert engine.verify(quote_report_request(evidence=evidence)).passed
+    events[_position("app-id")]["digest"] = "00" * 48
+    evidence = quote_report_evidence(event_log=json.dumps(events))
+    source = engine.verify(quote_report_request(evidence=evidence)).check("source_code")
+    assert source.status is CheckStatus.FAILED
