@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from verifier.tasks.v1 import tasks_pb2
 from verifier.verification.v1 import verification_pb2
 
@@ -135,7 +135,21 @@ def time_to_proto(value: datetime | None, target: timestamp_pb2.Timestamp) -> No
 
 
 def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
-    return dict(json_format.MessageToDict(message))
+    """The Struct as plain values, NaN and Infinity kept as floats so that
+    validation names where they are (json_format raises a bare ValueError on
+    them: an INTERNAL for a caller's bad value over gRPC)."""
+    return {key: _plain(value) for key, value in message.fields.items()}
+
+
+def _plain(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_plain(item) for item in value.list_value.values]
+    if kind in (None, "null_value"):
+        return None
+    return getattr(value, kind)
 
 
 def dict_to_struct(value: Mapping[str, Any], target: struct_pb2.Struct) -> None:

@@ -5,6 +5,7 @@ the audit trail, WatchTask and the queue hand-off."""
 from __future__ import annotations
 
 import asyncio
+import math
 
 import grpc
 import pytest
@@ -207,6 +208,20 @@ async def test_batch_create_is_idempotent_per_request_id(h: Harness) -> None:
     for task in (tasks[0], first):
         events = (await h.stub.ListTaskEvents(tasks_pb2.ListTaskEventsRequest(id=task.id))).events
         assert [e.type for e in events].count("created") == 1
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+async def test_non_finite_metadata_over_grpc_is_invalid_argument_naming_it(
+    h: Harness, number: float
+) -> None:
+    # The binary path: a Struct can carry NaN and Infinity, which JSON cannot.
+    request = create_request("5a5a")
+    request.app_metadata.update({"ok": 1, "deep": {"k": [0, number]}})
+    assert await _invalid_field(h.stub.CreateTask(request)) == "app_metadata.deep.k[1]"
+    batch = _batch(create_request("5a5a"), request)
+    assert await _invalid_field(h.stub.BatchCreateTasks(batch)) == (
+        "requests[1].app_metadata.deep.k[1]"
+    )
 
 
 async def test_batch_create_with_a_bad_item_names_it_and_creates_nothing(h: Harness) -> None:
