@@ -7,8 +7,10 @@ last one it sent, so a coalesced or repeated wake-up loses nothing.
 Where wake-ups come from:
 - PostgreSQL: `PostgresListener`, ONE connection per process that LISTENs on
   the channel the task_events trigger NOTIFYs in the writing transaction (so
-  changes made by any instance of the service are seen). After a reconnect it
-  wakes every subscriber, since notifications may have been missed meanwhile.
+  changes made by any instance of the service are seen): one notification
+  per statement, its payload the changed task ids, comma-separated (migration
+  0007_batch_notify). After a reconnect it wakes every subscriber, since
+  notifications may have been missed meanwhile.
 - SQLite: the store calls `publish` after each commit (one process owns the file).
 """
 
@@ -132,6 +134,7 @@ class PostgresListener:
             self.feed.publish_all()
             log.info("feed.listening", channel=NOTIFY_CHANNEL)
             async for notify in conn.notifies():
-                self.feed.publish(notify.payload)
+                for task_id in notify.payload.split(","):
+                    self.feed.publish(task_id)
         # The server ended the stream (a restart): listen again.
         raise ConnectionError("the LISTEN connection closed")

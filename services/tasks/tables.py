@@ -17,7 +17,8 @@ from sqlalchemy.sql.functions import FunctionElement
 
 metadata = sa.MetaData()
 
-# The channel the task_events trigger notifies on (PostgreSQL); the payload is the task id.
+# The channel the task_events trigger notifies on (PostgreSQL), once per statement;
+# the payload is the ids of the tasks it changed, comma-separated.
 NOTIFY_CHANNEL = "task_events"
 
 

@@ -248,6 +248,38 @@ async def test_inline_evidence_is_compressed_with_lz4_on_postgresql(
         assert method == ("l" if has_lz4 else "")
 
 
+async def test_one_notification_per_statement_names_every_task_it_changed(
+    postgres_server_url: str, tmp_path: Path
+) -> None:
+    """250 audit rows in one statement: two notifications (200 ids a payload at most)."""
+    async with fresh_database("postgresql", postgres_server_url, tmp_path) as url:
+        await asyncio.to_thread(migrate.upgrade, url)
+        async with (
+            await psycopg.AsyncConnection.connect(url, autocommit=True) as listener,
+            await psycopg.AsyncConnection.connect(url, autocommit=True) as writer,
+        ):
+            await listener.execute("LISTEN task_events")
+            await writer.execute(
+                "INSERT INTO tasks (id, job_name, app_config_type, app_metadata,"
+                " verification_flags, status, created_at, updated_at)"
+                " SELECT gen_random_uuid(), 'verify', 'phala_cloud', '{}', '{}', 'pending',"
+                " now(), now() FROM generate_series(1, 250)"
+            )
+            await writer.execute(
+                "INSERT INTO task_events (task_id, type, to_status, progress, created_at)"
+                " SELECT id, 'created', 'pending', 0, now() FROM tasks"
+            )
+            ids = {
+                str(row[0])
+                for row in await (await writer.execute("SELECT id FROM tasks")).fetchall()
+            }
+            payloads: list[str] = []
+            async for notify in listener.notifies(timeout=5, stop_after=2):
+                payloads.append(notify.payload)
+        assert sorted(len(p.split(",")) for p in payloads) == [50, 200]
+        assert {task_id for p in payloads for task_id in p.split(",")} == ids
+
+
 async def test_watch_sees_changes_made_through_another_instance(
     postgres_server_url: str, tmp_path: Path
 ) -> None:
