@@ -281,9 +281,10 @@ async def bench_real_tasks(args: argparse.Namespace, stack: PipelineStack) -> No
     template = json_format.ParseDict(dstack_create_task_json(), tasks_pb2.CreateTaskRequest())
 
     async def leases(count: int) -> list[tuple[str, int]]:
-        async with stack.channel("tasks") as channel:
+        # StartTasks is internal (mutual TLS, as a worker calls it).
+        async with stack.channel("tasks") as channel, stack.internal_channel("tasks") as internal:
             tasks = tasks_pb2_grpc.TaskServiceStub(channel)
-            worker = worker_pb2_grpc.TaskWorkerServiceStub(channel)
+            worker = worker_pb2_grpc.TaskWorkerServiceStub(internal)
             ids: list[str] = []
             for _ in range(count):
                 request = tasks_pb2.CreateTaskRequest()
@@ -301,7 +302,7 @@ async def bench_real_tasks(args: argparse.Namespace, stack: PipelineStack) -> No
                 out.extend((t.task_id, t.attempt) for t in started.tasks if t.status.code == OK)
             return out
 
-    async with stack.channel("verification") as channel:
+    async with stack.internal_channel("verification") as channel:
         stub = engine_pb2_grpc.VerificationEngineServiceStub(channel)
         await _verify_leases(stub, await leases(args.batch), args.batch)  # warm up
         chunk = args.tasks // args.rounds
