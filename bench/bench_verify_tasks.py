@@ -8,8 +8,10 @@ with hardware, os and source_code on, verified for real and its report written
 once. VerifyTasks reads each batch's inputs with one
 TaskWorkerService.GetTaskInputs call; here a stand-in serves them from memory,
 so the figures are the verification service's own (the tasks service's cost is
-in bench_pipeline.py). Also counts the S3 requests per stored report, by
-operation (botocore events on the service's own client, and the lean PUT).
+in bench_pipeline.py). Also counts the S3 requests per stored report the
+service's main process makes, by operation (botocore events on its own
+client); the report PUTs are the pool processes' (one per report:
+tests/integration/verification/test_report_store_s3.py).
 
 Prints one line per mode, then
 `verify_tasks_per_s=<x> verify_one_at_a_time_per_s=<y> ratio=<x/y> ...`.
@@ -45,7 +47,6 @@ from verifier.verification.v1 import engine_pb2, engine_pb2_grpc  # noqa: E402
 from verifier.verification.v1 import verification_pb2 as pb  # noqa: E402
 
 from services.verification.main import build_spec  # noqa: E402
-from services.verification.s3 import SignedPut  # noqa: E402
 from services.verification.settings import VerificationSettings  # noqa: E402
 from shared.config import load_settings  # noqa: E402
 from shared.grpc_client import create_channel  # noqa: E402
@@ -176,14 +177,6 @@ async def bench(args: argparse.Namespace, s3: servers.S3Server) -> None:
     boto3.setup_default_session()
     assert boto3.DEFAULT_SESSION is not None
     boto3.DEFAULT_SESSION.events.register("before-call.s3", count)
-    # ... and the report PUTs, which go by the lean signed path (s3.SignedPut).
-    put = SignedPut.put
-
-    def counted_put(self: SignedPut, key: str, body: bytes, headers: dict[str, str]) -> None:
-        sent["PutObject"] += 1
-        put(self, key, body, headers)
-
-    SignedPut.put = counted_put  # type: ignore[method-assign]
 
     # Only GetTaskInputs is served: the other RPCs answer UNIMPLEMENTED.
     inputs = StandInInputs()  # type: ignore[abstract]

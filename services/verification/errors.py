@@ -66,5 +66,22 @@ class ReportNotFound(_Fielded, NotFound):
     """No stored report under the requested key."""
 
 
+class ReportStoreUnavailable(Unavailable):
+    """The report store (S3 or the folder) failed; the caller may retry."""
+
+    @classmethod
+    def of(cls, doing: str, exc: Exception) -> ReportStoreUnavailable:
+        """`doing` failed because of `exc`, with the store's own error code and
+        message, so an operator sees why (botocore keeps them in `response`;
+        the exception's str() can be long and nested)."""
+        response = getattr(exc, "response", None)
+        error = response.get("Error", {}) if isinstance(response, dict) else {}
+        if error:
+            why = f"{type(exc).__name__} {error.get('Code', '')}: {error.get('Message', '')}"
+        else:
+            why = f"{type(exc).__name__}: {exc}"
+        return cls(f"{doing} failed: {why.strip()}")
+
+
 def _rebuild_fielded(cls: type[_Fielded], message: str, field: str) -> _Fielded:
     return cls(message, field=field)

@@ -8,6 +8,7 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from shared.entrypoint import new_parser, run_main, serving
 from shared.grpc_server import DependencyProbe, ServiceSpec
@@ -24,7 +25,7 @@ from .os_images_server import OsImageServicer
 from .os_images_service import OsImageCatalogService
 from .pool import VerificationPool
 from .report import load_or_create_signing_key
-from .report_store import LocalReportStore, ReportStore, S3ReportStore
+from .report_store import ReportStore, S3ReportStore, build_report_store
 from .server import (
     ENGINE_SERVICE_NAME,
     SERVICE_NAME,
@@ -32,7 +33,7 @@ from .server import (
     VerificationServicer,
 )
 from .service import VerificationService
-from .settings import ReportStoreSettings, VerificationSettings
+from .settings import VerificationSettings
 from .task_inputs import GrpcTaskInputs
 from .version import VERIFIER_VERSION
 
@@ -49,8 +50,7 @@ class _StoreParts:
     background: list[Callable[[], Awaitable[None]]]
 
 
-def _s3_store(store_settings: ReportStoreSettings) -> _StoreParts:
-    s3_store = S3ReportStore(store_settings)
+def _s3_store(s3_store: S3ReportStore) -> _StoreParts:
 
     async def check_store() -> str:
         await asyncio.to_thread(s3_store.client.head_bucket, Bucket=s3_store.bucket)
@@ -67,13 +67,11 @@ def _s3_store(store_settings: ReportStoreSettings) -> _StoreParts:
     return _StoreParts(s3_store, DependencyProbe("s3", check_store), [ensure_bucket])
 
 
-def _folder_store(store_settings: ReportStoreSettings) -> _StoreParts:
-    folder = LocalReportStore(store_settings.local_dir, store_settings.local_encryption_key)
-
+def _folder_store(folder: ReportStore, root: Path) -> _StoreParts:
     async def check_store() -> str:
         def writable() -> str:
-            folder.root.mkdir(parents=True, exist_ok=True)
-            probe = folder.root / ".probe"
+            root.mkdir(parents=True, exist_ok=True)
+            probe = root / ".probe"
             probe.write_bytes(b"")
             probe.unlink()
             return "local-folder"
@@ -85,7 +83,13 @@ def _folder_store(store_settings: ReportStoreSettings) -> _StoreParts:
 
 def build_spec(settings: VerificationSettings) -> ServiceSpec:
     store_settings = settings.report_store
-    parts = _s3_store(store_settings) if store_settings.uses_s3 else _folder_store(store_settings)
+    # The same store the pool's processes write to (each builds its own).
+    built = build_report_store(store_settings)
+    parts = (
+        _s3_store(built)
+        if isinstance(built, S3ReportStore)
+        else _folder_store(built, store_settings.local_dir)
+    )
     store, background = parts.store, parts.background
 
     collateral = CollateralStore(
@@ -93,15 +97,19 @@ def build_spec(settings: VerificationSettings) -> ServiceSpec:
         cache=LocalCollateralCache(settings.collateral_cache_path),
         pccs=DcapPccsClient(settings.pccs_url) if settings.pccs_url else None,
     )
+    # Loaded once: the pool's processes sign the reports with it, this
+    # process the summaries and tokens, and it is the key the service publishes.
+    signing_key = load_or_create_signing_key(settings.signing_key_file)
     pool = VerificationPool(
         settings,
         max_workers=settings.verification_processes or None,
         collateral_store=collateral,
+        signing_key=signing_key,
     )
     service = VerificationService(
         pool=pool,
         store=store,
-        signing_key=load_or_create_signing_key(settings.signing_key_file),
+        signing_key=signing_key,
         fetcher=EvidenceFetcher(settings),
         bucket=store_settings.s3_bucket,
     )

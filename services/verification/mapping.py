@@ -159,9 +159,9 @@ def _check_to_proto(check: dict[str, Any]) -> pb.CheckResult:
 
 
 def summary_to_proto(stored: StoredVerification) -> pb.ReportSummary:
-    """From the signed document itself, so a report found stored and one just
-    written give the same summary."""
-    doc = stored.document
+    """From the signed report's own fields, so a report found stored and one
+    just written give the same summary."""
+    doc = stored.summary
     evaluated_at = timestamp_pb2.Timestamp()
     evaluated_at.FromJsonString(str(doc["evaluated_at"]))
     return pb.ReportSummary(

@@ -2,7 +2,10 @@
 
 dcap-qvl holds the GIL for ~1 ms per quote: threads would serialise. Each
 worker process builds its engine once (initializer). What crosses the process
-boundary is requests (a few dataclasses of bytes/str) and Reports.
+boundary is requests (a few dataclasses of bytes/str) and Reports, or, for
+`verify_and_store`, the WrittenReport of a report the worker process signed
+and stored itself (report_writer.py): the service's main process is a single
+one, and the signing, the canonical JSON and the PUT are spread over the pool.
 
 Requests are sent in batches: a ProcessPoolExecutor round trip costs the
 parent ~0.5 ms of CPU, about half a verification, and on a 2-core machine that
@@ -24,6 +27,9 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared.errors import Unavailable
 from shared.log import get_logger
@@ -31,31 +37,57 @@ from shared.log import get_logger
 from .collateral import CollateralStore
 from .engine import VerificationEngine
 from .model import Report, VerificationRequest
+from .report import key_id
+from .report_writer import ReportWriter, WriteTarget, WrittenReport
 from .settings import VerificationSettings
 
 log = get_logger(__name__)
 
 _ENGINE: VerificationEngine | None = None
+_WRITER: ReportWriter | None = None
 
 
 class EngineProcessDied(Unavailable):
     """A pool process died under a batch; the pool was restarted (retry)."""
 
 
-def _init_worker(settings: VerificationSettings) -> None:
-    global _ENGINE
+def _init_worker(settings: VerificationSettings, signing_key: bytes) -> None:
+    global _ENGINE, _WRITER
     _ENGINE = VerificationEngine(settings)
+    if signing_key:
+        # The store client is made at the first write: a store that is down
+        # must fail writes, not this initializer (that would break the pool).
+        _WRITER = ReportWriter(
+            settings.report_store, Ed25519PrivateKey.from_private_bytes(signing_key)
+        )
 
 
-def _verify_batch(requests: list[VerificationRequest]) -> list[Report | Exception]:
+_Item = tuple[VerificationRequest, WriteTarget | None]
+
+
+def _verify_batch(items: list[_Item]) -> list[Report | WrittenReport | Exception]:
+    """Verify each item; then sign and store the batch's reports at once."""
     if _ENGINE is None:  # pragma: no cover - the initializer always runs first
         raise RuntimeError("worker engine not initialised")
-    results: list[Report | Exception] = []
-    for request in requests:
+    results: list[Report | WrittenReport | Exception] = []
+    to_write: list[tuple[int, Report, WriteTarget]] = []
+    for request, target in items:
         try:
-            results.append(_ENGINE.verify(request))
+            report = _ENGINE.verify(request)
         except Exception as exc:
             results.append(exc)
+            continue
+        if target is not None:
+            to_write.append((len(results), report, target))
+        results.append(report)
+    if to_write:
+        stored: list[WrittenReport | Exception] = (
+            _WRITER.write_many([(report, target) for _, report, target in to_write])
+            if _WRITER is not None
+            else [RuntimeError("the pool was started without a signing key")] * len(to_write)
+        )
+        for (index, _, _), result in zip(to_write, stored, strict=True):
+            results[index] = result
     return results
 
 
@@ -63,7 +95,7 @@ def _ping(_: int) -> int:
     return os.getpid()
 
 
-_Waiting = tuple[VerificationRequest, "asyncio.Future[Report]"]
+_Waiting = tuple[_Item, "asyncio.Future[Any]"]
 
 
 class VerificationPool:
@@ -71,6 +103,8 @@ class VerificationPool:
 
     When `collateral_store` has a PCCS, missing collateral is fetched here, in
     the event loop (network, async), and passed to the worker inline.
+    With `signing_key` (the one the service publishes), `verify_and_store`
+    has the worker sign and store each report (in settings.report_store).
     """
 
     def __init__(
@@ -80,6 +114,7 @@ class VerificationPool:
         collateral_store: CollateralStore | None = None,
         start_method: str = "spawn",
         max_batch: int = 16,
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> None:
         # spawn, not fork: forking a process that runs grpc.aio threads is unsafe.
         self.settings = settings
@@ -90,6 +125,9 @@ class VerificationPool:
         self._in_flight = 0
         self._waiting: deque[_Waiting] = deque()
         self._start_method = start_method
+        self._signing_key = signing_key.private_bytes_raw() if signing_key is not None else b""
+        # Whose signature the worker processes put on reports ("" without a key).
+        self.signing_key_id = key_id(signing_key) if signing_key is not None else ""
         self._executor = self._new_executor()
         self._generation = 0  # bumped each time a broken executor is replaced
 
@@ -98,7 +136,7 @@ class VerificationPool:
             max_workers=self.max_workers,
             mp_context=multiprocessing.get_context(self._start_method),
             initializer=_init_worker,
-            initargs=(self.settings,),
+            initargs=(self.settings, self._signing_key),
         )
 
     def _replace_broken(self, generation: int) -> None:
@@ -124,18 +162,31 @@ class VerificationPool:
     ) -> list[asyncio.Future[Report]]:
         """Queue every request at once; one future per request, in order.
         A missing collateral fails only its own request's future."""
+        return await self._queue([(r, None) for r in requests])
+
+    async def verify_and_store(
+        self, jobs: list[tuple[VerificationRequest, WriteTarget]]
+    ) -> list[asyncio.Future[WrittenReport]]:
+        """As verify_many, and each report is signed and stored once by the
+        worker that made it: a future per job of its WrittenReport, or of
+        ReportStoreUnavailable when the store failed (that job only)."""
+        if not self._signing_key:
+            raise RuntimeError("the pool was started without a signing key")
+        return await self._queue(list(jobs))
+
+    async def _queue(self, items: list[_Item]) -> list[asyncio.Future[Any]]:
         loop = asyncio.get_running_loop()
         prepared = await asyncio.gather(
-            *(self._with_collateral(r) for r in requests), return_exceptions=True
+            *(self._with_collateral(r) for r, _ in items), return_exceptions=True
         )
-        futures: list[asyncio.Future[Report]] = []
-        for item in prepared:
-            future: asyncio.Future[Report] = loop.create_future()
+        futures: list[asyncio.Future[Any]] = []
+        for (_, target), request in zip(items, prepared, strict=True):
+            future: asyncio.Future[Any] = loop.create_future()
             futures.append(future)
-            if isinstance(item, BaseException):
-                future.set_exception(item)
+            if isinstance(request, BaseException):
+                future.set_exception(request)
             else:
-                self._waiting.append((item, future))
+                self._waiting.append(((request, target), future))
         self._dispatch(loop)
         return futures
 
@@ -175,7 +226,7 @@ class VerificationPool:
         loop: asyncio.AbstractEventLoop,
         batch: list[_Waiting],
         generation: int,
-        done: Future[list[Report | Exception]],
+        done: Future[list[Report | WrittenReport | Exception]],
     ) -> None:
         loop.call_soon_threadsafe(self._finish, loop, batch, generation, done)
 
@@ -184,7 +235,7 @@ class VerificationPool:
         loop: asyncio.AbstractEventLoop,
         batch: list[_Waiting],
         generation: int,
-        done: Future[list[Report | Exception]],
+        done: Future[list[Report | WrittenReport | Exception]],
     ) -> None:
         self._in_flight -= 1
         error: BaseException | None = (
@@ -194,7 +245,7 @@ class VerificationPool:
             # The batch's requests are not the cause for sure: a transient fault.
             self._replace_broken(generation)
             error = EngineProcessDied("a verification process died; retry the request")
-        results: list[Report | BaseException] = (
+        results: list[Report | WrittenReport | BaseException] = (
             [error] * len(batch) if error is not None else list(done.result())
         )
         for (_, future), result in zip(batch, results, strict=True):

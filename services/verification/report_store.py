@@ -99,6 +99,19 @@ class ReportStore(abc.ABC):
     def create(self, key: str, body: bytes, signature: bytes) -> None:
         """Store a report under a new key; raises ReportExists when the key is taken."""
 
+    def create_many(self, reports: list[tuple[str, bytes, bytes]]) -> list[Exception | None]:
+        """create() of each (key, body, signature): each one's fault
+        (ReportExists, ...) or None; one report's fault never stops another."""
+        faults: list[Exception | None] = []
+        for key, body, signature in reports:
+            try:
+                self.create(key, body, signature)
+            except Exception as exc:
+                faults.append(exc)
+            else:
+                faults.append(None)
+        return faults
+
     @abc.abstractmethod
     def get(self, key: str) -> StoredReport:
         """Raises ReportNotFound, or ReportUnreadable."""
@@ -212,15 +225,18 @@ class S3ReportStore(ReportStore):
                 if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise
 
+    def _headers(self, metadata: dict[str, str], conditional: bool) -> dict[str, str]:
+        """The lean PUT's headers (SignedPut)."""
+        return {
+            "Content-Type": JSON,
+            **{f"x-amz-meta-{name}": value for name, value in metadata.items()},
+            **({"If-None-Match": "*"} if conditional else {}),
+            **self.sse_headers,
+        }
+
     def _put(self, key: str, body: bytes, metadata: dict[str, str], conditional: bool) -> None:
         if self.signed_put is not None:
-            headers = {
-                "Content-Type": JSON,
-                **{f"x-amz-meta-{name}": value for name, value in metadata.items()},
-                **({"If-None-Match": "*"} if conditional else {}),
-                **self.sse_headers,
-            }
-            self.signed_put.put(key, body, headers)
+            self.signed_put.put(key, body, self._headers(metadata, conditional))
             return
         extra = {"IfNoneMatch": "*"} if conditional else {}
         self.client.put_object(
@@ -267,6 +283,22 @@ class S3ReportStore(ReportStore):
             if _error_kind(exc) == "exists":
                 raise ReportExists(key) from None
             raise
+
+    def create_many(self, reports: list[tuple[str, bytes, bytes]]) -> list[Exception | None]:
+        """With conditional PUTs on the lean path, every PUT is sent at once
+        (the store works on them side by side); else one create() each."""
+        if self.signed_put is None or not self.probe_conditional_put():
+            return super().create_many(reports)
+        faults = self.signed_put.put_many(
+            [
+                (_check_key(key), body, self._headers({"signature": signature.hex()}, True))
+                for key, body, signature in reports
+            ]
+        )
+        return [
+            ReportExists(key) if fault is not None and _error_kind(fault) == "exists" else fault
+            for (key, _, _), fault in zip(reports, faults, strict=True)
+        ]
 
     def _exists(self, key: str) -> bool:
         try:
@@ -346,3 +378,10 @@ def _error_kind(exc: Exception) -> str:
     if code == "NotImplemented" or status == 501:
         return "unsupported"
     return ""
+
+
+def build_report_store(settings: ReportStoreSettings) -> ReportStore:
+    """The store the settings select: S3 when they name a bucket, else the folder."""
+    if settings.uses_s3:
+        return S3ReportStore(settings)
+    return LocalReportStore(settings.local_dir, settings.local_encryption_key)

@@ -1,11 +1,12 @@
 """The verification service's use cases, between the gRPC surface and the engine.
 
 verify / verify_tasks: gather the evidence (inline, or fetched by app type),
-run the engine in the process pool, sign the canonical report and write it
-once under the task and attempt. A report already stored for that attempt is
-returned as it is, never overwritten. A redelivered task whose earlier
-attempt of the same run stored a report that checks adopts it instead of
-being verified again (adoption.py). get_report reads one back.
+run the engine in the process pool, whose processes sign the canonical report
+and write it once under the task and attempt (report_writer.py); this process
+gets back the summary's fields and counts the metrics. A report already
+stored for that attempt is returned as it is, never overwritten. A
+redelivered task whose earlier attempt of the same run stored a report that
+checks adopts it instead of being verified again (adoption.py). get_report reads one back.
 No grpc here: server.py and mapping.py map these types to and from the protos,
 and task_inputs.py reads a batch's inputs from the tasks service.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import hashlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
@@ -30,19 +30,19 @@ from shared.log import get_logger
 
 from . import adoption
 from .chain import with_fetched
-from .errors import EvidenceMalformed, ReportNotFound
+from .errors import EvidenceMalformed, ReportNotFound, ReportStoreUnavailable
 from .fetchers import EvidenceFetcher
-from .model import Report, VerificationRequest
+from .model import VerificationRequest
 from .pool import VerificationPool
-from .report import key_id, public_key_bytes, public_key_pem, sign_report
+from .report import key_id, public_key_bytes, public_key_pem
 from .report_store import (
-    ReportExists,
     ReportStore,
     ReportUnreadable,
     StoredReport,
     check_task_id,
     report_key,
 )
+from .report_writer import WriteTarget, WrittenReport, written
 
 log = get_logger(__name__)
 
@@ -51,25 +51,12 @@ log = get_logger(__name__)
 DELETE_CONCURRENCY = 8
 
 
-class ReportStoreUnavailable(Unavailable):
-    """The report store (S3 or the folder) failed; the caller may retry."""
-
-
 class TaskInputsUnavailable(Unavailable):
     """The tasks service could not give a task's inputs now; retry later."""
 
 
 class StaleAttempt(FailedPrecondition):
     """The attempt is not the task's current one (or the task is gone): no report."""
-
-
-def _describe(exc: Exception) -> str:
-    """The store's own error code and message, so an operator sees why (botocore
-    keeps them in `response`; the exception's str() can be long and nested)."""
-    error = getattr(exc, "response", {}).get("Error", {}) if hasattr(exc, "response") else {}
-    if error:
-        return f"{type(exc).__name__} {error.get('Code', '')}: {error.get('Message', '')}".strip()
-    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True)
@@ -103,7 +90,7 @@ class TaskInputSource(abc.ABC):
 class StoredVerification:
     """A verification's report, as signed and stored (new, or found stored)."""
 
-    document: dict[str, Any]  # the signed report, parsed
+    summary: dict[str, Any]  # the signed report's fields a summary names (SUMMARY_FIELDS)
     task_id: str
     attempt: int
     bucket: str
@@ -139,6 +126,10 @@ class VerificationService:
         self.bucket = bucket
         self.task_inputs = task_inputs
         raw = public_key_bytes(signing_key)
+        if pool.signing_key_id != key_id(raw):
+            # The pool signs the reports, this service the summaries and
+            # tokens, and both must be the key it publishes.
+            raise ValueError("the pool signs reports with another key than the service's")
         self.key_info = SigningKeyInfo(
             public_key=raw,
             public_key_pem=public_key_pem(signing_key).decode("ascii"),
@@ -150,10 +141,10 @@ class VerificationService:
         return self.signing_key.sign(data)
 
     async def verify(self, request: VerificationRequest, attempt: int = 0) -> StoredVerification:
-        key = self._key_for(request, attempt)
+        target = WriteTarget(self._key_for(request, attempt), attempt)
         request = await self._with_evidence(request)
-        (future,) = await self.pool.verify_many([request])
-        return await self._store_once(await future, key, attempt)
+        (future,) = await self.pool.verify_and_store([(request, target)])
+        return self._recorded(await future)
 
     async def verify_tasks(
         self, leases: Sequence[TaskLease]
@@ -175,10 +166,12 @@ class VerificationService:
             for item, p in zip(inputs, prepared, strict=True)
             if isinstance(p, tuple)
         ]
-        futures = await self.pool.verify_many([request for _, _, request in ready])
+        futures = await self.pool.verify_and_store(
+            [(request, WriteTarget(key, lease.attempt)) for lease, key, request in ready]
+        )
         runs = [
-            asyncio.ensure_future(self._finish(lease, key, future))
-            for (lease, key, _), future in zip(ready, futures, strict=True)
+            asyncio.ensure_future(self._finish(lease, future))
+            for (lease, _, _), future in zip(ready, futures, strict=True)
         ]
         # Adopted (an earlier attempt's report) or a fault: answered at once.
         answered = [
@@ -225,12 +218,9 @@ class VerificationService:
         try:
             stored = await asyncio.to_thread(self.store.stored_attempts, lease.task_id)
         except Exception as exc:
-            raise ReportStoreUnavailable(
-                f"listing the task's reports failed: {_describe(exc)}"
-            ) from exc
+            raise ReportStoreUnavailable.of("listing the task's reports", exc) from exc
         if lease.attempt in stored:
-            own = await self._read(key)
-            return self._stored(own.body, json.loads(own.body), key, lease.attempt, True)
+            return self._found(await self._read(key), lease.attempt)
         for attempt in adoption.candidates(earlier_attempts, stored):
             key = report_key(lease.task_id, attempt)
             try:
@@ -238,9 +228,7 @@ class VerificationService:
             except (ReportNotFound, ReportUnreadable) as exc:
                 why = str(exc)
             except Exception as exc:
-                raise ReportStoreUnavailable(
-                    f"reading the report failed: {_describe(exc)}"
-                ) from exc
+                raise ReportStoreUnavailable.of("reading the report", exc) from exc
             else:
                 why = adoption.refusal(
                     report.body, report.signature, self.key_info.public_key, lease.task_id, attempt
@@ -253,10 +241,7 @@ class VerificationService:
                         adopted_attempt=attempt,
                         key=key,
                     )
-                    found = self._stored(
-                        report.body, json.loads(report.body), key, lease.attempt, True
-                    )
-                    return replace(found, adopted_attempt=attempt)
+                    return replace(self._found(report, lease.attempt), adopted_attempt=attempt)
             log.warning(
                 "report.not_adopted",
                 task_id=lease.task_id,
@@ -267,10 +252,10 @@ class VerificationService:
         return None
 
     async def _finish(
-        self, lease: TaskLease, key: str, future: asyncio.Future[Report]
+        self, lease: TaskLease, future: asyncio.Future[WrittenReport]
     ) -> tuple[TaskLease, StoredVerification | Exception]:
         try:
-            return lease, await self._store_once(await future, key, lease.attempt)
+            return lease, self._recorded(await future)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -299,38 +284,36 @@ class VerificationService:
             raise EvidenceMalformed("evidence", "no inline evidence and fetching is off")
         return with_fetched(request, await self.fetcher.fetch(request))
 
-    async def _store_once(self, report: Report, key: str, attempt: int) -> StoredVerification:
-        signed = sign_report(report, self.signing_key, attempt)
-        try:
-            # boto3 is blocking: keep it off the event loop.
-            await asyncio.to_thread(self.store.create, key, signed.body, signed.signature)
-        except ReportExists:
+    def _recorded(self, report: WrittenReport) -> StoredVerification:
+        """A report a pool process signed and stored (or found stored)."""
+        if report.already_stored:
             # A repeat of this attempt (a redelivered job, a retried call): the
             # first report stands, and its summary is the answer.
-            log.info("report.already_stored", key=key)
-            existing = await self._read(key)
-            return self._stored(existing.body, json.loads(existing.body), key, attempt, True)
-        except Exception as exc:
-            raise ReportStoreUnavailable(f"storing the report failed: {_describe(exc)}") from exc
-        # Counted once per stored report (a repeat of an attempt is not a new run).
-        metrics.verification_done(
-            [(c.name, c.status.value) for c in report.checks],
-            report.timings_ms.get("total", 0.0) / 1000,
-        )
-        return self._stored(signed.body, signed.document, key, attempt, False)
+            log.info("report.already_stored", key=report.key)
+        else:
+            # Counted once per stored report (a repeat of an attempt is not a new run).
+            metrics.verification_done(
+                [(c["name"], c["status"]) for c in report.summary.get("checks", [])],
+                report.seconds,
+            )
+        return self._stored(report)
 
-    def _stored(
-        self, body: bytes, document: dict[str, Any], key: str, attempt: int, found: bool
-    ) -> StoredVerification:
+    def _found(self, stored: StoredReport, attempt: int) -> StoredVerification:
+        """A report read back from the store, as this attempt's result."""
+        return self._stored(
+            written(stored.body, json.loads(stored.body), WriteTarget(stored.key, attempt), True)
+        )
+
+    def _stored(self, report: WrittenReport) -> StoredVerification:
         return StoredVerification(
-            document=document,
-            task_id=str(document.get("task_id", "")),
-            attempt=attempt,
+            summary=report.summary,
+            task_id=str(report.summary.get("task_id", "")),
+            attempt=report.attempt,
             bucket=self.bucket,
-            key=key,
-            filename=PurePosixPath(key).name,
-            report_sha256=hashlib.sha256(body).hexdigest(),
-            already_stored=found,
+            key=report.key,
+            filename=PurePosixPath(report.key).name,
+            report_sha256=report.report_sha256,
+            already_stored=report.already_stored,
         )
 
     async def _read(self, key: str) -> StoredReport:
@@ -339,7 +322,7 @@ class VerificationService:
         except ReportNotFound:
             raise
         except Exception as exc:
-            raise ReportStoreUnavailable(f"reading the report failed: {_describe(exc)}") from exc
+            raise ReportStoreUnavailable.of("reading the report", exc) from exc
 
     async def get_report(self, task_id: str, attempt: int = 0) -> StoredReport:
         """The report of `attempt`, or (0) of the task's latest attempt."""
@@ -356,9 +339,7 @@ class VerificationService:
             except ReportNotFound:
                 raise
             except Exception as exc:
-                raise ReportStoreUnavailable(
-                    f"listing the task's reports failed: {_describe(exc)}"
-                ) from exc
+                raise ReportStoreUnavailable.of("listing the task's reports", exc) from exc
         return await self._read(key)
 
     async def delete_reports(self, task_ids: Sequence[str]) -> list[int | Exception]:
@@ -375,9 +356,7 @@ class VerificationService:
                 try:
                     deleted = await asyncio.to_thread(self.store.delete_task, task_id)
                 except Exception as exc:
-                    return ReportStoreUnavailable(
-                        f"deleting the reports of {task_id} failed: {_describe(exc)}"
-                    )
+                    return ReportStoreUnavailable.of(f"deleting the reports of {task_id}", exc)
             log.info("reports.deleted", task_id=task_id, deleted=deleted)
             return deleted
 

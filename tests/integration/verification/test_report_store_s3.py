@@ -146,3 +146,20 @@ def test_sse_kms_puts_carry_the_key_id(s3: S3Server) -> None:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def test_a_batch_is_one_conditional_put_each_and_a_taken_key_refuses_only_its_own(
+    s3: S3Server,
+) -> None:
+    store = S3ReportStore(_settings(s3))
+    taken = report_key("task-batch", 2)
+    store.create(taken, b'{"first":1}', SIGNATURE)
+    sent = _count_requests(store)
+    keys = [report_key("task-batch", attempt) for attempt in (1, 2, 3)]
+    faults = store.create_many([(key, b'{"n":1}', SIGNATURE) for key in keys])
+    assert [type(fault) for fault in faults] == [type(None), ReportExists, type(None)]
+    assert sent == Counter({"PutObject": 3})
+    assert store.get(taken).body == b'{"first":1}'
+    for key in (keys[0], keys[2]):
+        stored = store.get(key)
+        assert (stored.body, stored.signature) == (b'{"n":1}', SIGNATURE)

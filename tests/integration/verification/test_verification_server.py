@@ -19,6 +19,7 @@ from verifier.verification.v1 import verification_pb2 as pb
 
 from services.verification.main import build_spec
 from services.verification.report import canonical_json, verify_report_signature
+from services.verification.s3 import s3_client
 from services.verification.settings import VerificationSettings
 from shared.config import load_settings
 from shared.grpc_client import create_channel
@@ -273,6 +274,25 @@ async def test_get_report_returns_the_latest_attempt_or_the_one_asked_for(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await verification.GetReport(pb.GetReportRequest(task_id=TASK_RETRIED, attempt=3))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_the_pool_stores_reports_with_the_configured_server_side_encryption(
+    tmp_path: Path, s3: S3Server
+) -> None:
+    """The pool's processes make their own store client from the same
+    settings: S3_SSE reaches their PUTs."""
+    settings = replace(_settings(tmp_path, s3), s3_sse="AES256")
+    running = await start_server(build_spec(settings))
+    try:
+        async with create_channel(f"127.0.0.1:{running.port}") as channel:
+            engine = engine_pb2_grpc.VerificationEngineServiceStub(channel)
+            summary = (await engine.Verify(_verify_request(TASK_VECTOR, attempt=1))).summary
+    finally:
+        await running.stop(1.0)
+    client = s3_client(settings.report_store)
+    head = client.head_object(Bucket=summary.s3_bucket, Key=summary.s3_key)
+    assert head["ServerSideEncryption"] == "AES256"
+    assert len(bytes.fromhex(head["Metadata"]["signature"])) == 64
 
 
 def test_verify_is_not_on_the_public_service() -> None:

@@ -12,11 +12,11 @@ from services.verification.errors import (
     FetchFailed,
     FetchNotAllowed,
     FetchRejected,
+    ReportStoreUnavailable,
 )
 from services.verification.mapping import item_status
 from services.verification.pool import EngineProcessDied
 from services.verification.service import (
-    ReportStoreUnavailable,
     StaleAttempt,
     TaskInputsUnavailable,
 )

@@ -7,6 +7,7 @@ integration and end-to-end tests use the real tasks service."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,14 +16,17 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from google.rpc import status_pb2
+from prometheus_client import REGISTRY
 from verifier.tasks.v1 import worker_pb2, worker_pb2_grpc
 from verifier.verification.v1 import engine_pb2, engine_pb2_grpc, verification_pb2_grpc
 from verifier.verification.v1 import verification_pb2 as pb
 
+from services.verification import envelope
 from services.verification.main import build_spec
 from services.verification.report import verify_report_signature
 from services.verification.report_store import LocalReportStore
 from services.verification.settings import VerificationSettings
+from shared import metrics
 from shared.config import load_settings
 from shared.grpc_client import create_channel
 from shared.grpc_server import RunningServer, start_server
@@ -102,6 +106,12 @@ class Stack:
 
 @pytest.fixture()
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with _serve(tmp_path) as served:
+        yield served
+
+
+@contextlib.asynccontextmanager
+async def _serve(tmp_path: Path, **env: str) -> AsyncIterator[Stack]:
     stand_in = StandInTaskWorker()
     tasks_server = grpc.aio.server()
     worker_pb2_grpc.add_TaskWorkerServiceServicer_to_server(stand_in, tasks_server)
@@ -117,6 +127,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
             "METRICS_ENABLED": "false",
             # The engine's batches; who may call it: tests/integration/auth.
             "AUTH_ENABLED": "false",
+            **env,
         },
     )
     running: RunningServer = await start_server(build_spec(settings))
@@ -192,6 +203,60 @@ async def test_one_bad_task_never_fails_its_neighbours(stack: Stack) -> None:
     assert "quote" in bad.message
     # Only the good task has a report: a stale attempt never writes one.
     assert _reports(stack.data_dir) == [f"reports/{good}/1.json"]
+
+
+async def test_one_tasks_store_failure_never_fails_its_neighbours(stack: Stack) -> None:
+    """The pool's processes store the reports: a write that fails there is
+    that task's UNAVAILABLE (retry), and its neighbours are stored."""
+    broken, *others = list(CURRENT)[:3]
+    (stack.data_dir / "reports").mkdir()
+    (stack.data_dir / "reports" / broken).write_bytes(b"")  # a file where its folder goes
+    results = await _verify(stack, [(t, 1) for t in (broken, *others)])
+    status = results[broken].status
+    assert status.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert "storing the report failed" in status.message
+    for task_id in others:
+        assert _summary(results[task_id]).s3_key == f"reports/{task_id}/1.json"
+    assert _reports(stack.data_dir) == sorted(f"reports/{t}/1.json" for t in others)
+
+
+def _verifications() -> tuple[float, float]:
+    """(hardware checks that passed, verifications timed) so far in this process."""
+    passed = REGISTRY.get_sample_value(
+        "verifier_verifications_total", {"check": "hardware", "status": "passed"}
+    )
+    timed = REGISTRY.get_sample_value("verifier_verification_duration_seconds_count")
+    return passed or 0.0, timed or 0.0
+
+
+async def test_each_stored_report_is_counted_once_in_the_metrics(stack: Stack) -> None:
+    was = metrics.enabled()
+    metrics.configure(True)
+    try:
+        before = _verifications()
+        leases = [(task_id, 1) for task_id in list(CURRENT)[:2]]
+        await _verify(stack, leases)
+        await _verify(stack, leases)  # a repeat finds them stored: not a new run
+    finally:
+        metrics.configure(was)
+    after = _verifications()
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 2)
+
+
+async def test_reports_the_pool_stores_are_envelope_encrypted_with_the_folder_key(
+    tmp_path: Path,
+) -> None:
+    task_id = next(iter(CURRENT))
+    key = bytes(range(32))
+    async with _serve(tmp_path, REPORT_ENCRYPTION_KEY=key.hex()) as sealed:
+        summary = _summary((await _verify(sealed, [(task_id, 1)]))[task_id])
+        report = await sealed.public.GetReport(pb.GetReportRequest(task_id=task_id))
+    data = (tmp_path / summary.s3_key).read_bytes()
+    assert envelope.is_sealed(data)
+    assert b"verdict" not in data
+    stored = LocalReportStore(tmp_path, key).get(summary.s3_key)
+    assert stored.body.decode() == report.canonical_json
+    assert stored.signature.hex() == report.signature
 
 
 async def test_a_repeated_batch_returns_the_stored_reports_and_overwrites_nothing(
