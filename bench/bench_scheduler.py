@@ -35,6 +35,7 @@ from services.tasks.tables import apps  # noqa: E402
 from shared.grpc_client import create_channel  # noqa: E402
 from tests.fault.stack import Process, stack_env  # noqa: E402
 from tests.support import servers  # noqa: E402
+from tests.support.auth import auth_env, bootstrap_admin_key  # noqa: E402
 
 
 def insert_apps(url: str, count: int) -> None:
@@ -80,8 +81,8 @@ def counts(url: str) -> tuple[int, int, int, int]:
     return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
-async def queue_waiting(port: int) -> int:
-    async with create_channel(f"127.0.0.1:{port}") as channel:
+async def queue_waiting(port: int, api_key: str) -> int:
+    async with create_channel(f"127.0.0.1:{port}", api_key=api_key) as channel:
         status = await queue_pb2_grpc.QueueServiceStub(channel).GetQueueStatus(
             queue_pb2.GetQueueStatusRequest(), timeout=10
         )
@@ -111,6 +112,10 @@ def run(server: str, redis_url: str, count: int, replicas: int, batch: int) -> d
                 reconcile_after_seconds="3600",
                 database_pool_size="10",
             )
+            # Authentication on, as in production (the queue's calls to the
+            # tasks service go over its internal mutual-TLS port).
+            env = auth_env(env, workdir)
+            api_key = bootstrap_admin_key(env)
             queue = Process(
                 "queue", ["-m", "services.queue"], env, workdir / "queue.log", queue_port
             )
@@ -120,6 +125,10 @@ def run(server: str, redis_url: str, count: int, replicas: int, batch: int) -> d
             for index in range(replicas):
                 port = servers.free_port()
                 replica_env = {**env, "TASKS_LISTEN_ADDR": f"127.0.0.1:{port}"}
+                if index:
+                    # Each replica its own internal port; the queue calls the first.
+                    internal = f"127.0.0.1:{servers.free_port()}"
+                    replica_env["TASKS_INTERNAL_LISTEN_ADDR"] = internal
                 replica = Process(
                     f"tasks-{index}",
                     ["-m", "services.tasks"],
@@ -143,7 +152,7 @@ def run(server: str, redis_url: str, count: int, replicas: int, batch: int) -> d
                 raise RuntimeError(f"not all queued in time: {counts(url)}\n{procs[-1].tail()}")
             time.sleep(3.0)  # three more passes per replica: nothing new may appear
             total, distinct, queued, most = counts(url)
-            waiting = asyncio.run(queue_waiting(queue_port))
+            waiting = asyncio.run(queue_waiting(queue_port, api_key))
             assert total == count and distinct == count and most == 1, (total, distinct, most)
             assert waiting == count, f"the queue holds {waiting} jobs, expected {count}"
             return {"created": all_created, "queued": all_queued}
