@@ -3,6 +3,7 @@ offending field named (INVALID_ARGUMENT). Pure: no I/O."""
 
 from __future__ import annotations
 
+import binascii
 import json
 import re
 from collections.abc import Mapping
@@ -48,7 +49,6 @@ MAX_PAGE_SIZE = 500
 
 _APP_ID = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _CONTRACT = re.compile(r"^0x[0-9a-fA-F]{40}$")
-_HEX = re.compile(r"^[0-9a-fA-F]*$")
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 # Timestamps outside this window are typos, not moments a quote can be evaluated at.
 _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
@@ -107,6 +107,16 @@ def validate_metadata(value: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _is_hex(text: str) -> bool:
+    """Hex digits only, an even number of them. binascii decodes in C: the
+    regex took a third of a CreateTask's mapping on a 10 KB quote."""
+    try:
+        binascii.unhexlify(text)
+    except (binascii.Error, ValueError):  # ValueError: not ASCII
+        return False
+    return True
+
+
 def validate_evidence(value: Mapping[str, str] | None) -> dict[str, str] | None:
     """Bounded inline evidence; None when absent or entirely empty."""
     if value is None:
@@ -125,7 +135,7 @@ def validate_evidence(value: Mapping[str, str] | None) -> dict[str, str] | None:
     for name in ("quote", "report_data"):
         text = evidence.get(name, "")
         body = text[2:] if text[:2] in ("0x", "0X") else text
-        if not _HEX.match(body) or len(body) % 2:
+        if not _is_hex(body):
             raise InvalidArgument(f"evidence.{name}", "expected hex text")
     if "quote" not in evidence:
         raise InvalidArgument("evidence.quote", "required when evidence is given")

@@ -128,6 +128,10 @@ def test_metadata_over_16_kib_is_invalid() -> None:
         ({"quote": "ab" * (32 * 1024 + 1)}, "evidence.quote"),
         ({"quote": "xyz"}, "evidence.quote"),
         ({"quote": "abc"}, "evidence.quote"),
+        # Whitespace, a trailing newline, non-ASCII digits: not hex text.
+        ({"quote": "abc\n"}, "evidence.quote"),
+        ({"quote": "ab cd"}, "evidence.quote"),
+        ({"quote": "ab\u0661\u0662"}, "evidence.quote"),
         ({"event_log": "[]"}, "evidence.quote"),
         ({"quote": "ab", "event_log": "e" * (1024 * 1024 + 1)}, "evidence.event_log"),
         ({"quote": "ab", "vm_config": "v" * (64 * 1024 + 1)}, "evidence.vm_config"),
