@@ -23,22 +23,13 @@ from .model import (
     TaskStatus,
 )
 from .operations import StatusRule
-from .rows import event_from_row, task_from_row, utc
+from .rows import UNSTARTED_RUN, event_from_row, task_from_row, utc
 from .tables import BASIC_COLUMNS, apps, retention_audit, task_events, tasks
 
 RETRYABLE = (TaskStatus.FAILED.value, TaskStatus.CANCELLED.value)
 # Cleared on retry: what the failed run left.
 _RESET: dict[str, Any] = {
-    "status": TaskStatus.PENDING.value,
-    "progress": 0,
-    "error_message": "",
-    "check_results": None,
-    "verdict": "",
-    "tcb_status": "",
-    "s3_bucket": "",
-    "s3_key": "",
-    "s3_filename": "",
-    "queue_job_id": "",
+    **UNSTARTED_RUN,
     "started_at": None,
     "finished_at": None,
     "enqueued_at": None,

@@ -81,12 +81,27 @@ def event_from_row(row: Row) -> TaskEvent:
     )
 
 
+# A run's fields before it starts: a new task's, and what a retry resets
+# (ops_store.py) besides the run's times.
+UNSTARTED_RUN: dict[str, Any] = {
+    "status": TaskStatus.PENDING.value,
+    "progress": 0,
+    "error_message": "",
+    "check_results": None,
+    "verdict": "",
+    "tcb_status": "",
+    "s3_bucket": "",
+    "s3_key": "",
+    "s3_filename": "",
+    "queue_job_id": "",
+}
+
+
 def new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
     """The tasks row of a new PENDING task (a fresh id)."""
     return {
         "id": str(uuid.uuid4()),
         "job_name": new.job_name,
-        "queue_job_id": "",
         "request_id": new.request_id,
         "app_id": new.app_id,
         "app_name": new.app_name,
@@ -95,15 +110,7 @@ def new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
         "model_or_domain": new.model_or_domain,
         "app_metadata": new.app_metadata,
         "verification_flags": new.verification_flags.to_dict(),
-        "status": TaskStatus.PENDING.value,
-        "progress": 0,
-        "error_message": "",
-        "check_results": None,
-        "verdict": "",
-        "tcb_status": "",
-        "s3_bucket": "",
-        "s3_key": "",
-        "s3_filename": "",
+        **UNSTARTED_RUN,
         "expected_compose_hash": new.expected_compose_hash,
         "evaluation_time": new.evaluation_time,
         "evidence": new.evidence,
