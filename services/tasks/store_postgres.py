@@ -73,6 +73,17 @@ def _insert() -> sa.Select[Any]:
 _ROW_COLUMNS = [name for name in st.TASK_INSERT_COLUMNS if name != "evidence"]
 
 
+def _items(columns: list[sa.ColumnClause[Any]]) -> sa.CTE:
+    """The `items` parameter (a JSON array of objects) as the table `req`, one
+    row an item, typed by the columns."""
+    items = (
+        sa.func.jsonb_to_recordset(sa.cast(st.P("items"), JSONB))
+        .table_valued(*columns)
+        .render_derived(name="r", with_types=True)
+    )
+    return sa.select(items).cte("req")
+
+
 def _insert_many() -> sa.CompoundSelect:
     """A batch of new tasks in ONE statement: the rows (a JSON array) as a table,
     the INSERT with its audit rows, and per row the new task or the one its
@@ -89,12 +100,7 @@ def _insert_many() -> sa.CompoundSelect:
         sa.column("ord", sa.Integer()),
         *(sa.column(name, tasks.c[name].type) for name in _ROW_COLUMNS),
     ]
-    items = (
-        sa.func.jsonb_to_recordset(sa.cast(st.P("items"), JSONB))
-        .table_valued(*columns)
-        .render_derived(name="r", with_types=True)
-    )
-    req = sa.select(items).cte("req")
+    req = _items(columns)
     evidence = (
         sa.func.json_array_elements(sa.cast(st.P("evidence"), sa.JSON()))
         .table_valued(sa.column("value", sa.JSON()), with_ordinality="n")
@@ -137,12 +143,7 @@ def _lease(shape: st.LeaseShape) -> sa.Select[Any]:
     the tasks locked, the guarded UPDATE, its audit rows, and per item what
     was found and whether it was applied, in item order."""
     columns = [sa.column(name, type_) for name, type_ in (*st.ITEM_COLUMNS, *shape.columns)]
-    items = (
-        sa.func.jsonb_to_recordset(sa.cast(st.P("items"), JSONB))
-        .table_valued(*columns)
-        .render_derived(name="r", with_types=True)
-    )
-    req = sa.select(items).cte("req")
+    req = _items(columns)
     old = (
         sa.select(tasks.c.id, tasks.c.status, tasks.c.attempts, tasks.c.verdict, tasks.c.created_at)
         .where(tasks.c.id.in_(sa.select(req.c.id)))
