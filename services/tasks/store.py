@@ -95,9 +95,10 @@ class TaskStore(abc.ABC):
 
     @abc.abstractmethod
     async def _processing_times(
-        self, after: datetime | None, before: datetime | None
+        self, has: tuple[bool, bool], params: dict[str, Any]
     ) -> tuple[float, float]:
-        """Average and p95 seconds from started_at to finished_at of processed tasks."""
+        """Average and p95 seconds from started_at to finished_at of processed
+        tasks; `has` and `params` give the creation bounds as stats() binds them."""
 
     @abc.abstractmethod
     async def version(self) -> str:
@@ -255,14 +256,11 @@ class TaskStore(abc.ABC):
         self, created_after: datetime | None, created_before: datetime | None
     ) -> TaskStats:
         has = (created_after is not None, created_before is not None)
-        params = {"created_after": created_after, "created_before": created_before}
-        rows = await self._fetch(
-            ("count_by_status", has),
-            lambda: st.count_by_status(*has),
-            {k: v for k, v in params.items() if v is not None},
-        )
+        bounds = {"created_after": created_after, "created_before": created_before}
+        params = {k: v for k, v in bounds.items() if v is not None}
+        rows = await self._fetch(("count_by_status", has), lambda: st.count_by_status(*has), params)
         by_status = {TaskStatus(row["status"]): int(row["count"]) for row in rows}
-        average, p95 = await self._processing_times(created_after, created_before)
+        average, p95 = await self._processing_times(has, params)
         return TaskStats(
             total=sum(by_status.values()),
             by_status=by_status,

@@ -10,7 +10,6 @@ the hot path skips the engine layer (about 0.6 ms of CPU per call here).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -344,14 +343,12 @@ class PostgresTaskStore(TaskStore):
         return [task_from_row(row, with_evidence=full) for row in rows]
 
     async def _processing_times(
-        self, after: datetime | None, before: datetime | None
+        self, has: tuple[bool, bool], params: dict[str, Any]
     ) -> tuple[float, float]:
-        has = (after is not None, before is not None)
-        params = {"created_after": after, "created_before": before}
         row = await self._fetch_one(
             ("processing_times", has),
             lambda: _processing_times(*has),
-            {k: v for k, v in params.items() if v is not None},
+            params,
         )
         if row is None:
             return 0.0, 0.0

@@ -9,7 +9,6 @@ SQLAlchemy async engine; watchers are woken in-process after the commit.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -246,14 +245,12 @@ class SqliteTaskStore(TaskStore):
         return [task_from_row(row, with_evidence=full) for row in rows]
 
     async def _processing_times(
-        self, after: datetime | None, before: datetime | None
+        self, has: tuple[bool, bool], params: dict[str, Any]
     ) -> tuple[float, float]:
-        has = (after is not None, before is not None)
-        params = {"created_after": after, "created_before": before}
         rows = await self._fetch(
             ("processed", has),
             lambda: sa.select(tasks.c.started_at, tasks.c.finished_at).where(*st.processed(*has)),
-            {k: v for k, v in params.items() if v is not None},
+            params,
         )
         durations = sorted((row["finished_at"] - row["started_at"]).total_seconds() for row in rows)
         if not durations:
