@@ -16,8 +16,7 @@ from .apps import App, AppFilter, AppSource, AppState
 from .apps_store import AppStore
 from .apps_sync import AppSync, SyncResult
 from .model import ListFilter, ListQuery, Task, TaskPage, TaskStatus
-from .paging import decode_page_token as decode_task_token
-from .paging import encode_page_token as encode_task_token
+from .paging import next_page_token, page_query
 from .scheduler import Scheduler
 from .store import TaskStore
 
@@ -98,14 +97,8 @@ class AppsApp:
     ) -> tuple[TaskPage, str]:
         app = await self.apps.get(_app_id(app_id))
         list_filter = ListFilter(status=status, app_id=app.id)
-        query = ListQuery(
-            list_filter,
-            page_size=validation.validate_page_size(page_size),
-            after=decode_task_token(token, list_filter),
-        )
-        page = await self.tasks.list_tasks(query)
-        next_token = encode_task_token(page.next_cursor, list_filter) if page.next_cursor else ""
-        return page, next_token
+        page = await self.tasks.list_tasks(page_query(list_filter, page_size, token))
+        return page, next_page_token(page, list_filter)
 
     async def set_paused(self, app_id: str, paused: bool) -> App:
         app = await self.apps.get(_app_id(app_id))

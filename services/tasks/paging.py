@@ -12,7 +12,8 @@ import uuid
 from datetime import UTC, datetime
 
 from .errors import InvalidPageToken
-from .model import Cursor, ListFilter
+from .model import Cursor, ListFilter, ListQuery, TaskPage
+from .validation import validate_page_size
 
 _VERSION = 1
 MAX_TOKEN_LENGTH = 512
@@ -81,3 +82,17 @@ def decode_page_token(token: str, list_filter: ListFilter) -> Cursor | None:
     if fingerprint != filter_fingerprint(list_filter):
         raise InvalidPageToken("was issued for other filters; keep the filters between pages")
     return cursor
+
+
+def page_query(list_filter: ListFilter, page_size: int, page_token: str) -> ListQuery:
+    """A ListTasks query for one page: its size checked, its token read for this filter."""
+    return ListQuery(
+        filter=list_filter,
+        page_size=validate_page_size(page_size),
+        after=decode_page_token(page_token, list_filter),
+    )
+
+
+def next_page_token(page: TaskPage, list_filter: ListFilter) -> str:
+    """The token of the page after `page` (empty after the last)."""
+    return encode_page_token(page.next_cursor, list_filter) if page.next_cursor else ""

@@ -21,7 +21,6 @@ from .lifecycle import Transition
 from .model import (
     EventType,
     ListFilter,
-    ListQuery,
     NewTask,
     Task,
     TaskEvent,
@@ -30,7 +29,7 @@ from .model import (
     TaskStatus,
     TaskView,
 )
-from .paging import decode_page_token, encode_page_token
+from .paging import next_page_token, page_query
 from .progress import ProgressBoard
 from .store import TaskStore
 
@@ -138,14 +137,8 @@ class TaskApp:
             if not identity.owner:
                 raise errors.PermissionDenied("this key has no owner to list tasks for")
             list_filter = dataclasses.replace(list_filter, owner=identity.owner)
-        query = ListQuery(
-            filter=list_filter,
-            page_size=validation.validate_page_size(page_size),
-            after=decode_page_token(page_token, list_filter),
-        )
-        page = await self.store.list_tasks(query)
-        token = encode_page_token(page.next_cursor, list_filter) if page.next_cursor else ""
-        return page, token
+        page = await self.store.list_tasks(page_query(list_filter, page_size, page_token))
+        return page, next_page_token(page, list_filter)
 
     async def cancel(self, task_id: str, reason: str) -> Task:
         task_id = validation.validate_task_id(task_id)
