@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from ..acme import ACME_ACCOUNT_TAG, ZT_CERT_TAG, AcmeInfo, parse_acme_info
-from ..eventlog import parse_event_log
+from ..eventlog import Event, parse_event_log
 from ..identity import IdentityProblem
 from ..model import CheckStatus, Evidence
 from ..ratls import (
@@ -37,7 +38,7 @@ from ..ratls import (
     spki_of,
     verify_chain,
 )
-from .context import CheckContext, Outcome, QuoteUnverifiable, unverified
+from .context import AttestedQuote, CheckContext, Outcome, QuoteUnverifiable, unverified
 
 RATLS_TAG = "ratls-cert"
 
@@ -82,33 +83,59 @@ def task_identity(ctx: CheckContext) -> AppIdentity:
     return app_identity(ctx.attested, ctx.events)
 
 
-def _quote_of_task_app(
-    ctx: CheckContext, quote: bytes, events_text: str | None, tag: str, content: bytes, what: str
-) -> Binding:
-    """Does `quote` (verified) bind sha512(tag:content) and belong to the task's app?"""
+def _of_task_app(
+    ctx: CheckContext,
+    what: str,
+    label: str,
+    quote: bytes,
+    report_data: bytes,
+    unbound: str,
+    events: Callable[[], list[Event] | None],
+) -> AttestedQuote | Binding:
+    """`quote` verified, binding `report_data` and of the task's app (its event
+    log from `events`, read only then); otherwise the Binding saying why not.
+    `label` names the quote in the reasons, `unbound` is the reason when it
+    binds something else."""
     if ctx.verify_quote is None:
         return Binding(False, f"{what}: no quote verifier here", could_not_run=True)
     try:
         attested, problem = ctx.verify_quote(quote)
     except QuoteUnverifiable as exc:
-        return Binding(False, f"{what}: its quote cannot be verified here ({exc})", True)
+        return Binding(False, f"{what}: {label} cannot be verified here ({exc})", True)
     if attested is None:
-        return Binding(False, f"{what}: its quote does not verify ({problem})")
-    if attested.register("report_data") != bound_report_data(tag, content):
-        return Binding(False, f'{what}: its quote\'s report_data is not sha512("{tag}:" || ...)')
+        return Binding(False, f"{what}: {label} does not verify ({problem})")
+    if attested.register("report_data") != report_data:
+        return Binding(False, f"{what}: {unbound}")
     try:
-        events = parse_event_log(events_text) if events_text is not None else None
-        theirs = app_identity(attested, events)
+        theirs = app_identity(attested, events())
         mine = task_identity(ctx)
-    except (IdentityProblem, ValueError) as exc:
+    except (IdentityProblem, ValueError) as exc:  # ValueError: the event log's parse
         return Binding(False, f"{what}: cannot tell whether its quote is of the task's app ({exc})")
     differ = same_app(mine, theirs)
     if differ:
-        return Binding(False, f"{what}: its quote is of another app ({differ})")
+        return Binding(False, f"{what}: {label} is of another app ({differ})")
+    return attested
+
+
+def _quote_of_task_app(
+    ctx: CheckContext, quote: bytes, events_text: str | None, tag: str, content: bytes, what: str
+) -> Binding:
+    """Does `quote` (verified) bind sha512(tag:content) and belong to the task's app?"""
+    found = _of_task_app(
+        ctx,
+        what,
+        "its quote",
+        quote,
+        bound_report_data(tag, content),
+        f'its quote\'s report_data is not sha512("{tag}:" || ...)',
+        lambda: parse_event_log(events_text) if events_text is not None else None,
+    )
+    if isinstance(found, Binding):
+        return found
     return Binding(
         True,
         f"{what}: bound by a verified quote of the task's app ({tag})",
-        details={"binding": tag, "binding_tcb_status": attested.tcb_status},
+        details={"binding": tag, "binding_tcb_status": found.tcb_status},
     )
 
 
@@ -165,30 +192,23 @@ def _certificate_binding(ctx: CheckContext, cert: x509.Certificate) -> Binding:
 
 def _embedded(ctx: CheckContext, embedded: EmbeddedAttestation, spki: bytes, what: str) -> Binding:
     """The RA-TLS certificate's own quote and event log."""
-    if ctx.verify_quote is None:
-        return Binding(False, f"{what}: no quote verifier here", could_not_run=True)
-    try:
-        attested, problem = ctx.verify_quote(embedded.quote)
-    except QuoteUnverifiable as exc:
-        return Binding(False, f"{what}: its RA-TLS quote cannot be verified here ({exc})", True)
-    if attested is None:
-        return Binding(False, f"{what}: its RA-TLS quote does not verify ({problem})")
-    if attested.register("report_data") != ratls_binding(spki):
-        return Binding(False, f'{what}: its RA-TLS quote does not bind its key ("ratls-cert:")')
-    try:
-        theirs = app_identity(attested, embedded.events)
-        mine = task_identity(ctx)
-    except IdentityProblem as exc:
-        return Binding(False, f"{what}: cannot tell whether its quote is of the task's app ({exc})")
-    differ = same_app(mine, theirs)
-    if differ:
-        return Binding(False, f"{what}: its RA-TLS quote is of another app ({differ})")
+    found = _of_task_app(
+        ctx,
+        what,
+        "its RA-TLS quote",
+        embedded.quote,
+        ratls_binding(spki),
+        'its RA-TLS quote does not bind its key ("ratls-cert:")',
+        lambda: embedded.events,
+    )
+    if isinstance(found, Binding):
+        return found
     return Binding(
         True,
         f"{what}: its own RA-TLS quote, of the task's app, binds its key",
         details={
             "binding": "ratls-cert (embedded quote)",
-            "binding_tcb_status": attested.tcb_status,
+            "binding_tcb_status": found.tcb_status,
         },
     )
 
