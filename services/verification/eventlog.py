@@ -216,7 +216,16 @@ def parse_event_log(text: str) -> list[Event]:
     return events
 
 
-def replay(events: list[Event]) -> list[bytes]:
+Recomputed = dict[int, bytes]  # a runtime event's position -> its recomputed digest
+
+
+def recompute(runtime: list[Event]) -> Recomputed:
+    """Each runtime event's digest from its name and payload, computed once for
+    every rule of a verification that needs it."""
+    return {e.position: runtime_event_digest(e.name, e.payload, e.version) for e in runtime}
+
+
+def replay(events: list[Event], recomputed: Recomputed | None = None) -> list[bytes]:
     """RTMR values after extending each register with its events' digests.
 
     RTMR3 is replayed from runtime events only, each with its digest
@@ -224,6 +233,8 @@ def replay(events: list[Event]) -> list[bytes]:
     digests (their preimages are not in the log). Callers reject logs that
     break the register rule (misplaced_events) before trusting this.
     """
+    if recomputed is None:
+        recomputed = recompute(runtime_events(events))
     registers = [bytes(DIGEST_LEN)] * RTMR_COUNT
     sha384 = hashlib.sha384
     for event in events:
@@ -231,21 +242,46 @@ def replay(events: list[Event]) -> list[bytes]:
         if imr == RUNTIME_IMR:
             if event.event_type != DSTACK_RUNTIME_EVENT_TYPE:
                 continue
-            digest = runtime_event_digest(event.name, event.payload, event.version)
+            digest = recomputed[event.position]
         else:
             digest = event.digest
         registers[imr] = sha384(registers[imr] + digest).digest()
     return registers
 
 
-def forged_runtime_events(runtime: list[Event]) -> list[Event]:
+class LogCheck(NamedTuple):
+    """One pass of the event-log rules over a log, shared by the checks of one
+    verification (source_code, os, the key checks read the same answers)."""
+
+    misplaced: list[str]
+    runtime: list[Event]
+    forged: list[Event]
+    registers: list[bytes]
+
+
+def check_log(events: list[Event]) -> LogCheck:
+    runtime = runtime_events(events)
+    recomputed = recompute(runtime)
+    return LogCheck(
+        misplaced_events(events),
+        runtime,
+        forged_runtime_events(runtime, recomputed),
+        replay(events, recomputed),
+    )
+
+
+def forged_runtime_events(
+    runtime: list[Event], recomputed: Recomputed | None = None
+) -> list[Event]:
     """Those of `runtime` (see runtime_events) whose supplied digest is not that
     of their payload (a left-out digest claims nothing: the replay recomputes
     it); for V2, also those whose published pre-image is missing or is not the
     canonical one (cc-eventlog validate_v2_preimages)."""
+    if recomputed is None:
+        recomputed = recompute(runtime)
     forged: list[Event] = []
     for e in runtime:
-        if (e.digest and runtime_event_digest(e.name, e.payload, e.version) != e.digest) or (
+        if (e.digest and recomputed[e.position] != e.digest) or (
             e.version == 2
             and (
                 e.preimage is None

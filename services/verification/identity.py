@@ -12,14 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .eventlog import (
-    Event,
-    forged_runtime_events,
-    misplaced_events,
-    read_identity,
-    replay,
-    runtime_events,
-)
+from .eventlog import Event, LogCheck, check_log, read_identity
 
 
 @dataclass(frozen=True)
@@ -36,18 +29,20 @@ class IdentityProblem(ValueError):
     """The event log cannot be trusted for identity (the reason says why)."""
 
 
-def attested_identity(events: list[Event], verified_rtmr3: bytes) -> AttestedIdentity:
+def attested_identity(
+    events: list[Event], verified_rtmr3: bytes, checked: LogCheck | None = None
+) -> AttestedIdentity:
     """The identity events of `events`, once the log is shown to be the one
-    the quote measured. Raises IdentityProblem otherwise."""
-    misplaced = misplaced_events(events)
-    if misplaced:
-        raise IdentityProblem(misplaced[0])
-    runtime = runtime_events(events)
-    forged = forged_runtime_events(runtime)
-    if forged:
-        names = ", ".join(f"#{e.position} '{e.name}'" for e in forged)
+    the quote measured. Raises IdentityProblem otherwise. `checked`: the
+    verification's one pass of the rules over `events`, when it has it."""
+    checked = checked or check_log(events)
+    if checked.misplaced:
+        raise IdentityProblem(checked.misplaced[0])
+    runtime = checked.runtime
+    if checked.forged:
+        names = ", ".join(f"#{e.position} '{e.name}'" for e in checked.forged)
         raise IdentityProblem(f"event digest does not match its payload: {names}")
-    replayed = replay(events)[3]
+    replayed = checked.registers[3]
     if replayed != verified_rtmr3:
         raise IdentityProblem(
             f"RTMR3 replayed from the event log ({replayed.hex()}) differs from the "

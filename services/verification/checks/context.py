@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..collateral import CollateralBundle
-from ..eventlog import Event
+from ..eventlog import Event, LogCheck, check_log
 from ..model import CheckStatus, VerificationRequest
 from ..quote import ParsedQuote
 
@@ -50,6 +50,18 @@ class CheckContext:
     verify_quote: QuoteVerifier | None = None
     # Results several checks of one verification share (a certificate's binding).
     memo: dict[Any, Any] = field(default_factory=dict)
+
+
+def log_check(ctx: CheckContext, events: list[Event]) -> LogCheck:
+    """The event-log rules' one pass over `events`, made once per verification
+    however many checks read it (kept beside the very list it was made from)."""
+    memo = ctx.memo.get("log_check")
+    if memo is not None and memo[0] is events:
+        checked: LogCheck = memo[1]
+        return checked
+    checked = check_log(events)
+    ctx.memo["log_check"] = (events, checked)
+    return checked
 
 
 @dataclass(frozen=True)

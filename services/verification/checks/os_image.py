@@ -16,7 +16,7 @@ from ..errors import EvidenceMalformed
 from ..identity import IdentityProblem, attested_identity
 from ..os_image_store import OsImageCatalog
 from ..os_images import REGISTERS, image_hash, match_os, parse_vm_config, shape_of
-from .context import CheckContext, Outcome, unverified
+from .context import CheckContext, Outcome, log_check, unverified
 
 # Names of the same registers in dcap-qvl's verified report.
 QUOTE_FIELDS = {"mrtd": "mr_td", "rtmr0": "rt_mr0", "rtmr1": "rt_mr1", "rtmr2": "rt_mr2"}
@@ -30,7 +30,9 @@ def _which_image(ctx: CheckContext, vm_config: dict[str, Any]) -> tuple[str, str
     """(os_image_hash, where it came from); raises IdentityProblem/EvidenceMalformed."""
     from_log = ""
     if ctx.events is not None and ctx.attested is not None:
-        identity = attested_identity(ctx.events, ctx.attested.register("rt_mr3"))
+        identity = attested_identity(
+            ctx.events, ctx.attested.register("rt_mr3"), log_check(ctx, ctx.events)
+        )
         from_log = identity.get("os-image-hash")
     claimed = vm_config.get("os_image_hash")
     from_config = image_hash(claimed, "vm_config.os_image_hash") if claimed else ""

@@ -14,18 +14,9 @@ from typing import Any, Protocol
 import orjson
 from Crypto.Hash import keccak
 
-from ..eventlog import (
-    RTMR_COUNT,
-    Event,
-    describe,
-    forged_runtime_events,
-    misplaced_events,
-    read_identity,
-    replay,
-    runtime_events,
-)
+from ..eventlog import RTMR_COUNT, Event, describe, read_identity
 from ..hexutil import normalize_hex
-from .context import CheckContext, Outcome, unverified
+from .context import CheckContext, Outcome, log_check, unverified
 
 
 class ComposeHashRegistry(Protocol):
@@ -131,21 +122,20 @@ def check_source_code(ctx: CheckContext, registry: ComposeHashRegistry | None) -
     events = ctx.events
     details: dict[str, Any] = {"event_count": len(events)}
 
+    checked = log_check(ctx, events)
     # 1. Each register holds only the events it may hold.
-    misplaced = misplaced_events(events)
-    if misplaced:
-        return Outcome.failed("; ".join(misplaced), **details)
+    if checked.misplaced:
+        return Outcome.failed("; ".join(checked.misplaced), **details)
 
     # 2. Recompute every runtime event digest: replaying supplied digests alone
     # would accept a forged payload.
-    runtime = runtime_events(events)
-    forged = forged_runtime_events(runtime)
-    if forged:
-        names = ", ".join(describe(e) for e in forged)
+    runtime = checked.runtime
+    if checked.forged:
+        names = ", ".join(describe(e) for e in checked.forged)
         return Outcome.failed(f"event digest does not match its payload: {names}", **details)
 
     # 3. Replay must reproduce the verified RTMRs.
-    replayed = replay(events)
+    replayed = checked.registers
     for i in range(RTMR_COUNT):
         quoted = ctx.attested.register(f"rt_mr{i}")
         if replayed[i] != quoted:
