@@ -41,6 +41,7 @@ from verifier.verification.v1 import verification_pb2  # noqa: E402
 
 from shared.grpc_client import CHANNEL_OPTIONS  # noqa: E402
 from shared.tls import ensure_dev_certs  # noqa: E402
+from tests.support.auth import create_key  # noqa: E402
 
 
 def free_port() -> int:
@@ -286,19 +287,6 @@ def auth_env(mode: str) -> dict[str, str]:
     }
 
 
-def make_key(env: dict[str, str]) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "services.tasks", "api-key", "create", "--name", "bench",
-         "--scopes", "tasks.submit,tasks.read"],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return next(
-        line.split(":", 1)[1].strip()
-        for line in done.stdout.splitlines()
-        if line.startswith("key:")
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=64)
@@ -342,7 +330,7 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict[int, dict[str, float]]
             **auth_env(mode),
         }
     )
-    key = make_key(env) if mode != "off" else ""
+    key = create_key(env, "bench", "tasks.submit,tasks.read") if mode != "off" else ""
     procs = [
         subprocess.Popen([sys.executable, "-m", "services.tasks"], cwd=ROOT, env=env),
         subprocess.Popen([sys.executable, "-m", "services.gateway"], cwd=ROOT, env=env),

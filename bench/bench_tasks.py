@@ -44,8 +44,9 @@ from verifier.verification.v1 import verification_pb2  # noqa: E402
 from services.tasks import migrate  # noqa: E402
 from services.tasks.model import AppConfigType, Cursor, ListFilter, TaskStatus  # noqa: E402
 from services.tasks.paging import encode_page_token  # noqa: E402
-from shared.tls import CertPaths, channel_credentials, ensure_dev_certs  # noqa: E402
+from shared.tls import CertPaths, channel_credentials  # noqa: E402
 from tests.support import servers  # noqa: E402
+from tests.support.auth import auth_env, create_key  # noqa: E402
 
 PAGE = 50
 # Loaded rows are created one millisecond apart from here.
@@ -471,32 +472,17 @@ def _auth_env(mode: str, workdir: Path) -> dict[str, str]:
     """The tasks service's settings for one auth mode (see --modes)."""
     if mode == "off":
         return {"AUTH_ENABLED": "false"}
-    ensure_dev_certs(workdir)
-    return {
-        "AUTH_ENABLED": "true",
-        "TLS_DIR": str(workdir),
-        "TLS_PUBLIC": "true" if mode == "tls" else "false",
-        "TASKS_INTERNAL_LISTEN_ADDR": f"127.0.0.1:{servers.free_port()}",
-        "QUEUE_INTERNAL_ADDR": f"127.0.0.1:{servers.free_port()}",
-        "ADMIN_KEY_FILE": str(workdir / "admin.key"),
-        # The buckets are computed on every call, never refusing at this load.
-        "RATE_LIMIT_CREATE_PER_SECOND": "1000000",
-        "RATE_LIMIT_CREATE_BURST": "1000000",
-        "RATE_LIMIT_READ_PER_SECOND": "1000000",
-        "RATE_LIMIT_READ_BURST": "1000000",
-    }
-
-
-def _make_key(env: dict[str, str]) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "services.tasks", "api-key", "create", "--name", "bench",
-         "--scopes", "tasks.submit,tasks.read"],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return next(
-        line.split(":", 1)[1].strip()
-        for line in done.stdout.splitlines()
-        if line.startswith("key:")
+    return auth_env(
+        {
+            "TLS_PUBLIC": "true" if mode == "tls" else "false",
+            "IDENTITY_CACHE_SECONDS": "10",  # the default (the test helper's is 2)
+            # The buckets are computed on every call, never refusing at this load.
+            "RATE_LIMIT_CREATE_PER_SECOND": "1000000",
+            "RATE_LIMIT_CREATE_BURST": "1000000",
+            "RATE_LIMIT_READ_PER_SECOND": "1000000",
+            "RATE_LIMIT_READ_BURST": "1000000",
+        },
+        workdir,
     )
 
 
@@ -516,7 +502,8 @@ def _access(mode: str, env: dict[str, str], target: str) -> Access:
         if mode == "tls"
         else grpc.aio.insecure_channel(target)
     )
-    return Access(public, internal, (("authorization", f"Bearer {_make_key(env)}"),))
+    key = create_key(env, "bench", "tasks.submit,tasks.read")
+    return Access(public, internal, (("authorization", f"Bearer {key}"),))
 
 
 async def _run_phase(phase: str, url: str, args: argparse.Namespace, mode: str) -> dict[str, float]:
